@@ -69,6 +69,18 @@ def _cuda_include_paths() -> list[str]:
     return paths
 
 
+def _cuda_library_flags() -> list[str]:
+    """-L for the folder holding libcudart.so: torch's CUDA_HOME guess (from nvcc's path) may lack it."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    roots = [r for r in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda") if r]
+    for root in roots:
+        for sub in ("lib64", "lib"):
+            if (Path(root) / sub / "libcudart.so").exists():
+                return [f"-L{Path(root) / sub}"]
+    return []
+
+
 def _build(kind: str):
     from torch.utils import cpp_extension
 
@@ -86,6 +98,9 @@ def _build(kind: str):
         sources = sorted((src / "cuda").glob("*.cu"))
         kwargs["extra_cuda_cflags"] = ["-O3", "--use_fast_math"]
         kwargs["extra_include_paths"] = _cuda_include_paths()
+        kwargs["extra_ldflags"] = kwargs["extra_ldflags"] + _cuda_library_flags()
+        if not torch.cuda.is_available():  # compile-only machine (CI): name the targets instead of probing a GPU
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     out = build_dir(kind)
     name = f"clnscl_{kind}"
     if not (out / f"{name}.so").exists():

@@ -1,8 +1,9 @@
 """Backend registry: which implementations of the masked log-sum-exp exist here, and why not when not.
 
 "reference" always works (materialised N×N, the oracle). "cpu" is the C++ op (compiled on first use).
-"triton" runs the Triton kernels on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 (tests).
-"auto" picks the fused backend for the tensor's device and falls back to the reference with a warning.
+"cuda" is the same op's CUDA kernels (a portable GPU fallback). "triton" runs the Triton kernels on CUDA
+tensors, or on CPU tensors when TRITON_INTERPRET=1 (tests). "auto" picks the fused backend for the tensor's
+device (triton, then cuda, on GPU) and falls back to the reference with a warning.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from ._validate import check_choice
 
-NAMES = ("auto", "reference", "cpu", "triton")
+NAMES = ("auto", "reference", "cpu", "cuda", "triton")
 _warned: set[str] = set()
 
 
@@ -53,6 +54,28 @@ class CppCPU(Backend):
         return ops.masked_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows)
 
 
+class CppCUDA(CppCPU):
+    name = "cuda"
+
+    def unavailable(self):
+        from . import _ext
+
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        why = _ext.reason("cuda")
+        return None if why is None else f"the CUDA ops failed to build or load ({why})"
+
+    def unsupported(self, z):
+        if z.device.type != "cuda":
+            return f"it runs CUDA tensors and z is on {z.device}"
+        return None
+
+    def masked_lse(self, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows, io_dtype):
+        q = q.to(io_dtype)
+        k = None if k is None else k.to(io_dtype)
+        return super().masked_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows, io_dtype)
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -90,7 +113,7 @@ class Triton(Backend):
         return tl_lse.masked_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows)
 
 
-BACKENDS = {b.name: b for b in (Reference(), CppCPU(), Triton())}
+BACKENDS = {b.name: b for b in (Reference(), CppCPU(), CppCUDA(), Triton())}
 
 
 def status() -> dict[str, str | None]:
@@ -107,11 +130,14 @@ def resolve(backend: str, z: torch.Tensor) -> Backend:
         if why:
             raise RuntimeError(f"backend {backend!r} is unavailable: {why}")
         return b
-    fused = BACKENDS["triton" if z.device.type == "cuda" else "cpu"]
-    why = fused.unavailable() or fused.unsupported(z)
-    if why is None:
-        return fused
-    if fused.name not in _warned:
-        _warned.add(fused.name)
-        warnings.warn(f"clnscl: backend {fused.name!r} unavailable ({why}); using the materialised reference")
+    reasons = []
+    for name in ("triton", "cuda") if z.device.type == "cuda" else ("cpu",):
+        why = BACKENDS[name].unavailable() or BACKENDS[name].unsupported(z)
+        if why is None:
+            return BACKENDS[name]
+        reasons.append(f"{name}: {why}")
+    key = ", ".join(reasons)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"clnscl: no fused backend for this input ({key}); using the materialised reference")
     return BACKENDS["reference"]

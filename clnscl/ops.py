@@ -1,4 +1,4 @@
-"""Fake kernels and autograd for the C++ ops `clnscl::masked_lse` (+ backward); imported once they load."""
+"""Fake kernels and autograd for the C++/CUDA ops `clnscl::masked_lse` (+ backward); imported once they load."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ from ._lse_autograd import register
 
 
 def _fake_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):
-    return q.new_empty(q.shape[0])
+    return q.new_empty(q.shape[0], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
 
 
 def _fake_backward(grad, lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):

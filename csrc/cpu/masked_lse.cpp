@@ -10,6 +10,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../masked_lse.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -53,22 +55,6 @@ inline float exp_fast<float>(float x) {
   const float big = x > 88.3f ? std::numeric_limits<float>::infinity() : y;
   return x != x ? x : (x < -87.3f ? 0.0f : big);
 }
-
-// Row or column side of the problem: instance and class id per row, and the offset that turns a local row
-// index into the global column index used to recognise "self".
-struct Side {
-  const int64_t* inst;
-  const int64_t* cls;
-  int64_t offset;
-};
-
-struct Mask {
-  bool pos, same, neg;
-  explicit Mask(int64_t include) : pos(include & 1), same(include & 2), neg(include & 4) {}
-  inline bool operator()(int64_t ri, int64_t rc, int64_t rg, int64_t ci, int64_t cc, int64_t cg) const {
-    return ri == ci ? (pos && rg != cg) : (rc == cc ? same : neg);
-  }
-};
 
 // NaN-propagating maximum: once a NaN enters, it stays.
 template <typename T>
@@ -262,44 +248,9 @@ void backward_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, cons
   at::sum_out(dz, bufs, {0});
 }
 
-struct Problem {
-  at::Tensor q, k;  // k is q when the op got k = None
-  at::Tensor row_inst, row_cls, col_inst, col_cls;
-  int64_t row_offset;
-  bool self_similarity;
-};
-
-Problem make_problem(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& row_inst,
-                     const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
-                     const std::optional<at::Tensor>& col_cls, int64_t row_offset) {
-  TORCH_CHECK(q.dim() == 2, "masked_lse: q must be 2-D (N, d), got ", q.dim(), "-D");
+void check_dtype(const at::Tensor& q) {
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
               "masked_lse (CPU): q must be float32 or float64, got ", q.scalar_type());
-  Problem p;
-  p.q = q.detach().contiguous();  // worker threads do not inherit the caller's no-grad mode
-  p.self_similarity = !k.has_value();
-  p.k = p.self_similarity ? p.q : k->detach().contiguous();
-  TORCH_CHECK(p.k.dim() == 2 && p.k.size(1) == q.size(1) && p.k.scalar_type() == q.scalar_type(),
-              "masked_lse: k must be (M, d) with the dtype and d of q");
-  auto ids = [](const at::Tensor& t, int64_t n, const char* name) {
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == n && t.scalar_type() == at::kLong, "masked_lse: ", name,
-                " must be int64 of length ", n);
-    return t.contiguous();
-  };
-  p.row_inst = ids(row_inst, q.size(0), "row_inst");
-  p.row_cls = ids(row_cls, q.size(0), "row_cls");
-  if (p.self_similarity) {
-    TORCH_CHECK(row_offset == 0 && !col_inst.has_value() && !col_cls.has_value(),
-                "masked_lse: with k = None the columns are the rows (no column ids, row_offset 0)");
-    p.col_inst = p.row_inst;
-    p.col_cls = p.row_cls;
-  } else {
-    TORCH_CHECK(col_inst.has_value() && col_cls.has_value(), "masked_lse: k needs col_inst and col_cls");
-    p.col_inst = ids(*col_inst, p.k.size(0), "col_inst");
-    p.col_cls = ids(*col_cls, p.k.size(0), "col_cls");
-  }
-  p.row_offset = row_offset;
-  return p;
 }
 
 bool use_symmetric(const Problem& p, bool unit_rows, double scale, bool backward) {
@@ -313,6 +264,7 @@ at::Tensor masked_lse_cpu(const at::Tensor& q, const std::optional<at::Tensor>& 
                           const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale,
                           int64_t include, bool unit_rows) {
   at::NoGradGuard no_grad;  // the tile GEMMs write into buffers; autograd is the op's own
+  check_dtype(q);
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
   at::Tensor lse = at::empty({p.q.size(0)}, p.q.options());
   const Side rs{p.row_inst.data_ptr<int64_t>(), p.row_cls.data_ptr<int64_t>(), p.row_offset};
@@ -333,14 +285,12 @@ std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cpu(
     const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale, int64_t include,
     bool unit_rows) {
   at::NoGradGuard no_grad;
+  check_dtype(q);
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
   TORCH_CHECK(grad.numel() == p.q.size(0) && lse.numel() == p.q.size(0),
               "masked_lse_backward: grad and lse must have one entry per row of q");
   const auto opts = p.q.options();
-  // Rows with empty D(a) (lse = −inf) carry no gradient: weight 0 and lse = +inf make their terms vanish.
-  const at::Tensor empty_row = lse.to(opts).eq(-std::numeric_limits<double>::infinity());
-  const at::Tensor w = grad.to(opts).masked_fill(empty_row, 0).contiguous();
-  const at::Tensor lse_safe = lse.to(opts).masked_fill(empty_row, std::numeric_limits<double>::infinity()).contiguous();
+  const auto [w, lse_safe, empty_row] = backward_weights(grad, lse, opts);
   const Side rs{p.row_inst.data_ptr<int64_t>(), p.row_cls.data_ptr<int64_t>(), p.row_offset};
   const Side cs{p.col_inst.data_ptr<int64_t>(), p.col_cls.data_ptr<int64_t>(), 0};
   const Mask mask(include);
