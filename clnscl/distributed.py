@@ -31,17 +31,18 @@ def all_gather_rows(t: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
 
 
 def _sum_to_owner(grad: torch.Tensor, sizes: list[int], rank: int, group) -> torch.Tensor:
-    start = sum(sizes[:rank])
+    """Σ over ranks of grad (rows of all ranks), keeping this rank's rows: a reduce-scatter."""
     if dist.get_backend(group) == "nccl":
         longest = max(sizes)
         padded = grad.new_zeros((len(sizes), longest, *grad.shape[1:]))
-        for r, (s, n) in enumerate(zip([sum(sizes[:r]) for r in range(len(sizes))], sizes)):
-            padded[r, :n] = grad[s : s + n]
+        for r, chunk in enumerate(grad.split(sizes)):
+            padded[r, : chunk.shape[0]] = chunk
         out = grad.new_empty((longest, *grad.shape[1:]))
         dist.reduce_scatter_tensor(out, padded.flatten(0, 1), group=group)
         return out[: sizes[rank]]
-    total = grad.contiguous().clone()
+    total = grad.contiguous().clone()  # gloo has no reduce-scatter
     dist.all_reduce(total, group=group)
+    start = sum(sizes[:rank])
     return total[start : start + sizes[rank]]
 
 
@@ -60,3 +61,17 @@ class _GatherRows(torch.autograd.Function):
 def gather_rows(x: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
     """Differentiable all-gather of rows; the gradient of each gathered row is summed back to its owner."""
     return _GatherRows.apply(x, sizes, group)
+
+
+def global_columns(x: torch.Tensor, labels: torch.Tensor | None, views: int, group):
+    """The columns every rank sees: (instance offset of this rank, rows of all ranks, their instance ids,
+    their class ids — the instance ids when labels is None). x holds this rank's B·V rows, views-major."""
+    b = x.shape[0] // views
+    sizes = local_sizes(b, group, x.device)
+    inst_offset = sum(sizes[: dist.get_rank(group)])
+    xk = gather_rows(x, [n * views for n in sizes], group)
+    col_inst = torch.arange(sum(sizes), device=x.device).repeat_interleave(views)
+    if labels is None:
+        return inst_offset, xk, col_inst, col_inst
+    col_cls = all_gather_rows(labels.to(torch.int64), sizes, group).repeat_interleave(views)
+    return inst_offset, xk, col_inst, col_cls

@@ -49,39 +49,28 @@ def contrastive_loss(
     if normalize:
         x = F.normalize(x, dim=1, eps=NORM_EPS)
     inst = torch.arange(b, device=z.device)
-    cls = inst if spec.objective == "cl" else labels.to(torch.int64)
-
+    cl = spec.objective == "cl"  # CL ignores labels: every sample is its own class
     if process_group is None:
-        xk, row_offset, inst_offset, col_cls = x, 0, 0, None
+        inst_offset = 0
     else:
-        from .distributed import all_gather_rows, gather_rows, local_sizes
+        from .distributed import global_columns
 
-        sizes = local_sizes(b, process_group, z.device)
-        rank = torch.distributed.get_rank(process_group)
-        inst_offset = sum(sizes[:rank])
-        row_offset = inst_offset * v
-        xk = gather_rows(x, [n * v for n in sizes], process_group)
-        col_cls = all_gather_rows(cls + inst_offset if spec.objective == "cl" else cls, sizes, process_group)
-        col_cls = col_cls.repeat_interleave(v)
+        inst_offset, xk, col_inst, col_cls = global_columns(x, None if cl else labels, v, process_group)
     row_inst = (inst + inst_offset).repeat_interleave(v)
-    row_cls = row_inst if spec.objective == "cl" else cls.repeat_interleave(v)
-    col_inst = None if process_group is None else torch.arange(xk.shape[0], device=z.device) // v
+    row_cls = row_inst if cl else labels.to(torch.int64).repeat_interleave(v)
+    row_offset = inst_offset * v
+    self_sim = process_group is None  # the columns are the rows themselves
+    kx, k_inst, k_cls = (x, row_inst, row_cls) if self_sim else (xk, col_inst, col_cls)
 
     if impl.name == "reference":
-        kc = x if process_group is None else xk
-        rows, valid = reference.row_losses(
-            x, kc, row_inst, row_cls,
-            row_inst if col_inst is None else col_inst,
-            row_cls if col_cls is None else col_cls,
-            row_offset, scale, spec,
-        )
+        rows, valid = reference.row_losses(x, kx, row_inst, row_cls, k_inst, k_cls, row_offset, scale, spec)
     else:
+        op_k, op_inst, op_cls = (None, None, None) if self_sim else (kx, k_inst, k_cls)
         lse = impl.masked_lse(
-            x, None if process_group is None else xk, row_inst, row_cls, col_inst, col_cls,
-            row_offset, scale, spec.include, normalize, z.dtype,
+            x, op_k, row_inst, row_cls, op_inst, op_cls, row_offset, scale, spec.include, normalize, z.dtype
         )
         if spec.supervised_positives:
-            pos = class_positive_mean(x, xk, row_cls if col_cls is None else col_cls, row_offset)
+            pos = class_positive_mean(x, kx, k_cls, row_offset)
         else:
             pos = instance_positive_mean(x, v)
         valid = lse != float("-inf")
