@@ -34,46 +34,32 @@ class Reference(Backend):
     name = "reference"
 
 
-class CppCPU(Backend):
-    name = "cpu"
+class CppOps(Backend):
+    """The C++ op on tensors of one device type: "cpu" (OpenMP kernels) or "cuda" (CUDA kernels)."""
+
+    def __init__(self, device: str):
+        self.name = device
 
     def unavailable(self):
         from . import _ext
 
-        why = _ext.reason("cpu")
-        return None if why is None else f"the C++ ops failed to build or load ({why})"
+        if self.name == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device"
+        why = _ext.reason(self.name)
+        return None if why is None else f"the {self.name.upper()} ops failed to build or load ({why})"
 
     def unsupported(self, z):
-        if z.device.type != "cpu":
-            return f"it runs CPU tensors and z is on {z.device}"
+        if z.device.type != self.name:
+            return f"it runs {self.name.upper()} tensors and z is on {z.device}"
         return None
 
     def masked_lse(self, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows, io_dtype):
         from . import ops
 
+        if self.name == "cuda":  # the CUDA kernels read bf16/fp16 and accumulate in fp32
+            q = q.to(io_dtype)
+            k = None if k is None else k.to(io_dtype)
         return ops.masked_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows)
-
-
-class CppCUDA(CppCPU):
-    name = "cuda"
-
-    def unavailable(self):
-        from . import _ext
-
-        if not torch.cuda.is_available():
-            return "no CUDA device"
-        why = _ext.reason("cuda")
-        return None if why is None else f"the CUDA ops failed to build or load ({why})"
-
-    def unsupported(self, z):
-        if z.device.type != "cuda":
-            return f"it runs CUDA tensors and z is on {z.device}"
-        return None
-
-    def masked_lse(self, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows, io_dtype):
-        q = q.to(io_dtype)
-        k = None if k is None else k.to(io_dtype)
-        return super().masked_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows, io_dtype)
 
 
 def triton_interpret() -> bool:
@@ -113,7 +99,7 @@ class Triton(Backend):
         return tl_lse.masked_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows)
 
 
-BACKENDS = {b.name: b for b in (Reference(), CppCPU(), CppCUDA(), Triton())}
+BACKENDS = {b.name: b for b in (Reference(), CppOps("cpu"), CppOps("cuda"), Triton())}
 
 
 def status() -> dict[str, str | None]:
