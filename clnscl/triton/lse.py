@@ -21,7 +21,7 @@ from .._lse_autograd import register
 
 MAX_D = 1024
 LOG2E = 1.4426950408889634
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -66,7 +66,8 @@ def _lse_fwd_kernel(
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing kept yet: avoid −inf − (−inf)
         acc = acc * tl.exp2(m - shift) + tl.sum(tl.exp2(t - shift[:, None]), axis=1)
         m = m_new
-    lse = tl.where(acc == 0.0, float("-inf"), (m + tl.log2(acc)) * 0.6931471805599453)
+    empty = acc == 0.0  # nothing kept; NaN stays NaN
+    lse = tl.where(empty, float("-inf"), (m + tl.log2(tl.where(empty, 1.0, acc))) * 0.6931471805599453)
     tl.store(LSE + rows, lse, mask=row_ok)
 
 
@@ -76,7 +77,7 @@ def _lse_bwd_kernel(
     INCLUDE: tl.constexpr, USE_ROW_TERM: tl.constexpr, USE_COL_TERM: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """OUT[a] = scale·Σ_b P_ab·Y[b], P_ab = [b ∈ D(a)]·(w_x[a]·2^{t_ab − L_x[a]} + w_y[b]·2^{t_ab − L_y[b]}).
+    """OUT[a] = scale·Σ_b P_ab·Y[b], P_ab = [b ∈ D(a)]·(w_x[a]·2^{t_ab − L_x[a]} + w_y[b]·2^{t_ab − L_y[b]});
 
     t_ab = scale_log2·⟨x_a, y_b⟩; L = lse·log2(e) (+inf with w = 0 for empty rows, so their terms vanish).
     The row term is used if USE_ROW_TERM, the column term if USE_COL_TERM; row a is self of column b when
@@ -114,10 +115,18 @@ def _lse_bwd_kernel(
              mask=row_ok[:, None] & dim_ok)
 
 
+def _define(name: str):
+    """triton_op (torch.compile sees and can fuse the kernels); under the interpreter, whose kernels cannot be
+    traced, an opaque custom_op with the shape-only fake kernels registered below."""
+    if INTERPRET:
+        return torch.library.custom_op(name, mutates_args=())
+    return triton_op(name, mutates_args=())
+
+
 def _config(d: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for feature dimension d; small blocks when interpreted."""
     block_d = max(16, 1 << (int(d) - 1).bit_length())
-    if _INTERPRET:
+    if INTERPRET:
         return 32, 32, block_d, 4, 1
     if block_d <= 64:
         return 128, 64, block_d, 4, 3
@@ -138,7 +147,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
-    """Validate the arguments as the C++ op does; return (k, col_inst, col_cls) with None resolved to the rows."""
+    """Validate as the C++ op does; return contiguous (k, row_inst, row_cls, col_inst, col_cls), k = None → rows."""
     if q.dim() != 2:
         raise ValueError(f"masked_lse: q must be 2-D (N, d), got {q.dim()}-D")
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -163,7 +172,7 @@ def _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
     return k.contiguous(), row_inst, row_cls, ids(col_inst, k.shape[0], "col_inst"), ids(col_cls, k.shape[0], "col_cls")
 
 
-@triton_op("clnscl_triton::masked_lse", mutates_args=())
+@_define("clnscl_triton::masked_lse")
 def masked_lse_op(
     q: torch.Tensor,
     k: Optional[torch.Tensor],
@@ -191,7 +200,7 @@ def masked_lse_op(
     return lse
 
 
-@triton_op("clnscl_triton::masked_lse_backward", mutates_args=())
+@_define("clnscl_triton::masked_lse_backward")
 def masked_lse_backward_op(
     grad: torch.Tensor,
     lse: torch.Tensor,
@@ -241,6 +250,17 @@ def masked_lse_backward_op(
             USE_ROW_TERM=False, USE_COL_TERM=True, **meta,
         )
     return dq, dk
+
+
+if INTERPRET:
+
+    @masked_lse_op.register_fake
+    def _fake_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):
+        return q.new_empty(q.shape[0], dtype=torch.float32)
+
+    @masked_lse_backward_op.register_fake
+    def _fake_backward(grad, lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):
+        return torch.empty_like(q), q.new_empty((0, q.shape[1])) if k is None else torch.empty_like(k)
 
 
 register("clnscl_triton::masked_lse", torch.ops.clnscl_triton.masked_lse_backward)
