@@ -1,8 +1,8 @@
 """Compile-on-first-use of the C++ (and, where nvcc and a CUDA torch exist, CUDA) ops, cached on disk.
 
 The ops are built with ninja against the torch that is imported (never pip's isolated build torch), once per
-torch version, Python, CPU and source folder (ninja rebuilds when a source changes), under ~/.cache/clnscl (override with CLNSCL_BUILD_DIR). A line
-on stderr says when a compile starts. Failures are kept with their reason for `python -m clnscl.info`.
+torch version, Python, CPU and source folder (ninja rebuilds when a source changes), under ~/.cache/clnscl
+(override with CLNSCL_BUILD_DIR). A line on stderr says when a compile starts. Failures are kept with their reason for `python -m clnscl.info`.
 """
 from __future__ import annotations
 

@@ -1,18 +1,13 @@
 """Triton backend against the float64 reference: loss values and gradients, the cross (distributed) form of the
 op with dq and dk, empty denominators, NaN propagation, torch.compile.
 
-Without a CUDA device the kernels run on CPU tensors in Triton's interpreter (fp32, small shapes), which must
-be switched on before triton and clnscl are imported; with one they run on the GPU.
+Without a CUDA device the kernels run on CPU tensors in Triton's interpreter (fp32, small shapes), switched on
+by conftest.py before anything imports triton; with one they run on the GPU.
 """
-import os
 import zlib
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton backend cannot run")
 
