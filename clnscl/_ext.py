@@ -1,14 +1,16 @@
 """Compile-on-first-use of the C++ (and, where nvcc and a CUDA torch exist, CUDA) ops, cached on disk.
 
 The ops are built with ninja against the torch that is imported (never pip's isolated build torch), once per
-torch version, Python, CPU and source folder (ninja rebuilds when a source changes), under ~/.cache/clnscl
-(override with CLNSCL_BUILD_DIR). A line on stderr says when a compile starts. Failures are kept with their reason for `python -m clnscl.info`.
+torch version, Python, CPU, source folder and ninja binary (ninja rebuilds when a source changes), under
+~/.cache/clnscl (override with CLNSCL_BUILD_DIR). A line on stderr says when a compile starts. Failures are
+kept with their reason for `python -m clnscl.info`.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,7 +45,8 @@ def build_dir(kind: str) -> Path:
     root = Path(os.environ.get("CLNSCL_BUILD_DIR", Path.home() / ".cache" / "clnscl"))
     tv = torch.__version__.replace("+", "_")
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    src = hashlib.sha1(str(source_dir()).encode()).hexdigest()[:8]  # two checkouts must not rebuild each other
+    # two checkouts, or two ninja binaries (whose logs differ), must not keep rebuilding each other's build
+    src = hashlib.sha1(f"{source_dir()}|{shutil.which('ninja')}".encode()).hexdigest()[:8]
     d = root / f"torch{tv}-{py}-{_cpu_tag()}-src{src}" / kind
     d.mkdir(parents=True, exist_ok=True)
     return d

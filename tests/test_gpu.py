@@ -1,6 +1,8 @@
 """GPU-only checks (skipped without a CUDA device; run by scripts/gpu_check.sh on an H200): the CUDA C++
 kernels against the float64 reference, bf16 within a few × PyTorch's own bf16 error, and row indices past
 2^31 (int64 offsets) for the CUDA and Triton backends."""
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,7 @@ def _loss_and_grad(z, y, backend, **kw):
 @pytest.mark.parametrize("objective,decoupled", CASES)
 @pytest.mark.parametrize("temperature", [0.1, 0.01])
 def test_cuda_backend_fp32_matches_float64_reference(objective, decoupled, temperature):
-    z, y = _batch(301, 3, 45, 7, seed=hash((objective, decoupled)) % 1000)
+    z, y = _batch(301, 3, 45, 7, seed=zlib.crc32(f'{objective}{decoupled}'.encode()))
     kw = dict(objective=objective, decoupled=decoupled, temperature=temperature)
     ref_loss, ref_grad = _loss_and_grad(z, y, "reference", **kw)
     loss, grad = _loss_and_grad(z.float(), y, "cuda", **kw)
