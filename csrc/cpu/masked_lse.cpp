@@ -62,23 +62,19 @@ inline T max_nan(T a, T b) {
   return (b > a || b != b) ? b : a;
 }
 
+// S = a[i0:i0+r] · b[j0:j0+c]ᵀ by BLAS into buf, returned as a contiguous r × c view of it.
 template <typename T>
-at::Tensor tile_view(std::vector<T>& buf, int64_t r, int64_t c, const at::TensorOptions& opts) {
-  return at::from_blob(buf.data(), {r, c}, opts);
-}
-
-// S[0:r, 0:c] = a[i0:i0+r] · b[j0:j0+c]ᵀ
-template <typename T>
-void scores(const at::Tensor& a, int64_t i0, int64_t r, const at::Tensor& b, int64_t j0, int64_t c,
-            at::Tensor& s) {
+at::Tensor scores(std::vector<T>& buf, const at::Tensor& a, int64_t i0, int64_t r, const at::Tensor& b, int64_t j0,
+                  int64_t c) {
+  at::Tensor s = at::from_blob(buf.data(), {r, c}, a.options());
   at::mm_out(s, a.narrow(0, i0, r), b.narrow(0, j0, c).t());
+  return s;
 }
 
 template <typename T>
 void lse_general(const at::Tensor& q, const at::Tensor& k, Side rs, Side cs, Mask mask, T scale, T* lse) {
   const int64_t nq = q.size(0), nk = k.size(0);
   const int64_t nblocks = (nq + kTile - 1) / kTile;
-  const auto opts = q.options();
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> sbuf(kTile * kTile);
     std::vector<double> m(kTile), l(kTile);
@@ -88,8 +84,7 @@ void lse_general(const at::Tensor& q, const at::Tensor& k, Side rs, Side cs, Mas
       std::fill(l.begin(), l.end(), 0.0);
       for (int64_t j0 = 0; j0 < nk; j0 += kTile) {
         const int64_t c = std::min(kTile, nk - j0);
-        at::Tensor s = tile_view(sbuf, r, c, opts);
-        scores<T>(q, i0, r, k, j0, c, s);
+        at::Tensor s = scores(sbuf, q, i0, r, k, j0, c);
         const int64_t *ci = cs.inst + j0, *cc = cs.cls + j0;
         const int64_t cg0 = j0 + cs.offset;
         for (int64_t a = 0; a < r; ++a) {
@@ -136,7 +131,6 @@ void lse_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, T* lse) {
   const auto pairs = upper_tiles(n);
   const int nt = at::get_num_threads();
   std::vector<double> partial(static_cast<size_t>(nt) * n, 0.0);
-  const auto opts = z.options();
   const T shift = scale;
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
     double* acc = partial.data() + static_cast<size_t>(at::get_thread_num()) * n;
@@ -144,8 +138,7 @@ void lse_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, T* lse) {
     for (int64_t p = p0; p < p1; ++p) {
       const auto [i0, j0] = pairs[p];
       const int64_t r = std::min(kTile, n - i0), c = std::min(kTile, n - j0);
-      at::Tensor s = tile_view(sbuf, r, c, opts);
-      scores<T>(z, i0, r, z, j0, c, s);
+      at::Tensor s = scores(sbuf, z, i0, r, z, j0, c);
       std::fill(colsum.begin(), colsum.end(), T(0));
       const int64_t *ci = side.inst + j0, *cc = side.cls + j0;
       for (int64_t a = 0; a < r; ++a) {
@@ -190,8 +183,7 @@ void accumulate(const at::Tensor& rows, const at::Tensor& cols, Side rs, Side cs
       at::Tensor out_i = at::from_blob(out + i0 * d, {r, d}, opts);
       for (int64_t j0 = 0; j0 < nc; j0 += kTile) {
         const int64_t c = std::min(kTile, nc - j0);
-        at::Tensor s = tile_view(sbuf, r, c, opts);
-        scores<T>(rows, i0, r, cols, j0, c, s);
+        at::Tensor s = scores(sbuf, rows, i0, r, cols, j0, c);
         const int64_t *ci = cs.inst + j0, *cc = cs.cls + j0;
         const int64_t cg0 = j0 + cs.offset;
         for (int64_t a = 0; a < r; ++a) {
@@ -219,8 +211,7 @@ void backward_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, cons
   const int64_t n = z.size(0), d = z.size(1);
   const auto pairs = upper_tiles(n);
   const int nt = at::get_num_threads();
-  const auto opts = z.options();
-  at::Tensor bufs = at::zeros({nt, n, d}, opts);
+  at::Tensor bufs = at::zeros({nt, n, d}, z.options());
   const T shift = scale;
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
     at::Tensor mine = bufs.select(0, at::get_thread_num());
@@ -228,8 +219,7 @@ void backward_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, cons
     for (int64_t p = p0; p < p1; ++p) {
       const auto [i0, j0] = pairs[p];
       const int64_t r = std::min(kTile, n - i0), c = std::min(kTile, n - j0);
-      at::Tensor s = tile_view(sbuf, r, c, opts);
-      scores<T>(z, i0, r, z, j0, c, s);
+      at::Tensor s = scores(sbuf, z, i0, r, z, j0, c);
       const int64_t *ci = side.inst + j0, *cc = side.cls + j0;
       const T* aj = alpha + j0;
       for (int64_t a = 0; a < r; ++a) {
