@@ -163,3 +163,22 @@ def test_half_precision_gpu(dtype, d):
     assert loss.dtype == torch.float32 and zt.grad.dtype == dtype
     assert abs(loss.item() - ref.item()) <= 2e-2 * abs(ref.item())
     assert_close(zt.grad, zr.grad, rtol=3e-2)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_opcheck(cross):
+    """torch.library.opcheck: schema, autograd registration, fake kernel, AOT dispatch (on the GPU, triton_op)."""
+    from torch.library import opcheck
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.nn.functional.normalize(torch.randn(70, 19, generator=gen), dim=1).to(DEVICE).requires_grad_()
+    inst = torch.arange(35).repeat_interleave(2).to(DEVICE)
+    cls = torch.randint(0, 4, (35,), generator=gen).repeat_interleave(2).to(DEVICE)
+    if cross:
+        k = torch.randn(100, 19, generator=gen).to(DEVICE).requires_grad_()
+        col_inst = (torch.arange(100) // 2).to(DEVICE)
+        col_cls = torch.randint(0, 4, (100,), generator=gen).to(DEVICE)
+        args = (x, k, inst, cls, col_inst, col_cls, 10, 10.0, 7, False)
+    else:
+        args = (x, None, inst, cls, None, None, 0, 10.0, 5, True)
+    opcheck(torch.ops.clnscl_triton.masked_lse.default, args)
