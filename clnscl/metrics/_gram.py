@@ -1,0 +1,175 @@
+"""Streaming Gram statistics: exact linear/cosine CKA (biased and unbiased), Pearson RSA on the cosine RDM and
+the Frobenius gap between cosine-similarity matrices, in O((p+q)²) float64 memory for any N.
+
+With K = XXᵀ and L = YYᵀ every quantity is a function of sums over the rows:
+  biased HSIC ∝ ‖XᵀY − sₓs_yᵀ/n‖²_F (sₓ = Σ x_i), and with K̃, L̃ the kernels with zeroed diagonals
+  tr(K̃L̃) = ‖XᵀY‖²_F − Σ‖x_i‖²‖y_i‖²,  1ᵀK̃1 = ‖sₓ‖² − Σ‖x_i‖²,
+  1ᵀK̃L̃1 = sₓᵀ(XᵀY)s_y − sₓ·Σx_i‖y_i‖² − s_y·Σy_i‖x_i‖² + Σ‖x_i‖²‖y_i‖²   (Song et al.'s unbiased HSIC);
+  over the pairs i < j of a = cos(x_i, x_j), b = cos(y_i, y_j) (rows x̂ normalised):
+  Σa = (‖ŝₓ‖² − Σ‖x̂_i‖²)/2,  Σa² = (‖X̂ᵀX̂‖²_F − Σ‖x̂_i‖⁴)/2,  Σab = (‖X̂ᵀŶ‖²_F − Σ‖x̂_i‖²‖ŷ_i‖²)/2;
+  ‖Σ_X − Σ_Y‖²_F = ‖X̂ᵀX̂‖²_F + ‖ŶᵀŶ‖²_F − 2‖X̂ᵀŶ‖²_F.
+Undefined results (fewer than 2 samples, 4 for unbiased; a constant representation) are NaN with a warning.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+# A centred Gram matrix this small relative to the raw one is a constant representation (HSIC(K, K) = 0).
+_CONSTANT_RTOL = 1e-10
+
+
+def _side_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Row sums of one batch (a, b in float64): everything the formulas above need."""
+    na2, nb2 = a.square().sum(1), b.square().sum(1)
+    return {
+        "n": torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device),
+        "sx": a.sum(0), "sy": b.sum(0),
+        "xx": a.T @ a, "yy": b.T @ b, "xy": a.T @ b,
+        "nx2": na2.sum(), "ny2": nb2.sum(),
+        "nx4": na2.square().sum(), "ny4": nb2.square().sum(), "nxy": (na2 * nb2).sum(),
+        "x_nx2": a.T @ na2, "y_ny2": b.T @ nb2, "x_ny2": a.T @ nb2, "y_nx2": b.T @ na2,
+    }
+
+
+def _hsic_biased(g_ab, s_a, s_b, n):
+    """‖(A − mean)ᵀ(B − mean)‖²_F = (n−1)²·HSIC_biased(K_A, K_B) for linear kernels."""
+    return (g_ab - torch.outer(s_a, s_b) / n).square().sum()
+
+
+def _hsic_unbiased(g_ab, s_a, s_b, na2, nb2, nab, a_nb2, b_na2, n):
+    trace = g_ab.square().sum() - nab
+    ones_a, ones_b = s_a.square().sum() - na2, s_b.square().sum() - nb2
+    cross = s_a @ g_ab @ s_b - s_a @ a_nb2 - s_b @ b_na2 + nab
+    return (trace + ones_a * ones_b / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross) / (n * (n - 3))
+
+
+def _is_constant(g_aa, s_a, n) -> bool:
+    centred = (g_aa - torch.outer(s_a, s_a) / n).norm()
+    return bool(centred <= _CONSTANT_RTOL * g_aa.norm())
+
+
+class StreamingAlignment:
+    """Accumulates x (N, p) and y (N, q), rows paired, batch by batch; `compute()` gives
+    cka_linear, cka_cosine (biased HSIC, Kornblith et al.), their `_unbiased` forms (Song et al.), rsa_pearson
+    (Pearson correlation of the cosine RDMs over i < j), gap_frobenius ‖Σ_X − Σ_Y‖_F and gap_relative
+    (÷ ‖Σ_X‖_F), Σ the cosine-similarity matrices. Exact: float64 sums, O((p+q)²) memory whatever N.
+    """
+
+    KEYS = ("cka_linear", "cka_cosine", "cka_linear_unbiased", "cka_cosine_unbiased", "rsa_pearson",
+            "gap_frobenius", "gap_relative")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._raw: dict[str, torch.Tensor] | None = None  # statistics of the rows as given
+        self._unit: dict[str, torch.Tensor] | None = None  # statistics of the L2-normalised rows
+
+    @property
+    def n(self) -> int:
+        return 0 if self._raw is None else int(self._raw["n"])
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a batch of paired rows (any float dtype; accumulated in float64)."""
+        _check_pair(x, y)
+        if self._raw is not None and (x.shape[1], y.shape[1]) != (self._raw["sx"].numel(), self._raw["sy"].numel()):
+            raise ValueError(
+                f"x, y: feature sizes ({x.shape[1]}, {y.shape[1]}) differ from the earlier batches' "
+                f"({self._raw['sx'].numel()}, {self._raw['sy'].numel()})"
+            )
+        a, b = x.detach().double(), y.detach().double()
+        raw, unit = _side_stats(a, b), _side_stats(F.normalize(a, dim=1), F.normalize(b, dim=1))
+        if self._raw is None:
+            self._raw, self._unit = raw, unit
+        else:
+            for mine, new in ((self._raw, raw), (self._unit, unit)):
+                for key, value in new.items():
+                    mine[key] += value.to(mine[key].device)
+
+    def merge(self, other: "StreamingAlignment") -> "StreamingAlignment":
+        """Add another accumulator's rows to this one (as if its batches had been given here)."""
+        if other._raw is None:
+            return self
+        if self._raw is None:
+            self._raw = {k: v.clone() for k, v in other._raw.items()}
+            self._unit = {k: v.clone() for k, v in other._unit.items()}
+            return self
+        for mine, theirs in ((self._raw, other._raw), (self._unit, other._unit)):
+            if mine["xy"].shape != theirs["xy"].shape:
+                raise ValueError(f"other: feature sizes {tuple(theirs['xy'].shape)} differ from {tuple(mine['xy'].shape)}")
+            for key in mine:
+                mine[key] += theirs[key].to(mine[key].device)
+        return self
+
+    def all_reduce(self, group=None) -> "StreamingAlignment":
+        """Sum the statistics over the ranks of `group` (one collective); every rank must hold some rows."""
+        import torch.distributed as dist
+
+        if self._raw is None:
+            raise RuntimeError("all_reduce: this rank has no rows; call update() first on every rank")
+        parts = [v.reshape(-1) for stats in (self._raw, self._unit) for v in stats.values()]
+        flat = torch.cat(parts)
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for stats in (self._raw, self._unit):
+            for key, value in stats.items():
+                stats[key] = flat[offset : offset + value.numel()].view_as(value)
+                offset += value.numel()
+        return self
+
+    def compute(self) -> dict[str, float]:
+        """The metrics over all rows so far; NaN (with a warning saying why) where undefined."""
+        out = dict.fromkeys(self.KEYS, math.nan)
+        n = self.n
+        if n < 2:
+            warnings.warn(f"alignment metrics need at least 2 samples, got {n}: NaN")
+            return out
+        for name, st in (("linear", self._raw), ("cosine", self._unit)):
+            if _is_constant(st["xx"], st["sx"], st["n"]) or _is_constant(st["yy"], st["sy"], st["n"]):
+                warnings.warn(f"cka_{name}: a representation is constant (HSIC(K, K) = 0): NaN")
+                continue
+            hxy = _hsic_biased(st["xy"], st["sx"], st["sy"], st["n"])
+            hxx = _hsic_biased(st["xx"], st["sx"], st["sx"], st["n"])
+            hyy = _hsic_biased(st["yy"], st["sy"], st["sy"], st["n"])
+            out[f"cka_{name}"] = float(hxy / torch.sqrt(hxx * hyy))
+            if n < 4:
+                warnings.warn(f"cka_{name}_unbiased needs at least 4 samples, got {n}: NaN")
+                continue
+            uxy = _hsic_unbiased(st["xy"], st["sx"], st["sy"], st["nx2"], st["ny2"], st["nxy"], st["x_ny2"],
+                                 st["y_nx2"], st["n"])
+            uxx = _hsic_unbiased(st["xx"], st["sx"], st["sx"], st["nx2"], st["nx2"], st["nx4"], st["x_nx2"],
+                                 st["x_nx2"], st["n"])
+            uyy = _hsic_unbiased(st["yy"], st["sy"], st["sy"], st["ny2"], st["ny2"], st["ny4"], st["y_ny2"],
+                                 st["y_ny2"], st["n"])
+            out[f"cka_{name}_unbiased"] = float(uxy / torch.sqrt(uxx * uyy))
+        u = self._unit
+        pairs = n * (n - 1) / 2
+        sum_a = (u["sx"].square().sum() - u["nx2"]) / 2
+        sum_b = (u["sy"].square().sum() - u["ny2"]) / 2
+        fxx, fyy, fxy = u["xx"].square().sum(), u["yy"].square().sum(), u["xy"].square().sum()
+        sum_aa, sum_bb, sum_ab = (fxx - u["nx4"]) / 2, (fyy - u["ny4"]) / 2, (fxy - u["nxy"]) / 2
+        var_a, var_b = pairs * sum_aa - sum_a**2, pairs * sum_bb - sum_b**2
+        if var_a <= 0 or var_b <= 0:
+            warnings.warn("rsa_pearson: an RDM is constant over the pairs: NaN")
+        else:
+            out["rsa_pearson"] = float((pairs * sum_ab - sum_a * sum_b) / torch.sqrt(var_a * var_b))
+        gap = torch.sqrt((fxx + fyy - 2 * fxy).clamp_min(0))
+        out["gap_frobenius"] = float(gap)
+        out["gap_relative"] = float(gap / torch.sqrt(fxx)) if fxx > 0 else math.nan
+        return out
+
+
+def _check_pair(x, y) -> None:
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (N, features), got shape {tuple(t.shape)}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows (paired samples): {x.shape[0]} != {y.shape[0]}")
