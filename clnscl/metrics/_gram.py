@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 # A centred Gram matrix this small relative to the raw one is a constant representation (HSIC(K, K) = 0).
 _CONSTANT_RTOL = 1e-10
+# Rows converted to float64 at a time: bounds the temporary memory of an update to O(chunk·(p+q)).
+_CHUNK_ROWS = 8192
 
 
 def _side_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,11 +83,13 @@ class StreamingAlignment:
                 f"x, y: feature sizes ({x.shape[1]}, {y.shape[1]}) differ from the earlier batches' "
                 f"({self._raw['sx'].numel()}, {self._raw['sy'].numel()})"
             )
-        a, b = x.detach().double(), y.detach().double()
-        raw, unit = _side_stats(a, b), _side_stats(F.normalize(a, dim=1), F.normalize(b, dim=1))
-        if self._raw is None:
-            self._raw, self._unit = raw, unit
-        else:
+        for start in range(0, x.shape[0], _CHUNK_ROWS):
+            a = x[start : start + _CHUNK_ROWS].detach().double()
+            b = y[start : start + _CHUNK_ROWS].detach().double()
+            raw, unit = _side_stats(a, b), _side_stats(F.normalize(a, dim=1), F.normalize(b, dim=1))
+            if self._raw is None:
+                self._raw, self._unit = raw, unit
+                continue
             for mine, new in ((self._raw, raw), (self._unit, unit)):
                 for key, value in new.items():
                     mine[key] += value.to(mine[key].device)
