@@ -1,5 +1,7 @@
 // Op schemas of the clnscl library. Kernels live in cpu/ (C++/OpenMP) and cuda/ (CUDA).
 //
+// Loss primitive:
+//
 // masked_lse: lse_a = log Σ_{b ∈ D(a)} exp(scale · ⟨q_a, k_b⟩) for every row a of q, never forming q·kᵀ.
 // The columns are k, or q itself when k is None. D(a) excludes b = a (column a + row_offset) and keeps the
 // relations named by the bits of `include`: 1 = same instance, 2 = same class other instance,
@@ -17,4 +19,20 @@ TORCH_LIBRARY(clnscl, m) {
       "masked_lse_backward(Tensor grad, Tensor lse, Tensor q, Tensor? k, Tensor row_inst, "
       "Tensor row_cls, Tensor? col_inst, Tensor? col_cls, int row_offset, float scale, int include, "
       "bool unit_rows) -> (Tensor, Tensor)");
+
+  // Pairwise engine: statistics over the pairs i < j of two feature sets x (N, p), y (N, q), rows paired, in
+  // O(N + bins) memory. rdm: 0 = cosine (1 − cos), 1 = euclidean (‖x_i − x_j‖); computed in float64.
+  // moments -> (scalars[13], rowsum_kx[N], rowsum_ky[N]): Σdx, Σdx², Σdy, Σdy², Σdx·dy, min dx, max dx, min dy,
+  // max dy, max|cos_x − cos_y|, ΣKxKy, ΣKx², ΣKy² with K = exp(−γ‖·‖²) (skipped when a γ ≤ 0), and the row sums
+  // Σ_{j≠i} K_ij.
+  m.def("pairwise_moments(Tensor x, Tensor y, int rdm, float gamma_x, float gamma_y) -> (Tensor, Tensor, Tensor)");
+  // histograms -> (counts_x[bins], counts_y[bins], range_x[bins, 2], range_y[bins, 2]): the RDM values in
+  // equal-width bins over [lo, hi], with the smallest and largest value of every bin.
+  m.def(
+      "pairwise_histograms(Tensor x, Tensor y, int rdm, float lo_x, float hi_x, float lo_y, float hi_y, "
+      "int bins) -> (Tensor, Tensor, Tensor, Tensor)");
+  // rank_product -> Σ_{i<j} rank_x[bin(dx_ij)]·rank_y[bin(dy_ij)] (bins as in histograms, one per rank entry).
+  m.def(
+      "pairwise_rank_product(Tensor x, Tensor y, int rdm, float lo_x, float hi_x, float lo_y, float hi_y, "
+      "Tensor rank_x, Tensor rank_y) -> Tensor");
 }

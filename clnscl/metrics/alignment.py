@@ -2,8 +2,9 @@
 
 What Gram statistics express (linear and cosine CKA, Pearson RSA on the cosine RDM, the Frobenius gap) is
 computed exactly and in O((p+q)²) memory by `StreamingAlignment`, whatever the backend. The rest (RBF CKA,
-the Euclidean RDM, Spearman RSA, the largest entry of |Σ_X − Σ_Y|) needs the pairs i < j themselves; for now
-the "reference" backend materialises them (O(N²) memory).
+the Euclidean RDM, Spearman RSA, the largest entry of |Σ_X − Σ_Y|) needs the pairs i < j themselves: backend
+"cpu" is the C++ pairwise engine (O(N + bins) memory; see _pairwise for Spearman's error bound and the
+median-σ estimate), "reference" materialises the N×N matrices, "auto" takes the engine when it loads.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import warnings
 
 import torch
 
-from . import _reference
+from . import _pairwise, _reference
 from ._gram import StreamingAlignment, _check_pair
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "cpu")
 KERNELS = ("linear", "cosine", "rbf")
 RDMS = ("cosine", "euclidean")
 METHODS = ("pearson", "spearman")
@@ -30,6 +31,39 @@ def _gram(x, y) -> dict[str, float]:
     acc = StreamingAlignment()
     acc.update(x, y)
     return acc.compute()
+
+
+def _engine(backend: str) -> bool:
+    """Whether to use the C++ pairwise engine; an explicit "cpu" that cannot load raises with the reason."""
+    if backend == "reference":
+        return False
+    why = _pairwise.available()
+    if why is not None and backend == "cpu":
+        raise RuntimeError(f"backend 'cpu' is unavailable: {why}")
+    return why is None
+
+
+def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
+    """HSIC of two kernels with unit diagonal from Σ_{i<j} K_ij L_ij and the off-diagonal row sums."""
+    if unbiased:
+        ones_k, ones_l = rows_k.sum(), rows_l.sum()
+        return (2 * pair_kl + ones_k * ones_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (rows_k @ rows_l)) / (n * (n - 3))
+    full_k, full_l = rows_k + 1, rows_l + 1
+    return (2 * pair_kl + n - 2.0 / n * (full_k @ full_l) + full_k.sum() * full_l.sum() / n**2) / (n - 1) ** 2
+
+
+def _rbf_cka_engine(x, y, sigma, unbiased) -> float:
+    sx = sigma if sigma is not None else _pairwise.median_distance(x)
+    sy = sigma if sigma is not None else _pairwise.median_distance(y)
+    if not (sx > 0 and sy > 0):
+        warnings.warn("cka: a representation has all pairwise distances 0 (median σ = 0): NaN")
+        return math.nan
+    s, rk, rl = _pairwise.moments(x, y, _pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2))
+    n = x.shape[0]
+    hkl = _hsic_from_sums(s[10], rk, rl, n, unbiased)
+    hkk = _hsic_from_sums(s[11], rk, rk, n, unbiased)
+    hll = _hsic_from_sums(s[12], rl, rl, n, unbiased)
+    return float(hkl / torch.sqrt(hkk * hll))
 
 
 def _undefined(x, minimum: int, what: str) -> bool:
@@ -55,6 +89,8 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> fl
         return _gram(x, y)[f"cka_{kernel}{'_unbiased' if unbiased else ''}"]
     if _undefined(x, 4 if unbiased else 2, "cka"):
         return math.nan
+    if _engine(backend):
+        return _rbf_cka_engine(x, y, sigma, unbiased)
     return _reference.cka(x, y, kernel, sigma, unbiased)
 
 
@@ -72,7 +108,15 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
         return _gram(x, y)["rsa_pearson"]
     if _undefined(x, 3, "rsa"):  # a correlation over fewer than 2 pairs
         return math.nan
-    return _reference.rsa(x, y, rdm, method)
+    if not _engine(backend):
+        return _reference.rsa(x, y, rdm, method)
+    code = _pairwise.COSINE if rdm == "cosine" else _pairwise.EUCLIDEAN
+    if method == "spearman":
+        return _pairwise.spearman(x, y, code)[0]
+    s, _, _ = _pairwise.moments(x, y, code)
+    m = x.shape[0] * (x.shape[0] - 1) / 2
+    var_x, var_y = m * s[1] - s[0] ** 2, m * s[3] - s[2] ** 2
+    return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y))
 
 
 def similarity_gap(x, y, backend="auto") -> dict[str, float]:
@@ -81,8 +125,10 @@ def similarity_gap(x, y, backend="auto") -> dict[str, float]:
     _check_pair(x, y)
     _choice("backend", backend, BACKENDS)
     gram = _gram(x, y)
-    return {
-        "frobenius": gram["gap_frobenius"],
-        "relative": gram["gap_relative"],
-        "max_abs": _reference.similarity_gap(x, y)["max_abs"],
-    }
+    if _engine(backend):
+        off_diagonal = float(_pairwise.moments(x, y, _pairwise.COSINE)[0][9])
+        diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())  # Σ_ii ∈ {0, 1}
+        max_abs = max(off_diagonal, diagonal) if x.shape[0] > 1 else diagonal
+    else:
+        max_abs = _reference.similarity_gap(x, y)["max_abs"]
+    return {"frobenius": gram["gap_frobenius"], "relative": gram["gap_relative"], "max_abs": max_abs}

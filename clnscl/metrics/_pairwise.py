@@ -1,0 +1,96 @@
+"""The pairwise engine from Python: what Gram statistics cannot give, from passes over the pairs i < j.
+
+Passes (C++ ops `clnscl::pairwise_*`, float64, O(N + bins) memory): moments (RDM sums, min/max, RBF kernel
+sums and row sums, max |cos_x − cos_y|); histograms of the RDM values; the sum of products of binned ranks.
+
+Spearman RSA: every RDM value is ranked by its histogram bin (2^16 equal-width bins between the smallest and
+largest value; a bin's values get the bin's average rank). Let u be the exact average ranks, ũ the binned
+ones; ũ is u averaged within each bin, so with ε_x² = Σ_b n_b(n_b² − 1)/12 / (M·Var ũ) over the bins b whose
+values are not all equal (n_b values, M pairs), |ρ − ρ̃| ≤ ε_x + ε_y + ε_x² + ε_y² (Cauchy–Schwarz on the
+within-bin parts). The bound is computed from the histograms; above 1e-3 the pass is repeated with 2^20 bins; a bound
+still above 1e-3 (values crowded into few bins, e.g. near-ties of discrete data) makes N ≤ 4096 fall back to
+exact ranks and larger N report the bound with a warning.
+The RBF bandwidth σ = None is the median of ‖x_i − x_j‖ over i < j, located in a 2^16-bin histogram of the
+distances and interpolated linearly inside its bin (|error| ≤ bin width = (max − min)/2^16).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .. import _ext
+
+COSINE, EUCLIDEAN = 0, 1
+BINS, FINE_BINS = 1 << 16, 1 << 20
+SPEARMAN_BOUND = 1e-3
+EXACT_MAX_N = 4096  # up to 8.4M pairs: materialising and sorting them is cheaper than failing the bound
+
+
+def available() -> str | None:
+    """None if the C++ engine loads, else why not."""
+    return _ext.reason("cpu")
+
+
+def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0):
+    """(scalars, row sums of K_x, row sums of K_y); see csrc/clnscl.cpp for the layout of scalars."""
+    return torch.ops.clnscl.pairwise_moments(x.cpu(), y.cpu(), rdm, gamma_x, gamma_y)
+
+
+def _binned_ranks(counts: torch.Tensor) -> torch.Tensor:
+    """Average rank (1-based) of the values of every bin."""
+    c = counts.double()
+    return torch.cumsum(c, 0) - c + (c + 1) / 2
+
+
+def median_distance(x: torch.Tensor) -> float:
+    """Median of ‖x_i − x_j‖ over i < j (lower median), from a histogram of the distances."""
+    s, _, _ = moments(x, x, EUCLIDEAN)
+    lo, hi = float(s[5]), float(s[6])
+    counts, _, ranges, _ = torch.ops.clnscl.pairwise_histograms(x.cpu(), x.cpu(), EUCLIDEAN, lo, hi, lo, hi, BINS)
+    pairs = int(counts.sum())
+    k = (pairs + 1) // 2  # the lower median is the k-th smallest
+    cum = torch.cumsum(counts, 0)
+    b = int(torch.searchsorted(cum, torch.tensor(k)))
+    before = int(cum[b] - counts[b])
+    low, high = float(ranges[b, 0]), float(ranges[b, 1])
+    return low + (high - low) * (k - before - 0.5) / max(int(counts[b]), 1) if high > low else low
+
+
+def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]:
+    cx, cy, range_x, range_y = torch.ops.clnscl.pairwise_histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins)
+    rx, ry = _binned_ranks(cx), _binned_ranks(cy)
+    pairs = float(cx.sum())
+    mean = (pairs + 1) / 2
+    var_x = float((cx.double() * rx.square()).sum()) / pairs - mean**2
+    var_y = float((cy.double() * ry.square()).sum()) / pairs - mean**2
+    cross = float(torch.ops.clnscl.pairwise_rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry))
+    rho = (cross / pairs - mean**2) / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan
+
+    def eps(counts, ranges, var):
+        spread = ranges[:, 1] > ranges[:, 0]
+        c = counts.double()[spread]
+        return math.sqrt(float((c * (c.square() - 1) / 12).sum()) / pairs / var) if var > 0 else math.inf
+
+    ex, ey = eps(cx, range_x, var_x), eps(cy, range_y, var_y)
+    return rho, ex + ey + ex * ex + ey * ey
+
+
+def spearman(x, y, rdm: int) -> tuple[float, float]:
+    """(Spearman correlation of the two RDMs over i < j, bound on its error)."""
+    x, y = x.cpu(), y.cpu()
+    s, _, _ = moments(x, y, rdm)
+    if not math.isfinite(float(s[0])) or not math.isfinite(float(s[2])):
+        return math.nan, 0.0
+    limits = (float(s[5]), float(s[6]), float(s[7]), float(s[8]))
+    rho, bound = _spearman_at(x, y, rdm, *limits, BINS)
+    if bound > SPEARMAN_BOUND:
+        rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS)
+    if bound > SPEARMAN_BOUND and x.shape[0] <= EXACT_MAX_N:  # few pairs: rank them exactly instead
+        from . import _reference
+
+        return _reference.rsa(x, y, "cosine" if rdm == COSINE else "euclidean", "spearman"), 0.0
+    if bound > SPEARMAN_BOUND:
+        warnings.warn(f"rsa spearman: binned ranks guarantee only |error| <= {bound:.2g} on this data")
+    return rho, bound
