@@ -105,3 +105,24 @@ def test_compile_fullgraph_through_the_cuda_op():
     (g_compiled,) = torch.autograd.grad(compiled, z)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [301, 1025])
+def test_pairwise_engine_cuda_matches_reference(n):
+    from clnscl import metrics
+    from clnscl.metrics import _reference
+
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 13, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(13, 7, generator=gen, dtype=torch.float64) + torch.randn(n, 7, generator=gen, dtype=torch.float64)
+    xc, yc = x.cuda(), y.cuda()
+    for unbiased in (False, True):
+        got = metrics.cka(xc, yc, "rbf", sigma=2.0, unbiased=unbiased, backend="cuda")
+        assert got == pytest.approx(_reference.cka(x, y, "rbf", 2.0, unbiased), rel=1e-9, abs=1e-9)
+    for rdm in ("cosine", "euclidean"):
+        assert metrics.rsa(xc, yc, rdm, "pearson", backend="cuda") == pytest.approx(
+            _reference.rsa(x, y, rdm, "pearson"), rel=1e-9)
+        assert metrics.rsa(xc, yc, rdm, "spearman", backend="cuda") == pytest.approx(
+            _reference.rsa(x, y, rdm, "spearman"), abs=1e-3)
+    assert metrics.similarity_gap(xc, yc, backend="cuda")["max_abs"] == pytest.approx(
+        _reference.similarity_gap(x, y)["max_abs"], rel=1e-12)

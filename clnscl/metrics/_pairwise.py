@@ -28,14 +28,22 @@ SPEARMAN_BOUND = 1e-3
 EXACT_MAX_N = 4096  # up to 8.4M pairs: materialising and sorting them is cheaper than failing the bound
 
 
-def available() -> str | None:
-    """None if the C++ engine loads, else why not."""
-    return _ext.reason("cpu")
+def unavailable(device: str) -> str | None:
+    """None if the engine runs tensors of `device` ("cpu" or "cuda") here, else why not."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device"
+    return _ext.reason(device)
 
 
 def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0):
-    """(scalars, row sums of K_x, row sums of K_y); see csrc/clnscl.cpp for the layout of scalars."""
-    return torch.ops.clnscl.pairwise_moments(x.cpu(), y.cpu(), rdm, gamma_x, gamma_y)
+    """(scalars, row sums of K_x, row sums of K_y) on the CPU; csrc/clnscl.cpp gives the layout of scalars.
+    Runs where x and y are (CPU or CUDA)."""
+    return tuple(t.cpu() for t in torch.ops.clnscl.pairwise_moments(x, y, rdm, gamma_x, gamma_y))
+
+
+def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins):
+    """(counts_x, counts_y, range_x, range_y) on the CPU."""
+    return tuple(t.cpu() for t in torch.ops.clnscl.pairwise_histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins))
 
 
 def _binned_ranks(counts: torch.Tensor) -> torch.Tensor:
@@ -48,7 +56,7 @@ def median_distance(x: torch.Tensor) -> float:
     """Median of ‖x_i − x_j‖ over i < j (lower median), from a histogram of the distances."""
     s, _, _ = moments(x, x, EUCLIDEAN)
     lo, hi = float(s[5]), float(s[6])
-    counts, _, ranges, _ = torch.ops.clnscl.pairwise_histograms(x.cpu(), x.cpu(), EUCLIDEAN, lo, hi, lo, hi, BINS)
+    counts, _, ranges, _ = histograms(x, x, EUCLIDEAN, lo, hi, lo, hi, BINS)
     pairs = int(counts.sum())
     k = (pairs + 1) // 2  # the lower median is the k-th smallest
     cum = torch.cumsum(counts, 0)
@@ -59,7 +67,7 @@ def median_distance(x: torch.Tensor) -> float:
 
 
 def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]:
-    cx, cy, range_x, range_y = torch.ops.clnscl.pairwise_histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins)
+    cx, cy, range_x, range_y = histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins)
     rx, ry = _binned_ranks(cx), _binned_ranks(cy)
     pairs = float(cx.sum())
     mean = (pairs + 1) / 2
@@ -79,7 +87,6 @@ def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]
 
 def spearman(x, y, rdm: int) -> tuple[float, float]:
     """(Spearman correlation of the two RDMs over i < j, bound on its error)."""
-    x, y = x.cpu(), y.cpu()
     s, _, _ = moments(x, y, rdm)
     if not math.isfinite(float(s[0])) or not math.isfinite(float(s[2])):
         return math.nan, 0.0
@@ -90,7 +97,7 @@ def spearman(x, y, rdm: int) -> tuple[float, float]:
     if bound > SPEARMAN_BOUND and x.shape[0] <= EXACT_MAX_N:  # few pairs: rank them exactly instead
         from . import _reference
 
-        return _reference.rsa(x, y, "cosine" if rdm == COSINE else "euclidean", "spearman"), 0.0
+        return _reference.rsa(x.cpu(), y.cpu(), "cosine" if rdm == COSINE else "euclidean", "spearman"), 0.0
     if bound > SPEARMAN_BOUND:
         warnings.warn(f"rsa spearman: binned ranks guarantee only |error| <= {bound:.2g} on this data")
     return rho, bound

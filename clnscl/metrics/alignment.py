@@ -2,9 +2,10 @@
 
 What Gram statistics express (linear and cosine CKA, Pearson RSA on the cosine RDM, the Frobenius gap) is
 computed exactly and in O((p+q)²) memory by `StreamingAlignment`, whatever the backend. The rest (RBF CKA,
-the Euclidean RDM, Spearman RSA, the largest entry of |Σ_X − Σ_Y|) needs the pairs i < j themselves: backend
-"cpu" is the C++ pairwise engine (O(N + bins) memory; see _pairwise for Spearman's error bound and the
-median-σ estimate), "reference" materialises the N×N matrices, "auto" takes the engine when it loads.
+the Euclidean RDM, Spearman RSA, the largest entry of |Σ_X − Σ_Y|) needs the pairs i < j themselves: backends
+"cpu" and "cuda" run the pairwise engine (C++/OpenMP or CUDA, O(N + bins) memory; see _pairwise for
+Spearman's error bound and the median-σ estimate) on that device, "reference" materialises the N×N matrices,
+"auto" takes the engine of the tensors' device (else the CPU one) when it loads.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from . import _pairwise, _reference
 from ._gram import StreamingAlignment, _check_pair
 
-BACKENDS = ("auto", "reference", "cpu")
+BACKENDS = ("auto", "reference", "cpu", "cuda")
 KERNELS = ("linear", "cosine", "rbf")
 RDMS = ("cosine", "euclidean")
 METHODS = ("pearson", "spearman")
@@ -33,14 +34,20 @@ def _gram(x, y) -> dict[str, float]:
     return acc.compute()
 
 
-def _engine(backend: str) -> bool:
-    """Whether to use the C++ pairwise engine; an explicit "cpu" that cannot load raises with the reason."""
+def _engine(backend: str, x: torch.Tensor) -> str | None:
+    """The device to run the pairwise engine on, or None for the reference; an explicit backend that cannot
+    run raises RuntimeError with the reason."""
     if backend == "reference":
-        return False
-    why = _pairwise.available()
-    if why is not None and backend == "cpu":
-        raise RuntimeError(f"backend 'cpu' is unavailable: {why}")
-    return why is None
+        return None
+    if backend != "auto":
+        why = _pairwise.unavailable(backend)
+        if why is not None:
+            raise RuntimeError(f"backend {backend!r} is unavailable: {why}")
+        return backend
+    for device in ("cuda", "cpu") if x.is_cuda else ("cpu",):
+        if _pairwise.unavailable(device) is None:
+            return device
+    return None
 
 
 def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
@@ -89,8 +96,9 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> fl
         return _gram(x, y)[f"cka_{kernel}{'_unbiased' if unbiased else ''}"]
     if _undefined(x, 4 if unbiased else 2, "cka"):
         return math.nan
-    if _engine(backend):
-        return _rbf_cka_engine(x, y, sigma, unbiased)
+    device = _engine(backend, x)
+    if device is not None:
+        return _rbf_cka_engine(x.to(device), y.to(device), sigma, unbiased)
     return _reference.cka(x, y, kernel, sigma, unbiased)
 
 
@@ -108,8 +116,10 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
         return _gram(x, y)["rsa_pearson"]
     if _undefined(x, 3, "rsa"):  # a correlation over fewer than 2 pairs
         return math.nan
-    if not _engine(backend):
+    device = _engine(backend, x)
+    if device is None:
         return _reference.rsa(x, y, rdm, method)
+    x, y = x.to(device), y.to(device)
     code = _pairwise.COSINE if rdm == "cosine" else _pairwise.EUCLIDEAN
     if method == "spearman":
         return _pairwise.spearman(x, y, code)[0]
@@ -125,8 +135,9 @@ def similarity_gap(x, y, backend="auto") -> dict[str, float]:
     _check_pair(x, y)
     _choice("backend", backend, BACKENDS)
     gram = _gram(x, y)
-    if _engine(backend):
-        off_diagonal = float(_pairwise.moments(x, y, _pairwise.COSINE)[0][9])
+    device = _engine(backend, x)
+    if device is not None:
+        off_diagonal = float(_pairwise.moments(x.to(device), y.to(device), _pairwise.COSINE)[0][9])
         diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())  # Σ_ii ∈ {0, 1}
         max_abs = max(off_diagonal, diagonal) if x.shape[0] > 1 else diagonal
     else:

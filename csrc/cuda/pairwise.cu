@@ -1,0 +1,288 @@
+// CUDA kernels of the pairwise engine (schemas and math in ../clnscl.cpp; CPU twin in ../cpu/pairwise.cpp).
+//
+// One block per tile pair (I ≤ J) of kSide × kSide pairs. The block builds the Gram blocks x_I·x_Jᵀ and
+// y_I·y_Jᵀ from kDepth-wide slices in shared memory (float64 throughout), then each thread takes the pairs
+// i < j of its entries. Sums are reduced within the block and written as one partial per block (summed by
+// torch afterwards: deterministic); kernel row sums and histogram counts go to global memory with atomics
+// (2^16 bins do not fit in shared memory; the per-bin extremes use compare-and-swap loops).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+namespace clnscl {
+namespace {
+
+constexpr int kSide = 32, kDepth = 32, kThreads = 256, kPerThread = kSide * kSide / kThreads;
+constexpr int kScalars = 13;
+
+// The tile pair of this block: blockIdx.x enumerates the pairs I ≤ J of nb tiles row by row.
+__device__ inline void tile_of(int64_t p, int64_t nb, int64_t& ti, int64_t& tj) {
+  int64_t i = 0, first = 0;
+  while (first + (nb - i) <= p) first += nb - i, ++i;
+  ti = i, tj = i + (p - first);
+}
+
+// g[u][v] = ⟨a_{i0+u}, a_{j0+v}⟩ (0 outside the matrix), all threads of the block taking part.
+__device__ void gram_block(const double* __restrict__ a, int64_t n, int64_t d, int64_t i0, int64_t j0,
+                           double (*As)[kDepth + 1], double (*Bs)[kDepth + 1], double (*g)[kSide + 1]) {
+  const int t = threadIdx.x;
+  double acc[kPerThread] = {};
+  for (int64_t k0 = 0; k0 < d; k0 += kDepth) {
+    for (int e = t; e < kSide * kDepth; e += kThreads) {
+      const int r = e / kDepth, k = e % kDepth;
+      As[r][k] = (i0 + r < n && k0 + k < d) ? a[(i0 + r) * d + k0 + k] : 0.0;
+      Bs[r][k] = (j0 + r < n && k0 + k < d) ? a[(j0 + r) * d + k0 + k] : 0.0;
+    }
+    __syncthreads();
+    for (int w = 0; w < kPerThread; ++w) {
+      const int e = t + w * kThreads, u = e / kSide, v = e % kSide;
+#pragma unroll 8
+      for (int k = 0; k < kDepth; ++k) acc[w] += As[u][k] * Bs[v][k];
+    }
+    __syncthreads();
+  }
+  for (int w = 0; w < kPerThread; ++w) {
+    const int e = t + w * kThreads;
+    g[e / kSide][e % kSide] = acc[w];
+  }
+  __syncthreads();
+}
+
+__device__ inline double rdm_value(int64_t rdm, double g, double na, double nb) {
+  if (rdm == 1) return sqrt(fmax(na + nb - 2.0 * g, 0.0));
+  const double denom = sqrt(na) * sqrt(nb);
+  return 1.0 - (denom > 0.0 ? g / denom : 0.0);
+}
+
+__device__ inline double cosine(double g, double na, double nb) {
+  const double denom = sqrt(na) * sqrt(nb);
+  return denom > 0.0 ? g / denom : 0.0;
+}
+
+__device__ inline int64_t bin_of(double v, double lo, double width, int64_t bins) {
+  const double t = (v - lo) / width;
+  if (!(t > 0.0)) return 0;
+  return min(static_cast<int64_t>(t), bins - 1);
+}
+
+__device__ void atomic_min_double(double* addr, double v) {
+  auto* p = reinterpret_cast<unsigned long long*>(addr);
+  unsigned long long old = *p;
+  while (v < __longlong_as_double(old)) {
+    const unsigned long long prev = atomicCAS(p, old, __double_as_longlong(v));
+    if (prev == old) break;
+    old = prev;
+  }
+}
+
+__device__ void atomic_max_double(double* addr, double v) {
+  auto* p = reinterpret_cast<unsigned long long*>(addr);
+  unsigned long long old = *p;
+  while (v > __longlong_as_double(old)) {
+    const unsigned long long prev = atomicCAS(p, old, __double_as_longlong(v));
+    if (prev == old) break;
+    old = prev;
+  }
+}
+
+struct Pair {
+  int64_t i, j;
+  double gx, gy;
+};
+
+// Visits this thread's pairs i < j of the block's tile: fn(Pair).
+template <typename Fn>
+__device__ void for_each_pair(int64_t n, int64_t i0, int64_t j0, double (*gx)[kSide + 1], double (*gy)[kSide + 1],
+                              Fn fn) {
+  for (int w = 0; w < kPerThread; ++w) {
+    const int e = threadIdx.x + w * kThreads, u = e / kSide, v = e % kSide;
+    const int64_t i = i0 + u, j = j0 + v;
+    if (i < n && j < n && i < j) fn(Pair{i, j, gx[u][v], gy[u][v]});
+  }
+}
+
+#define CLNSCL_PAIRWISE_SHARED                                                             \
+  __shared__ double As[kSide][kDepth + 1], Bs[kSide][kDepth + 1];                          \
+  __shared__ double Gx[kSide][kSide + 1], Gy[kSide][kSide + 1];                            \
+  int64_t ti, tj;                                                                           \
+  tile_of(blockIdx.x, (n + kSide - 1) / kSide, ti, tj);                                     \
+  const int64_t i0 = ti * kSide, j0 = tj * kSide;                                           \
+  gram_block(x, n, p, i0, j0, As, Bs, Gx);                                                  \
+  gram_block(y, n, q, i0, j0, As, Bs, Gy);
+
+__global__ void moments_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
+                               int64_t q, const double* __restrict__ nx, const double* __restrict__ ny, int64_t rdm,
+                               double gamma_x, double gamma_y, double* __restrict__ partial, double* __restrict__ rkx,
+                               double* __restrict__ rky) {
+  CLNSCL_PAIRWISE_SHARED
+  const bool rbf = gamma_x > 0.0 && gamma_y > 0.0;
+  double a[kScalars] = {0, 0, 0, 0, 0, INFINITY, -INFINITY, INFINITY, -INFINITY, 0, 0, 0, 0};
+  for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
+    const double dx = rdm_value(rdm, pr.gx, nx[pr.i], nx[pr.j]), dy = rdm_value(rdm, pr.gy, ny[pr.i], ny[pr.j]);
+    a[0] += dx, a[1] += dx * dx, a[2] += dy, a[3] += dy * dy, a[4] += dx * dy;
+    a[5] = fmin(a[5], dx), a[6] = fmax(a[6], dx), a[7] = fmin(a[7], dy), a[8] = fmax(a[8], dy);
+    a[9] = fmax(a[9], fabs(cosine(pr.gx, nx[pr.i], nx[pr.j]) - cosine(pr.gy, ny[pr.i], ny[pr.j])));
+    if (rbf) {
+      const double kx = exp(-gamma_x * fmax(nx[pr.i] + nx[pr.j] - 2.0 * pr.gx, 0.0));
+      const double ky = exp(-gamma_y * fmax(ny[pr.i] + ny[pr.j] - 2.0 * pr.gy, 0.0));
+      a[10] += kx * ky, a[11] += kx * kx, a[12] += ky * ky;
+      atomicAdd(rkx + pr.i, kx), atomicAdd(rkx + pr.j, kx), atomicAdd(rky + pr.i, ky), atomicAdd(rky + pr.j, ky);
+    }
+  });
+  // block reduction through shared memory (Gx is free again after the pairs were read)
+  __syncthreads();
+  double* red = &As[0][0];  // kSide·(kDepth+1) ≥ kThreads doubles
+  for (int k = 0; k < kScalars; ++k) {
+    red[threadIdx.x] = a[k];
+    __syncthreads();
+    for (int s = kThreads / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s) {
+        const double o = red[threadIdx.x + s];
+        double& m = red[threadIdx.x];
+        m = (k == 5 || k == 7) ? fmin(m, o) : (k == 6 || k == 8 || k == 9) ? fmax(m, o) : m + o;
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x * kScalars + k] = red[0];
+    __syncthreads();
+  }
+}
+
+__global__ void histograms_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
+                                  int64_t q, const double* __restrict__ nx, const double* __restrict__ ny,
+                                  int64_t rdm, double lo_x, double wx, double lo_y, double wy, int64_t bins,
+                                  unsigned long long* __restrict__ cx, unsigned long long* __restrict__ cy,
+                                  double* __restrict__ ex, double* __restrict__ ey) {
+  CLNSCL_PAIRWISE_SHARED
+  for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
+    const double dx = rdm_value(rdm, pr.gx, nx[pr.i], nx[pr.j]), dy = rdm_value(rdm, pr.gy, ny[pr.i], ny[pr.j]);
+    const int64_t bx = bin_of(dx, lo_x, wx, bins), by = bin_of(dy, lo_y, wy, bins);
+    atomicAdd(cx + bx, 1ULL), atomicAdd(cy + by, 1ULL);
+    atomic_min_double(ex + 2 * bx, dx), atomic_max_double(ex + 2 * bx + 1, dx);
+    atomic_min_double(ey + 2 * by, dy), atomic_max_double(ey + 2 * by + 1, dy);
+  });
+}
+
+__global__ void rank_product_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
+                                    int64_t q, const double* __restrict__ nx, const double* __restrict__ ny,
+                                    int64_t rdm, double lo_x, double wx, int64_t bins_x, double lo_y, double wy,
+                                    int64_t bins_y, const double* __restrict__ rank_x,
+                                    const double* __restrict__ rank_y, double* __restrict__ partial) {
+  CLNSCL_PAIRWISE_SHARED
+  double sum = 0.0;
+  for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
+    const double dx = rdm_value(rdm, pr.gx, nx[pr.i], nx[pr.j]), dy = rdm_value(rdm, pr.gy, ny[pr.i], ny[pr.j]);
+    sum += rank_x[bin_of(dx, lo_x, wx, bins_x)] * rank_y[bin_of(dy, lo_y, wy, bins_y)];
+  });
+  __syncthreads();
+  double* red = &As[0][0];
+  red[threadIdx.x] = sum;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+}
+
+struct Prepared {
+  at::Tensor x, y, nx, ny;
+  int64_t n, p, q, blocks;
+};
+
+Prepared prepare(const at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0),
+              "pairwise: x and y must be 2-D with the same number of rows");
+  Prepared r;
+  r.x = x.detach().to(at::kDouble).contiguous();
+  r.y = y.detach().to(at::kDouble).contiguous();
+  r.nx = r.x.square().sum(1).contiguous();
+  r.ny = r.y.square().sum(1).contiguous();
+  r.n = r.x.size(0), r.p = r.x.size(1), r.q = r.y.size(1);
+  const int64_t nb = (r.n + kSide - 1) / kSide;
+  r.blocks = nb * (nb + 1) / 2;
+  TORCH_CHECK(r.blocks < (int64_t{1} << 31), "pairwise (CUDA): N too large for one grid");
+  return r;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::Tensor& x, const at::Tensor& y,
+                                                                    int64_t rdm, double gamma_x, double gamma_y) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Prepared r = prepare(x, y);
+  const auto opts = r.x.options();
+  at::Tensor rkx = at::zeros({r.n}, opts), rky = at::zeros({r.n}, opts);
+  at::Tensor scalars = at::zeros({kScalars}, opts);
+  if (r.blocks == 0 || r.n < 2) {
+    scalars.index_put_({at::indexing::Slice(5, 9)}, at::tensor({INFINITY, -INFINITY, INFINITY, -INFINITY}, opts));
+    return {scalars, rkx, rky};
+  }
+  at::Tensor partial = at::empty({r.blocks, kScalars}, opts);
+  moments_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
+      r.ny.data_ptr<double>(), rdm, gamma_x, gamma_y, partial.data_ptr<double>(), rkx.data_ptr<double>(),
+      rky.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  using at::indexing::Slice;
+  scalars = partial.sum(0);
+  scalars.index_put_({Slice(5, 6)}, partial.select(1, 5).amin().reshape({1}));
+  scalars.index_put_({Slice(6, 7)}, partial.select(1, 6).amax().reshape({1}));
+  scalars.index_put_({Slice(7, 8)}, partial.select(1, 7).amin().reshape({1}));
+  scalars.index_put_({Slice(8, 10)}, partial.narrow(1, 8, 2).amax(0));
+  if (scalars[0].isnan().item<bool>() || scalars[2].isnan().item<bool>()) scalars.fill_(NAN);
+  return {scalars, rkx, rky};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_cuda(
+    const at::Tensor& x, const at::Tensor& y, int64_t rdm, double lo_x, double hi_x, double lo_y, double hi_y,
+    int64_t bins) {
+  TORCH_CHECK(bins >= 1, "pairwise_histograms: bins must be >= 1");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Prepared r = prepare(x, y);
+  const auto lopts = r.x.options().dtype(at::kLong);
+  at::Tensor cx = at::zeros({bins}, lopts), cy = at::zeros({bins}, lopts);
+  at::Tensor ex = at::empty({bins, 2}, r.x.options()), ey = at::empty({bins, 2}, r.x.options());
+  ex.select(1, 0).fill_(INFINITY), ex.select(1, 1).fill_(-INFINITY);
+  ey.select(1, 0).fill_(INFINITY), ey.select(1, 1).fill_(-INFINITY);
+  const double wx = hi_x > lo_x ? (hi_x - lo_x) / bins : 1.0, wy = hi_y > lo_y ? (hi_y - lo_y) / bins : 1.0;
+  if (r.blocks > 0) {
+    histograms_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
+        r.ny.data_ptr<double>(), rdm, lo_x, wx, lo_y, wy, bins,
+        reinterpret_cast<unsigned long long*>(cx.data_ptr<int64_t>()),
+        reinterpret_cast<unsigned long long*>(cy.data_ptr<int64_t>()), ex.data_ptr<double>(), ey.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {cx, cy, ex, ey};
+}
+
+at::Tensor pairwise_rank_product_cuda(const at::Tensor& x, const at::Tensor& y, int64_t rdm, double lo_x,
+                                      double hi_x, double lo_y, double hi_y, const at::Tensor& rank_x,
+                                      const at::Tensor& rank_y) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Prepared r = prepare(x, y);
+  const at::Tensor rx = rank_x.to(r.x.options()).contiguous(), ry = rank_y.to(r.x.options()).contiguous();
+  const int64_t bins_x = rx.numel(), bins_y = ry.numel();
+  TORCH_CHECK(bins_x >= 1 && bins_y >= 1, "pairwise_rank_product: empty rank tables");
+  const double wx = hi_x > lo_x ? (hi_x - lo_x) / bins_x : 1.0, wy = hi_y > lo_y ? (hi_y - lo_y) / bins_y : 1.0;
+  if (r.blocks == 0) return at::zeros({}, r.x.options());
+  at::Tensor partial = at::empty({r.blocks}, r.x.options());
+  rank_product_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
+      r.ny.data_ptr<double>(), rdm, lo_x, wx, bins_x, lo_y, wy, bins_y, rx.data_ptr<double>(),
+      ry.data_ptr<double>(), partial.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return partial.sum();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clnscl, CUDA, m) {
+  m.impl("pairwise_moments", &pairwise_moments_cuda);
+  m.impl("pairwise_histograms", &pairwise_histograms_cuda);
+  m.impl("pairwise_rank_product", &pairwise_rank_product_cuda);
+}
+
+}  // namespace clnscl
