@@ -10,8 +10,9 @@ values are not all equal (n_b values, M pairs), |ρ − ρ̃| ≤ ε_x + ε_y + 
 within-bin parts). The bound is computed from the histograms; above 1e-3 the pass is repeated with 2^20 bins; a bound
 still above 1e-3 (values crowded into few bins, e.g. near-ties of discrete data) makes N ≤ 4096 fall back to
 exact ranks and larger N report the bound with a warning.
+The bins span bounds known without a pass: [0, 2] for 1 − cos, [0, 2·max‖x_i − x̄‖] for distances.
 The RBF bandwidth σ = None is the median of ‖x_i − x_j‖ over i < j, located in a 2^16-bin histogram of the
-distances and interpolated linearly inside its bin (|error| ≤ bin width = (max − min)/2^16).
+distances and interpolated linearly inside its bin (|error| ≤ bin width = 2·max‖x_i − x̄‖/2^16).
 """
 from __future__ import annotations
 
@@ -35,15 +36,21 @@ def unavailable(device: str) -> str | None:
     return _ext.reason(device)
 
 
+def _ops(x: torch.Tensor):
+    """The engine's ops, built and loaded for x's device on first use."""
+    _ext.load("cuda" if x.is_cuda else "cpu")
+    return torch.ops.clnscl
+
+
 def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0):
     """(scalars, row sums of K_x, row sums of K_y) on the CPU; csrc/clnscl.cpp gives the layout of scalars.
     Runs where x and y are (CPU or CUDA)."""
-    return tuple(t.cpu() for t in torch.ops.clnscl.pairwise_moments(x, y, rdm, gamma_x, gamma_y))
+    return tuple(t.cpu() for t in _ops(x).pairwise_moments(x, y, rdm, gamma_x, gamma_y))
 
 
 def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins):
     """(counts_x, counts_y, range_x, range_y) on the CPU."""
-    return tuple(t.cpu() for t in torch.ops.clnscl.pairwise_histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins))
+    return tuple(t.cpu() for t in _ops(x).pairwise_histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins))
 
 
 def _binned_ranks(counts: torch.Tensor) -> torch.Tensor:
@@ -52,18 +59,30 @@ def _binned_ranks(counts: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(c, 0) - c + (c + 1) / 2
 
 
-def median_distance(x: torch.Tensor) -> float:
-    """Median of ‖x_i − x_j‖ over i < j (lower median), from a histogram of the distances."""
-    s, _, _ = moments(x, x, EUCLIDEAN)
-    lo, hi = float(s[5]), float(s[6])
-    counts, _, ranges, _ = histograms(x, x, EUCLIDEAN, lo, hi, lo, hi, BINS)
-    pairs = int(counts.sum())
-    k = (pairs + 1) // 2  # the lower median is the k-th smallest
+def value_range(x: torch.Tensor, rdm: int) -> tuple[float, float]:
+    """Bounds on the RDM values of x without a pass over the pairs: [0, 2] for 1 − cos, and
+    [0, 2·max‖x_i − x̄‖] for distances (triangle inequality through the mean)."""
+    if rdm == COSINE:
+        return 0.0, 2.0
+    radius = float((x.double() - x.double().mean(0)).norm(dim=1).max())
+    return 0.0, 2.0 * radius * (1 + 1e-12) + 1e-300
+
+
+def _median_in(counts, ranges) -> float:
+    """Lower median of the values behind a histogram, interpolated inside its bin (exact for a tied bin)."""
+    k = (int(counts.sum()) + 1) // 2
     cum = torch.cumsum(counts, 0)
     b = int(torch.searchsorted(cum, torch.tensor(k)))
-    before = int(cum[b] - counts[b])
+    before, inside = int(cum[b] - counts[b]), max(int(counts[b]), 1)
     low, high = float(ranges[b, 0]), float(ranges[b, 1])
-    return low + (high - low) * (k - before - 0.5) / max(int(counts[b]), 1) if high > low else low
+    return low + (high - low) * (k - before - 0.5) / inside if high > low else low
+
+
+def median_distances(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Medians of ‖x_i − x_j‖ and of ‖y_i − y_j‖ over i < j, from one histogram pass."""
+    limits = value_range(x, EUCLIDEAN) + value_range(y, EUCLIDEAN)
+    cx, cy, rx, ry = histograms(x, y, EUCLIDEAN, *limits, BINS)
+    return _median_in(cx, rx), _median_in(cy, ry)
 
 
 def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]:
@@ -73,7 +92,7 @@ def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]
     mean = (pairs + 1) / 2
     var_x = float((cx.double() * rx.square()).sum()) / pairs - mean**2
     var_y = float((cy.double() * ry.square()).sum()) / pairs - mean**2
-    cross = float(torch.ops.clnscl.pairwise_rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry))
+    cross = float(_ops(x).pairwise_rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry))
     rho = (cross / pairs - mean**2) / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan
 
     def eps(counts, ranges, var):
@@ -87,10 +106,9 @@ def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]
 
 def spearman(x, y, rdm: int) -> tuple[float, float]:
     """(Spearman correlation of the two RDMs over i < j, bound on its error)."""
-    s, _, _ = moments(x, y, rdm)
-    if not math.isfinite(float(s[0])) or not math.isfinite(float(s[2])):
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return math.nan, 0.0
-    limits = (float(s[5]), float(s[6]), float(s[7]), float(s[8]))
+    limits = value_range(x, rdm) + value_range(y, rdm)
     rho, bound = _spearman_at(x, y, rdm, *limits, BINS)
     if bound > SPEARMAN_BOUND:
         rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS)

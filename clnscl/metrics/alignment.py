@@ -60,8 +60,7 @@ def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
 
 
 def _rbf_cka_engine(x, y, sigma, unbiased) -> float:
-    sx = sigma if sigma is not None else _pairwise.median_distance(x)
-    sy = sigma if sigma is not None else _pairwise.median_distance(y)
+    sx, sy = (sigma, sigma) if sigma is not None else _pairwise.median_distances(x, y)
     if not (sx > 0 and sy > 0):
         warnings.warn("cka: a representation has all pairwise distances 0 (median σ = 0): NaN")
         return math.nan
