@@ -125,23 +125,33 @@ class StreamingAlignment:
                 offset += value.numel()
         return self
 
-    def compute(self) -> dict[str, float]:
-        """The metrics over all rows so far; NaN (with a warning saying why) where undefined."""
+    def compute(self, keys=None) -> dict[str, float]:
+        """The metrics over all rows so far; NaN where undefined, with a warning saying why for each of `keys`
+        (default: all) that is undefined."""
         out = dict.fromkeys(self.KEYS, math.nan)
+        why: dict[str, str] = {}
+        self._fill(out, why)
+        for key in self.KEYS if keys is None else keys:
+            if key in why:
+                warnings.warn(f"{key}: {why[key]}: NaN")
+        return out
+
+    def _fill(self, out: dict, why: dict) -> None:
         n = self.n
         if n < 2:
-            warnings.warn(f"alignment metrics need at least 2 samples, got {n}: NaN")
-            return out
+            why.update(dict.fromkeys(self.KEYS, f"needs at least 2 samples, got {n}"))
+            return
         for name, st in (("linear", self._raw), ("cosine", self._unit)):
             if _is_constant(st["xx"], st["sx"], st["n"]) or _is_constant(st["yy"], st["sy"], st["n"]):
-                warnings.warn(f"cka_{name}: a representation is constant (HSIC(K, K) = 0): NaN")
+                reason = "a representation is constant (HSIC(K, K) = 0)"
+                why[f"cka_{name}"] = why[f"cka_{name}_unbiased"] = reason
                 continue
             hxy = _hsic_biased(st["xy"], st["sx"], st["sy"], st["n"])
             hxx = _hsic_biased(st["xx"], st["sx"], st["sx"], st["n"])
             hyy = _hsic_biased(st["yy"], st["sy"], st["sy"], st["n"])
             out[f"cka_{name}"] = float(hxy / torch.sqrt(hxx * hyy))
             if n < 4:
-                warnings.warn(f"cka_{name}_unbiased needs at least 4 samples, got {n}: NaN")
+                why[f"cka_{name}_unbiased"] = f"needs at least 4 samples, got {n}"
                 continue
             uxy = _hsic_unbiased(st["xy"], st["sx"], st["sy"], st["nx2"], st["ny2"], st["nxy"], st["x_ny2"],
                                  st["y_nx2"], st["n"])
@@ -157,14 +167,18 @@ class StreamingAlignment:
         fxx, fyy, fxy = u["xx"].square().sum(), u["yy"].square().sum(), u["xy"].square().sum()
         sum_aa, sum_bb, sum_ab = (fxx - u["nx4"]) / 2, (fyy - u["ny4"]) / 2, (fxy - u["nxy"]) / 2
         var_a, var_b = pairs * sum_aa - sum_a**2, pairs * sum_bb - sum_b**2
-        if var_a <= 0 or var_b <= 0:
-            warnings.warn("rsa_pearson: an RDM is constant over the pairs: NaN")
+        if n < 3:
+            why["rsa_pearson"] = f"needs at least 3 samples (2 pairs), got {n}"
+        elif var_a <= _CONSTANT_RTOL * pairs * sum_aa or var_b <= _CONSTANT_RTOL * pairs * sum_bb:
+            why["rsa_pearson"] = "an RDM is constant over the pairs (a constant representation)"
         else:
             out["rsa_pearson"] = float((pairs * sum_ab - sum_a * sum_b) / torch.sqrt(var_a * var_b))
         gap = torch.sqrt((fxx + fyy - 2 * fxy).clamp_min(0))
         out["gap_frobenius"] = float(gap)
-        out["gap_relative"] = float(gap / torch.sqrt(fxx)) if fxx > 0 else math.nan
-        return out
+        if fxx > 0:
+            out["gap_relative"] = float(gap / torch.sqrt(fxx))
+        else:
+            why["gap_relative"] = "Σ_X is zero (all rows of x are zero)"
 
 
 def _check_pair(x, y) -> None:

@@ -86,6 +86,8 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def rsa(x, y, rdm="cosine", method="pearson") -> float:
     a, b = rdm_upper(x, rdm), rdm_upper(y, rdm)
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
     if method == "spearman":
         a, b = average_ranks(a), average_ranks(b)
     return pearson(a, b)

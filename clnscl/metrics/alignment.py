@@ -28,10 +28,26 @@ def _choice(name, value, choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _gram(x, y) -> dict[str, float]:
+def _gram(x, y, *keys) -> dict[str, float]:
     acc = StreamingAlignment()
     acc.update(x, y)
-    return acc.compute()
+    return acc.compute(keys)
+
+
+def _constant(t: torch.Tensor, directions: bool) -> bool:
+    """Whether all rows are equal (or, with directions, all point the same way): every pairwise distance 0."""
+    t = t.double()
+    if directions:
+        t = torch.nn.functional.normalize(t, dim=1)
+    spread = (t - t.mean(0)).abs().max()
+    return bool(spread <= 1e-10 * t.abs().max())
+
+
+def _constant_warned(x, y, directions: bool, what: str) -> bool:
+    if _constant(x, directions) or _constant(y, directions):
+        warnings.warn(f"{what}: a representation is constant (all pairwise distances 0): NaN")
+        return True
+    return False
 
 
 def _engine(backend: str, x: torch.Tensor) -> str | None:
@@ -92,8 +108,9 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> fl
     if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a finite number > 0 or None, got {sigma!r}")
     if kernel != "rbf":
-        return _gram(x, y)[f"cka_{kernel}{'_unbiased' if unbiased else ''}"]
-    if _undefined(x, 4 if unbiased else 2, "cka"):
+        key = f"cka_{kernel}{'_unbiased' if unbiased else ''}"
+        return _gram(x, y, key)[key]
+    if _undefined(x, 4 if unbiased else 2, "cka") or _constant_warned(x, y, False, "cka"):
         return math.nan
     device = _engine(backend, x)
     if device is not None:
@@ -111,10 +128,10 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
     _choice("rdm", rdm, RDMS)
     _choice("method", method, METHODS)
     _choice("backend", backend, BACKENDS)
-    if (rdm, method) == ("cosine", "pearson"):
-        return _gram(x, y)["rsa_pearson"]
-    if _undefined(x, 3, "rsa"):  # a correlation over fewer than 2 pairs
+    if _undefined(x, 3, "rsa") or _constant_warned(x, y, rdm == "cosine", "rsa"):  # < 2 pairs, or 0/0
         return math.nan
+    if (rdm, method) == ("cosine", "pearson"):
+        return _gram(x, y, "rsa_pearson")["rsa_pearson"]
     device = _engine(backend, x)
     if device is None:
         return _reference.rsa(x, y, rdm, method)
@@ -133,9 +150,14 @@ def similarity_gap(x, y, backend="auto") -> dict[str, float]:
     (÷ ‖Σ_X‖_F) and `max_abs` max_ij |Σ_X − Σ_Y|."""
     _check_pair(x, y)
     _choice("backend", backend, BACKENDS)
-    gram = _gram(x, y)
+    if x.shape[0] == 0:
+        warnings.warn("similarity_gap needs at least 1 sample, got 0 samples: NaN")
+        return dict.fromkeys(("frobenius", "relative", "max_abs"), math.nan)
+    gram = _gram(x, y, "gap_frobenius", "gap_relative")
     device = _engine(backend, x)
-    if device is not None:
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        max_abs = math.nan
+    elif device is not None:
         off_diagonal = float(_pairwise.moments(x.to(device), y.to(device), _pairwise.COSINE)[0][9])
         diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())  # Σ_ii ∈ {0, 1}
         max_abs = max(off_diagonal, diagonal) if x.shape[0] > 1 else diagonal
