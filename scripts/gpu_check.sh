@@ -9,9 +9,10 @@
 #   1. versions, GPU, `python -m clnscl.info` (this compiles the CPU and CUDA ops), and a hard load check;
 #   2. the GPU tests: pytest -k "gpu or cuda or triton" over tests/ (tests/test_triton.py runs its kernels on
 #      the GPU: TRITON_INTERPRET is unset) and benchmarks/test_loss_gpu.py (smoke size);
-#   3. scripts/gpu_bench.py: correctness of triton/cuda vs the float64 reference at N = 4096 (fp32), and
+#   3. scripts/gpu_metrics.py: the CUDA pairwise engine and streaming metrics at N = 200,000, d = 512;
+#   4. scripts/gpu_bench.py: correctness of triton/cuda vs the float64 reference at N = 4096 (fp32), and
 #      time, TFLOP/s (8·N²·d / t) and peak memory of triton, cuda, reference at N = 65,536, d = 128, bf16, fp32.
-# Environment: PYTHON (default python3), GPU_CHECK_BUDGET (seconds, default 420), GPU_CHECK_LOGS (folder for
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET (seconds, default 540), GPU_CHECK_LOGS (folder for
 # the logs and gpu_bench.md; default $OUT when set, else a new temporary folder).
 set -u -o pipefail
 
@@ -25,7 +26,7 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
     if command -v python3 >/dev/null 2>&1; then PY=python3; else PY=python; fi
 fi
-BUDGET=${GPU_CHECK_BUDGET:-420}
+BUDGET=${GPU_CHECK_BUDGET:-540}
 LOGS=${GPU_CHECK_LOGS:-${OUT:-}}
 if [ -z "$LOGS" ]; then LOGS=$(mktemp -d); fi
 mkdir -p "$LOGS"
@@ -90,10 +91,14 @@ if torch.cuda.is_available():
 run_step gpu_tests 200 150 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=5 \
     tests benchmarks/test_loss_gpu.py -k "gpu or cuda or triton"
 
-# 3. the compact benchmark, with its own budget inside the step's timeout
-BENCH_T=$(($(left) - 5))
 DRY=""
 if [ "$HAVE_CUDA" != 1 ]; then DRY="--dry-run"; fi
+
+# 3. the metrics on the GPU (pairwise engine and streaming Gram statistics), at most 150 s
+run_step gpu_metrics 150 100 "$PY" scripts/gpu_metrics.py $DRY --budget 120
+
+# 4. the compact loss benchmark, with its own budget inside the step's timeout
+BENCH_T=$(($(left) - 5))
 run_step gpu_bench "$BENCH_T" 5 "$PY" scripts/gpu_bench.py $DRY --budget $((BENCH_T > 40 ? BENCH_T - 25 : 15)) \
     --out "$LOGS/gpu_bench.md"
 
@@ -104,6 +109,8 @@ echo
 echo "| step | status | time | detail |"
 echo "| --- | --- | --- | --- |"
 for row in "${SUMMARY[@]}"; do echo "$row"; done
+echo
+grep -A 12 "^## clnscl metrics" "$LOGS/gpu_metrics.log" 2>/dev/null
 echo
 if [ -s "$LOGS/gpu_bench.md" ]; then
     cat "$LOGS/gpu_bench.md"
