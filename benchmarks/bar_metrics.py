@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import _proc_status_kib, _reset_hwm, fmt_bytes, fmt_time  # noqa: E402
+from benchutil import _proc_status_kib, _reset_hwm, fmt_bytes, fmt_time, run_probe_script  # noqa: E402
 
 
 def inputs(n: int, p: int, seed: int = 0):
@@ -62,14 +61,6 @@ def probe(kind: str, n: int, p: int) -> dict:
     return {"kind": kind, "n": n, "p": p, "seconds": seconds, "extra_bytes": peak - base, "cka_linear": value}
 
 
-def run_probe(kind: str, n: int, p: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--probe", kind, "--n", str(n), "--p", str(p)],
-                         capture_output=True, text=True, timeout=3600, env=dict(os.environ))
-    if out.returncode != 0:
-        return {"kind": kind, "n": n, "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -82,8 +73,11 @@ def main(argv=None) -> int:
         return 0
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"load {os.getloadavg()[0]:.2f}")
-    big = run_probe("stream", args.n, args.p)
-    small = [run_probe(kind, args.plain_n, args.p) for kind in ("stream", "plain")]
+    def run_probe(kind, n):
+        return run_probe_script(__file__, kind, "--n", str(n), "--p", str(args.p), kind=kind, n=n)
+
+    big = run_probe("stream", args.n)
+    small = [run_probe(kind, args.plain_n) for kind in ("stream", "plain")]
     print(f"\n| method | N | p = q | time | extra memory | cka_linear |\n| --- | --- | --- | --- | --- | --- |")
     for r in [big, *small]:
         if "error" in r:

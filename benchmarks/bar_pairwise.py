@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bar_metrics import inputs  # noqa: E402
-from benchutil import _proc_status_kib, _reset_hwm, fmt_bytes, fmt_time  # noqa: E402
+from benchutil import _proc_status_kib, _reset_hwm, fmt_bytes, fmt_time, run_probe_script  # noqa: E402
 
 
 def clnscl_engine(x, y) -> tuple[float, float]:
@@ -71,15 +70,6 @@ def probe(method: str, n: int, d: int) -> dict:
     return {"method": method, "seconds": seconds, "extra_bytes": peak - base, "spearman": rho, "cka_rbf": cka}
 
 
-def run_probe(method: str, n: int, d: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--probe", method, "--n", str(n), "--d", str(d)],
-                         capture_output=True, text=True, timeout=3600, env=dict(os.environ))
-    if out.returncode != 0:
-        tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
-        return {"method": method, "error": tail}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20_000)
@@ -91,7 +81,7 @@ def main(argv=None) -> int:
         return 0
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load {os.getloadavg()[0]:.2f}; N = {args.n:,}, d = {args.d}")
-    rows = [run_probe(m, args.n, args.d) for m in METHODS]
+    rows = [run_probe_script(__file__, m, "--n", str(args.n), "--d", str(args.d), method=m) for m in METHODS]
     print("\n| method | time | extra memory | Spearman RSA | RBF CKA |\n| --- | --- | --- | --- | --- |")
     for r in rows:
         if "error" in r:

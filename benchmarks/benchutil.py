@@ -271,6 +271,16 @@ def measure_peak(method: Method, n: int, d: int = D, dtype: torch.dtype = torch.
     return json.loads(lines[-1])
 
 
+def run_probe_script(script: str, *args: str, **label) -> dict:
+    """Run `script --probe args...` in a fresh process; its last line of output is a JSON dict. On failure:
+    `label` plus "error" (the last line of stderr)."""
+    out = subprocess.run([sys.executable, script, "--probe", *args], capture_output=True, text=True, timeout=3600,
+                         env=dict(os.environ))
+    if out.returncode != 0:
+        return {**label, "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def fmt_bytes(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"

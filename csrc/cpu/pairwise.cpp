@@ -47,6 +47,13 @@ void for_each_tile(const at::Tensor& x, const at::Tensor& y, Visit visit) {
   });
 }
 
+// Calls fn(i, j, gx_ij, gy_ij) for the pairs i < j of a tile (on a diagonal tile, the entries above it).
+template <typename Fn>
+inline void for_each_pair(const Tile& t, Fn fn) {
+  for (int64_t u = 0; u < t.r; ++u)
+    for (int64_t v = (t.i0 == t.j0 ? u + 1 : 0); v < t.c; ++v) fn(t.i0 + u, t.j0 + v, t.gx[u * t.c + v], t.gy[u * t.c + v]);
+}
+
 // RDM value of a pair from its Gram entry g and the two rows' squared norms.
 inline double rdm_value(int64_t rdm, double g, double na, double nb) {
   if (rdm == kEuclidean) return std::sqrt(std::max(na + nb - 2.0 * g, 0.0));
@@ -104,23 +111,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cpu(const at::Te
     double* a = acc.data() + thread * kScalars;
     double* rkx = rbf ? rows.data() + static_cast<size_t>(thread) * 2 * n : nullptr;
     double* rky = rbf ? rkx + n : nullptr;
-    for (int64_t u = 0; u < t.r; ++u) {
-      const int64_t i = t.i0 + u;
-      for (int64_t v = (t.i0 == t.j0 ? u + 1 : 0); v < t.c; ++v) {
-        const int64_t j = t.j0 + v;
-        const double gx = t.gx[u * t.c + v], gy = t.gy[u * t.c + v];
-        const double dx = rdm_value(rdm, gx, nx[i], nx[j]), dy = rdm_value(rdm, gy, ny[i], ny[j]);
-        a[0] += dx, a[1] += dx * dx, a[2] += dy, a[3] += dy * dy, a[4] += dx * dy;
-        a[5] = std::min(a[5], dx), a[6] = std::max(a[6], dx), a[7] = std::min(a[7], dy), a[8] = std::max(a[8], dy);
-        a[9] = std::max(a[9], std::abs(cosine(gx, nx[i], nx[j]) - cosine(gy, ny[i], ny[j])));
-        if (rbf) {
-          const double kx = std::exp(-gamma_x * std::max(nx[i] + nx[j] - 2.0 * gx, 0.0));
-          const double ky = std::exp(-gamma_y * std::max(ny[i] + ny[j] - 2.0 * gy, 0.0));
-          a[10] += kx * ky, a[11] += kx * kx, a[12] += ky * ky;
-          rkx[i] += kx, rkx[j] += kx, rky[i] += ky, rky[j] += ky;
-        }
+    for_each_pair(t, [&](int64_t i, int64_t j, double gx, double gy) {
+      const double dx = rdm_value(rdm, gx, nx[i], nx[j]), dy = rdm_value(rdm, gy, ny[i], ny[j]);
+      a[0] += dx, a[1] += dx * dx, a[2] += dy, a[3] += dy * dy, a[4] += dx * dy;
+      a[5] = std::min(a[5], dx), a[6] = std::max(a[6], dx), a[7] = std::min(a[7], dy), a[8] = std::max(a[8], dy);
+      a[9] = std::max(a[9], std::abs(cosine(gx, nx[i], nx[j]) - cosine(gy, ny[i], ny[j])));
+      if (rbf) {
+        const double kx = std::exp(-gamma_x * std::max(nx[i] + nx[j] - 2.0 * gx, 0.0));
+        const double ky = std::exp(-gamma_y * std::max(ny[i] + ny[j] - 2.0 * gy, 0.0));
+        a[10] += kx * ky, a[11] += kx * kx, a[12] += ky * ky;
+        rkx[i] += kx, rkx[j] += kx, rky[i] += ky, rky[j] += ky;
       }
-    }
+    });
   });
   at::Tensor scalars = at::zeros({kScalars}, at::kDouble);
   double* s = scalars.data_ptr<double>();
@@ -162,18 +164,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_c
   for_each_tile(p.x, p.y, [&](const Tile& t, int thread) {
     int64_t *hx = cx.data() + thread * per, *hy = cy.data() + thread * per;
     double *mx = ex.data() + thread * per * 2, *my = ey.data() + thread * per * 2;
-    for (int64_t u = 0; u < t.r; ++u) {
-      const int64_t i = t.i0 + u;
-      for (int64_t v = (t.i0 == t.j0 ? u + 1 : 0); v < t.c; ++v) {
-        const int64_t j = t.j0 + v;
-        const double dx = rdm_value(rdm, t.gx[u * t.c + v], nx[i], nx[j]);
-        const double dy = rdm_value(rdm, t.gy[u * t.c + v], ny[i], ny[j]);
-        const int64_t bx = bin_of(dx, lo_x, wx, bins), by = bin_of(dy, lo_y, wy, bins);
-        ++hx[bx], ++hy[by];
-        mx[2 * bx] = std::min(mx[2 * bx], dx), mx[2 * bx + 1] = std::max(mx[2 * bx + 1], dx);
-        my[2 * by] = std::min(my[2 * by], dy), my[2 * by + 1] = std::max(my[2 * by + 1], dy);
-      }
-    }
+    for_each_pair(t, [&](int64_t i, int64_t j, double gx, double gy) {
+      const double dx = rdm_value(rdm, gx, nx[i], nx[j]), dy = rdm_value(rdm, gy, ny[i], ny[j]);
+      const int64_t bx = bin_of(dx, lo_x, wx, bins), by = bin_of(dy, lo_y, wy, bins);
+      ++hx[bx], ++hy[by];
+      mx[2 * bx] = std::min(mx[2 * bx], dx), mx[2 * bx + 1] = std::max(mx[2 * bx + 1], dx);
+      my[2 * by] = std::min(my[2 * by], dy), my[2 * by + 1] = std::max(my[2 * by + 1], dy);
+    });
   });
   at::Tensor hx = at::from_blob(cx.data(), {nt, bins}, at::kLong).sum(0);
   at::Tensor hy = at::from_blob(cy.data(), {nt, bins}, at::kLong).sum(0);
@@ -200,15 +197,10 @@ at::Tensor pairwise_rank_product_cpu(const at::Tensor& x_in, const at::Tensor& y
   const double *rx = rank_x.data_ptr<double>(), *ry = rank_y.data_ptr<double>();
   for_each_tile(p.x, p.y, [&](const Tile& t, int thread) {
     double sum = 0.0;
-    for (int64_t u = 0; u < t.r; ++u) {
-      const int64_t i = t.i0 + u;
-      for (int64_t v = (t.i0 == t.j0 ? u + 1 : 0); v < t.c; ++v) {
-        const int64_t j = t.j0 + v;
-        const double dx = rdm_value(rdm, t.gx[u * t.c + v], nx[i], nx[j]);
-        const double dy = rdm_value(rdm, t.gy[u * t.c + v], ny[i], ny[j]);
-        sum += rx[bin_of(dx, lo_x, wx, bins_x)] * ry[bin_of(dy, lo_y, wy, bins_y)];
-      }
-    }
+    for_each_pair(t, [&](int64_t i, int64_t j, double gx, double gy) {
+      const double dx = rdm_value(rdm, gx, nx[i], nx[j]), dy = rdm_value(rdm, gy, ny[i], ny[j]);
+      sum += rx[bin_of(dx, lo_x, wx, bins_x)] * ry[bin_of(dy, lo_y, wy, bins_y)];
+    });
     acc[thread] += sum;
   });
   double total = 0.0;
