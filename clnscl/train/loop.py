@@ -1,0 +1,200 @@
+"""The coupled training loop: several models, one per objective, under shared randomness.
+
+Every model starts from the same initial weights (checked at step 0), sees the same batches in the same order
+and the same augmented views, and has its own optimiser and schedule with the same hyper-parameters. The
+first objective is the anchor: at every evaluation the other models are compared with it on a fixed
+reference set (never subsampled) through the library's own metrics, and a record goes to metrics.jsonl.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import contrastive_loss
+from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
+from . import data as datamod
+from .models import build_model
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norm layers
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr = cfg.scaled_lr()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+    raise ValueError(f"optimizer {cfg.optimizer!r} is not available yet in this version (available: sgd, adamw)")
+
+
+def _schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up, then cosine decay to 0, per step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _objective_loss(model, objective: str, views: torch.Tensor, labels: torch.Tensor, cfg) -> torch.Tensor:
+    """Loss of one model on the shared views (B, V, C, H, W)."""
+    b, v = views.shape[:2]
+    _, z = model(views.flatten(0, 1))
+    z = z.view(b, v, -1)
+    if objective == "ce":
+        return F.cross_entropy(model.logits(z).flatten(0, 1), labels.repeat_interleave(v))
+    return contrastive_loss(z, labels, objective=objective, temperature=cfg.temperature, decoupled=cfg.decoupled)
+
+
+@torch.no_grad()
+def _features(model, x: torch.Tensor, batch: int = 1024):
+    model.eval()
+    hs, zs = zip(*(model(x[i : i + batch]) for i in range(0, x.shape[0], batch)))
+    model.train()
+    return torch.cat(hs), torch.cat(zs)
+
+
+def _weight_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight tensors the models share a role for: encoder and projector matrices and kernels (biases and
+    norm parameters start at 0 or 1, which makes their relative distance meaningless; the CE head is trained
+    by the CE model only)."""
+    return {n: p for n, p in model.named_parameters() if p.ndim > 1 and not n.startswith("head.")}
+
+
+def _same_weights(models) -> bool:
+    first = models[0].state_dict()
+    return all(torch.equal(first[k], m.state_dict()[k]) for m in models[1:] for k in first)
+
+
+class CoupledTrainer:
+    """Holds the models, data, samplers and generators of one run; `run()` trains and records."""
+
+    def __init__(self, cfg, out_dir: Path, log=print):
+        self.cfg, self.out, self.log = cfg, Path(out_dir), log
+        self.device = _device(cfg.device)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.dataset != "digits":
+            raise ValueError(f"dataset {cfg.dataset!r} is not available yet in this version (available: 'digits')")
+        images, labels = datamod.load_digits_dataset()
+        if cfg.num_classes is not None:
+            classes = datamod.class_subset(labels, cfg.num_classes, cfg.seed)
+            (self.out / "classes.json").write_text(json.dumps(classes))
+            images, labels = datamod.filter_classes(images, labels, classes)
+        self.num_classes = int(labels.max()) + 1
+        tx, ty, rx, ry = datamod.split(images, labels, cfg.reference_fraction, seed=cfg.seed)
+        if cfg.reference_size is not None:
+            rx, ry = rx[: cfg.reference_size], ry[: cfg.reference_size]
+        self.train_x, self.train_y = tx.to(self.device), ty.to(self.device)
+        self.ref_x, self.ref_y = rx.to(self.device), ry.to(self.device)
+        torch.manual_seed(cfg.seed)
+        init = build_model(cfg.model, images.shape[1], self.num_classes, cfg.hidden_dim, cfg.projector_dim)
+        self.names = list(cfg.objectives)
+        self.models = [copy.deepcopy(init).to(self.device) for _ in self.names]
+        if not _same_weights(self.models):
+            raise RuntimeError("the coupled models do not start from identical weights")
+        self.sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.augment_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        sampler_cls = datamod.StratifiedBatches if cfg.sampler == "stratified" else datamod.UniformBatches
+        if cfg.sampler == "stratified":
+            self.sampler = sampler_cls(ty, cfg.batch_size, self.sample_gen)
+        else:
+            self.sampler = sampler_cls(ty.shape[0], cfg.batch_size, self.sample_gen)
+        self.augment = datamod.Augment(**dataclasses.asdict(cfg.augment))
+        self.total_steps = cfg.epochs * self.sampler.epoch_length
+        warmup = cfg.warmup_epochs * self.sampler.epoch_length
+        self.optimizers = [_optimizer(cfg, m) for m in self.models]
+        self.schedules = [_schedule(o, warmup, self.total_steps) for o in self.optimizers]
+        self.step = 0
+        self.start = time.perf_counter()
+
+    def train_step(self) -> dict[str, float]:
+        idx = self.sampler.next_batch()
+        x, y = self.train_x[idx.to(self.device)], self.train_y[idx.to(self.device)]
+        cpu_x = x.cpu()
+        views = torch.stack([self.augment(cpu_x, self.augment_gen) for _ in range(2)], dim=1).to(self.device)
+        losses = {}
+        for name, model, opt, sched in zip(self.names, self.models, self.optimizers, self.schedules):
+            loss = _objective_loss(model, name, views, y, self.cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses[f"loss/{name}"] = loss.item()
+        self.step += 1
+        return losses
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        cfg, rec = self.cfg, {}
+        feats = [_features(m, self.ref_x) for m in self.models]
+        train_feats = [_features(m, self.train_x)[0] for m in self.models]
+        anchor = self.names[0]
+        for i, name in enumerate(self.names[1:], start=1):
+            for prefix, k in (("", 1), ("h/", 0)):
+                acc = StreamingAlignment()
+                acc.update(feats[0][k], feats[i][k])
+                out = acc.compute()
+                for key in ("cka_cosine", "cka_linear", "rsa_pearson", "gap_relative"):
+                    rec[f"{prefix}{key}/{name}"] = out[key]
+            rec[f"weight_div/{name}"] = weight_divergence(
+                _weight_matrices(self.models[0]), _weight_matrices(self.models[i]))["mean"]
+        # CL − NSCL loss of the anchor on a fixed evaluation batch, and its bound
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
+        idx = torch.randperm(self.train_x.shape[0], generator=gen)[: cfg.batch_size].to(self.device)
+        x, y = self.train_x[idx], self.train_y[idx]
+        views = torch.stack([self.augment(x.cpu(), gen) for _ in range(2)], dim=1).to(self.device)
+        self.models[0].eval()
+        _, z = self.models[0](views.flatten(0, 1))
+        self.models[0].train()
+        z = z.view(views.shape[0], 2, -1)
+        gap = (contrastive_loss(z, y, objective="cl", temperature=cfg.temperature, decoupled=cfg.decoupled)
+               - contrastive_loss(z, y, objective="nscl", temperature=cfg.temperature, decoupled=cfg.decoupled))
+        rec["loss_gap"] = float(gap)
+        rec["loss_gap_bound"] = loss_gap_bound(y, cfg.temperature)
+        for name, (h, _), th in zip(self.names, feats, train_feats):
+            rec[f"nccc/{name}"] = nccc_accuracy(th, self.train_y, h, self.ref_y)
+            rec[f"knn/{name}"] = knn_accuracy(th, self.train_y, h, self.ref_y, k=cfg.knn_k)
+        rec["anchor"] = anchor
+        return rec
+
+    def run(self) -> list[dict]:
+        records = []
+        metrics_path = self.out / "metrics.jsonl"
+        metrics_path.unlink(missing_ok=True)
+        last = {}
+        with metrics_path.open("a") as sink:
+            while self.step < self.total_steps:
+                last = self.train_step()
+                if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps or self.step == 1:
+                    rec = {"step": self.step, "epoch": self.step / self.sampler.epoch_length,
+                           "time": time.perf_counter() - self.start, **last, **self.evaluate()}
+                    sink.write(json.dumps(rec) + "\n")
+                    sink.flush()
+                    records.append(rec)
+                    self.log(_progress_line(rec, self.total_steps, self.names))
+        return records
+
+
+def _progress_line(rec: dict, total: int, names: list[str]) -> str:
+    losses = "  ".join(f"{n} {rec[f'loss/{n}']:.3f}" for n in names)
+    align = "  ".join(f"cka/{n} {rec[f'cka_cosine/{n}']:.3f}" for n in names[1:])
+    return (f"step {rec['step']:5d}/{total}  {rec['time']:6.1f}s  loss: {losses}  |  {align}  "
+            f"gap {rec['loss_gap']:.3f} ≤ {rec['loss_gap_bound']:.3f}")
