@@ -32,7 +32,11 @@ def train_main(args) -> int:
         print(f"clnscl train: {exc}", file=sys.stderr)
         return 2
     cfg.save(out)
-    records = trainer.run()
+    try:
+        records = trainer.run(resume=args.resume)
+    except ValueError as exc:  # a corrupt or mismatched checkpoint
+        print(f"clnscl train: {exc}", file=sys.stderr)
+        return 2
     _write_csv(records, out / "metrics.csv")
     print(f"metrics: {out / 'metrics.jsonl'} ({len(records)} evaluations)")
     return 0
@@ -52,6 +56,8 @@ def main(argv=None) -> int:
     tr.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                     help="override one key (repeatable; dotted keys for nested ones)")
     tr.add_argument("--out", metavar="DIR", help="run directory (default: the config's `out`)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in DIR from its checkpoint.pt (same config), keeping its metrics")
     sub.add_parser("info", help="versions and available backends")
     args = parser.parse_args(argv)
     if args.command == "info":

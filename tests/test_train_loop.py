@@ -63,3 +63,28 @@ def test_help_documents_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("temperature", "objectives", "batch_size", "augment.rotation", "sampler", "eval_every"):
         assert key in out
+
+
+def test_resume_after_a_kill_gives_the_same_metrics(tmp_path):
+    overrides = [*TINY, "checkpoint_every=3"]
+    full = CoupledTrainer(load_config(None, overrides), tmp_path / "full", log=lambda *_: None).run()
+    killed = CoupledTrainer(load_config(None, overrides), tmp_path / "cut", log=lambda *_: None)
+    killed.run(stop_after=7)  # mid-epoch; the last checkpoint is at step 6
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text()
+    (tmp_path / "cut" / "metrics.jsonl").write_text(lines + '{"step": 99, "trunc')  # a line cut by the kill
+    resumed = CoupledTrainer(load_config(None, overrides), tmp_path / "cut", log=lambda *_: None).run(resume=True)
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "time"} for r in recs]  # noqa: E731
+    assert strip(resumed) == strip(full)
+    on_disk = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert strip(on_disk) == strip(full)
+
+
+def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--out", str(run), *[a for kv in TINY for a in ("--set", kv)]]) == 0
+    args = ["train", "--resume", "--out", str(run), *[a for kv in TINY for a in ("--set", kv)]]
+    assert cli.main([*args, "--set", "temperature=0.3"]) == 2
+    assert "temperature" in capsys.readouterr().err
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert cli.main(args) == 2
+    assert "corrupt" in capsys.readouterr().err

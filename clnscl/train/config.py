@@ -125,6 +125,7 @@ class Config:
     projector_dim: int = _opt(64, "output dimension of the projector (the embedding z the losses see)")
     eval_every: int = _opt(20, "evaluate alignment every this many steps")
     knn_k: int = _opt(20, "neighbours of the k-NN accuracy")
+    checkpoint_every: int = _opt(50, "write RUN_DIR/checkpoint.pt (atomically) every this many steps and at the end")
     out: str = _opt("runs/default", "run directory (metrics, figures, checkpoints, config.yaml)")
     device: str = _opt("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
     augment: AugmentConfig = field(default_factory=AugmentConfig,
@@ -181,6 +182,7 @@ class Config:
         _check_min("projector_dim", self.projector_dim, 1)
         _check_min("eval_every", self.eval_every, 1)
         _check_min("knn_k", self.knn_k, 1)
+        _check_min("checkpoint_every", self.checkpoint_every, 1)
         if not self.out.strip():
             raise ConfigError("config key 'out': must not be empty")
         if not _DEVICE_RE.match(self.device):

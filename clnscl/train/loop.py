@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -175,22 +176,97 @@ class CoupledTrainer:
         rec["anchor"] = anchor
         return rec
 
-    def run(self) -> list[dict]:
-        records = []
+    # ---------------------------------------------------------------------------------------------- checkpoints
+
+    # what must match between a checkpoint and the run that resumes it
+    _RUN_KEYS = ("objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
+                 "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
+                 "reference_fraction", "reference_size", "model", "hidden_dim", "projector_dim", "augment")
+
+    def state_dict(self) -> dict:
+        cfg = self.cfg.to_dict()
+        return {
+            "step": self.step, "elapsed": time.perf_counter() - self.start,
+            "run": {k: cfg[k] for k in self._RUN_KEYS},
+            "models": [m.state_dict() for m in self.models],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedules": [s.state_dict() for s in self.schedules],
+            "sampler": self.sampler.state_dict(),
+            "augment_rng": self.augment_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """RUN_DIR/checkpoint.pt, written to a temporary file and renamed: a kill never leaves half a file."""
+        path = self.out / "checkpoint.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            step, run = state["step"], state["run"]
+        except Exception as exc:  # any unreadable file: say which and why
+            raise ValueError(f"checkpoint {path} is corrupt or not a clnscl checkpoint ({type(exc).__name__}: {exc})")
+        cfg = self.cfg.to_dict()
+        differ = [k for k in self._RUN_KEYS if run.get(k) != cfg[k]]
+        if differ:
+            raise ValueError(f"checkpoint {path} belongs to another run: {', '.join(differ)} differ "
+                             f"(checkpoint {[run.get(k) for k in differ]}, config {[cfg[k] for k in differ]})")
+        for target, key in ((self.models, "models"), (self.optimizers, "optimizers"), (self.schedules, "schedules")):
+            for obj, sd in zip(target, state[key]):
+                obj.load_state_dict(sd)
+        self.sampler.load_state_dict(state["sampler"])
+        self.augment_gen.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = step
+        self.start = time.perf_counter() - state["elapsed"]
+
+    # -------------------------------------------------------------------------------------------------- the run
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> list[dict]:
+        """Train to the end (or, for tests, stop after `stop_after` steps as a killed run would). With resume,
+        continue from RUN_DIR/checkpoint.pt; records already in metrics.jsonl are kept, not written twice."""
         metrics_path = self.out / "metrics.jsonl"
-        metrics_path.unlink(missing_ok=True)
-        last = {}
+        records = []
+        if resume:
+            self.load_checkpoint(self.out / "checkpoint.pt")
+            records = _read_records(metrics_path)
+            tmp = metrics_path.with_suffix(".jsonl.tmp")  # drop a line cut short by the kill, atomically
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+            os.replace(tmp, metrics_path)
+        else:
+            metrics_path.unlink(missing_ok=True)
+        written = {r["step"] for r in records}
         with metrics_path.open("a") as sink:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
                 last = self.train_step()
                 if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps or self.step == 1:
-                    rec = {"step": self.step, "epoch": self.step / self.sampler.epoch_length,
-                           "time": time.perf_counter() - self.start, **last, **self.evaluate()}
-                    sink.write(json.dumps(rec) + "\n")
-                    sink.flush()
-                    records.append(rec)
-                    self.log(_progress_line(rec, self.total_steps, self.names))
+                    if self.step not in written:
+                        rec = {"step": self.step, "epoch": self.step / self.sampler.epoch_length,
+                               "time": time.perf_counter() - self.start, **last, **self.evaluate()}
+                        sink.write(json.dumps(rec) + "\n")
+                        sink.flush()
+                        records.append(rec)
+                        self.log(_progress_line(rec, self.total_steps, self.names))
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.save_checkpoint()
         return records
+
+
+def _read_records(path: Path) -> list[dict]:
+    """The complete lines of a metrics.jsonl (a line cut short by a kill is dropped)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
 
 
 def _progress_line(rec: dict, total: int, names: list[str]) -> str:
