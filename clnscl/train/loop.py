@@ -22,6 +22,7 @@ from torch import nn
 from .. import contrastive_loss
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
 from . import data as datamod
+from .lars import LARS
 from .models import build_model
 
 
@@ -40,7 +41,8 @@ def _optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
-    raise ValueError(f"optimizer {cfg.optimizer!r} is not available yet in this version (available: sgd, adamw)")
+    groups[1]["lars_exclude"] = True  # LARS: no trust ratio for biases and norm layers
+    return LARS(groups, lr=lr, momentum=cfg.momentum)
 
 
 def _schedule(optimizer, warmup_steps: int, total_steps: int):
