@@ -1,8 +1,9 @@
-"""Command line: `clnscl train` (the coupled trainer) and `clnscl info`.
+"""Command line: `clnscl train` (the coupled trainer), `clnscl report DIR` and `clnscl info`.
 
 `clnscl train` with no arguments trains a CL model and its supervised counterparts (NSCL, SupCon, CE) on the
 handwritten digits that ship inside scikit-learn (no download), under shared randomness, and records their
-alignment, weight divergence and loss gap in RUN_DIR/metrics.jsonl (and .csv).
+alignment, weight divergence and loss gap in RUN_DIR/metrics.jsonl (and .csv), then writes the report:
+PNG figures and a summary table that says whether the paper's qualitative findings hold in the run.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def train_main(args) -> int:
         return 2
     _write_csv(records, out / "metrics.csv")
     print(f"metrics: {out / 'metrics.jsonl'} ({len(records)} evaluations)")
-    return 0
+    from .train.report import main as report_main
+
+    return report_main([str(out)])
 
 
 def main(argv=None) -> int:
@@ -58,6 +61,8 @@ def main(argv=None) -> int:
     tr.add_argument("--out", metavar="DIR", help="run directory (default: the config's `out`)")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in DIR from its checkpoint.pt (same config), keeping its metrics")
+    rep = sub.add_parser("report", help="figures (PNG) and a summary table of a run directory")
+    rep.add_argument("run_dir", metavar="DIR", help="a run directory written by `clnscl train`")
     sub.add_parser("info", help="versions and available backends")
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -65,6 +70,10 @@ def main(argv=None) -> int:
 
         print(report())
         return 0
+    if args.command == "report":
+        from .train.report import main as report_main
+
+        return report_main([args.run_dir])
     return train_main(args)
 
 

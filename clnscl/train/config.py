@@ -224,6 +224,7 @@ class Config:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
+            os.chmod(tmp, 0o644)  # mkstemp makes the file private; a config is meant to be read
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
