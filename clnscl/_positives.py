@@ -29,4 +29,5 @@ def class_positive_mean(xq: torch.Tensor, xk: torch.Tensor, col_cls: torch.Tenso
         0, dense, torch.ones_like(xk[:, 0])
     )
     mine = dense[row_offset : row_offset + xq.shape[0]]
-    return (xq * (class_sum[mine] - xq)).sum(dim=1) / (count[mine] - 1)
+    # index_select, not class_sum[mine]: its backward (index_add_) is deterministic on CPU, indexing's is not
+    return (xq * (class_sum.index_select(0, mine) - xq)).sum(dim=1) / (count.index_select(0, mine) - 1)

@@ -88,3 +88,17 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path, capsys):
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert cli.main(args) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_two_processes_with_the_same_seed_give_identical_metrics(tmp_path):
+    """Across processes too (thread scheduling differs): no non-deterministic kernel on the CPU path."""
+    import subprocess
+    import sys
+
+    for name in ("p1", "p2"):
+        sets = [a for kv in [*TINY, "objectives=[cl,supcon]"] for a in ("--set", kv)]
+        subprocess.run([sys.executable, "-m", "clnscl.cli", "train", "--out", str(tmp_path / name), *sets],
+                       check=True, capture_output=True, timeout=300)
+    read = lambda n: [{k: v for k, v in json.loads(line).items() if k != "time"}  # noqa: E731
+                      for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+    assert read("p1") == read("p2")
