@@ -96,7 +96,9 @@ def test_two_processes_with_the_same_seed_give_identical_metrics(tmp_path):
     import sys
 
     for name in ("p1", "p2"):
-        sets = [a for kv in [*TINY, "objectives=[cl,supcon]"] for a in ("--set", kv)]
+        # batches of 256 samples (512 rows × 64): large enough for PyTorch to parallelise its CPU kernels
+        sets = [a for kv in [*TINY, "objectives=[cl,supcon]", "batch_size=256", "num_classes=null", "epochs=1"]
+                for a in ("--set", kv)]
         subprocess.run([sys.executable, "-m", "clnscl.cli", "train", "--out", str(tmp_path / name), *sets],
                        check=True, capture_output=True, timeout=300)
     read = lambda n: [{k: v for k, v in json.loads(line).items() if k != "time"}  # noqa: E731
