@@ -12,12 +12,14 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import contrastive_loss
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
@@ -90,7 +92,7 @@ def _same_weights(models) -> bool:
 class CoupledTrainer:
     """Holds the models, data, samplers and generators of one run; `run()` trains and records."""
 
-    def __init__(self, cfg, out_dir: Path, log=print):
+    def __init__(self, cfg, out_dir: Path, log=tqdm.write):
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
         self.device = _device(cfg.device)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -242,9 +244,13 @@ class CoupledTrainer:
         else:
             metrics_path.unlink(missing_ok=True)
         written = {r["step"] for r in records}
-        with metrics_path.open("a") as sink:
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not sys.stderr.isatty(),
+                   dynamic_ncols=True)
+        with metrics_path.open("a") as sink, bar:
             while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
                 last = self.train_step()
+                bar.update(1)
+                bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in last.items()}, refresh=False)
                 if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps or self.step == 1:
                     if self.step not in written:
                         rec = {"step": self.step, "epoch": self.step / self.sampler.epoch_length,
