@@ -1,4 +1,4 @@
-"""Command line: `clnscl train` (the coupled trainer), `clnscl report DIR` and `clnscl info`.
+"""Command line: `clnscl train` (the coupled trainer), `clnscl report DIR`, `clnscl align A B`, `clnscl info`.
 
 `clnscl train` with no arguments trains a CL model and its supervised counterparts (NSCL, SupCon, CE) on the
 handwritten digits that ship inside scikit-learn (no download), under shared randomness, and records their
@@ -63,6 +63,9 @@ def main(argv=None) -> int:
                     help="continue the run in DIR from its checkpoint.pt (same config), keeping its metrics")
     rep = sub.add_parser("report", help="figures (PNG) and a summary table of a run directory")
     rep.add_argument("run_dir", metavar="DIR", help="a run directory written by `clnscl train`")
+    al = sub.add_parser("align", help="alignment between models of two runs (or two models of one run)",
+                        add_help=False)
+    al.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("info", help="versions and available backends")
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -70,6 +73,10 @@ def main(argv=None) -> int:
 
         print(report())
         return 0
+    if args.command == "align":
+        from .train.align import main as align_main
+
+        return align_main(args.rest)
     if args.command == "report":
         from .train.report import main as report_main
 

@@ -1,0 +1,94 @@
+"""`clnscl align A B`: alignment between two trained models, each a (checkpoint, objective) of a run.
+
+A and B are run directories or checkpoint files written by `clnscl train`; `--model-a/--model-b` pick the
+objective's model in each (default: the anchor of A, and the first non-anchor of B, or its anchor when B is
+another run). The data are the reference split of A's run (its seed, class subset and fraction), or all of the
+embedded digits with --data all. Prints every metric of StreamingAlignment, plus with --pairwise RBF CKA,
+Spearman RSA and the largest |Σ_A − Σ_B| from the pairwise engine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .. import metrics
+from . import data as datamod
+from .models import build_model
+
+
+def _checkpoint(path: str) -> tuple[Path, dict]:
+    p = Path(path)
+    p = p / "checkpoint.pt" if p.is_dir() else p
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=False)
+        state["run"], state["models"]  # noqa: B018  (the keys of a clnscl checkpoint)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {p} is corrupt or not a clnscl checkpoint ({type(exc).__name__}: {exc})")
+    return p, state
+
+
+def _model(state: dict, name: str | None, default_index: int, where: Path):
+    names = list(state["run"]["objectives"])
+    if name is None:
+        name = names[min(default_index, len(names) - 1)]
+    if name not in names:
+        raise ValueError(f"model {name!r} is not in {where} (its objectives: {names})")
+    sd = state["models"][names.index(name)]
+    run = state["run"]
+    model = build_model(run["model"], sd["encoder.net.0.weight"].shape[1], sd["head.weight"].shape[0],
+                        run["hidden_dim"], run["projector_dim"])
+    model.load_state_dict(sd)
+    return name, model.eval()
+
+
+def _reference_images(state: dict, ckpt: Path, everything: bool) -> torch.Tensor:
+    run = state["run"]
+    images, labels = datamod.load_digits_dataset()
+    if everything:
+        return images
+    classes_file = ckpt.parent / "classes.json"
+    if run["num_classes"] is not None and classes_file.exists():
+        images, labels = datamod.filter_classes(images, labels, json.loads(classes_file.read_text()))
+    _, _, ref_x, _ = datamod.split(images, labels, run["reference_fraction"], seed=run["seed"])
+    return ref_x if run["reference_size"] is None else ref_x[: run["reference_size"]]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="clnscl align", description=__doc__.splitlines()[0])
+    ap.add_argument("a", metavar="CKPT_A", help="run directory or checkpoint.pt")
+    ap.add_argument("b", metavar="CKPT_B", help="run directory or checkpoint.pt")
+    ap.add_argument("--model-a", help="objective of the model to take from A (default: its anchor)")
+    ap.add_argument("--model-b", help="objective of the model to take from B")
+    ap.add_argument("--data", choices=("reference", "all"), default="reference",
+                    help="A's reference split (default) or all the digits")
+    ap.add_argument("--pairwise", action="store_true", help="also RBF CKA, Spearman RSA and max |Σ_A − Σ_B|")
+    args = ap.parse_args(argv)
+    try:
+        path_a, state_a = _checkpoint(args.a)
+        path_b, state_b = _checkpoint(args.b)
+        same_run = path_a.resolve() == path_b.resolve()
+        name_a, model_a = _model(state_a, args.model_a, 0, path_a)
+        name_b, model_b = _model(state_b, args.model_b, 1 if same_run else 0, path_b)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"clnscl align: {exc}", file=__import__("sys").stderr)
+        return 2
+    x = _reference_images(state_a, path_a, args.data == "all")
+    loader = [x[i : i + 1024] for i in range(0, x.shape[0], 1024)]
+    print(f"A = {path_a} [{name_a}], B = {path_b} [{name_b}], {x.shape[0]} samples\n")
+    print("| representation | metric | value |\n| --- | --- | --- |")
+    for rep, select in (("z", lambda out: out[1]), ("h", lambda out: out[0])):
+        acc, kept = metrics.align_models(model_a, model_b, loader, select=select, keep_features=args.pairwise,
+                                         dtype=torch.float32)
+        for key, value in acc.compute().items():
+            print(f"| {rep} | {key} | {value:.6f} |")
+        if args.pairwise:
+            fa, fb = kept
+            print(f"| {rep} | cka_rbf | {metrics.cka(fa, fb, 'rbf'):.6f} |")
+            print(f"| {rep} | rsa_spearman (cosine RDM) | {metrics.rsa(fa, fb, 'cosine', 'spearman'):.6f} |")
+            print(f"| {rep} | gap_max_abs | {metrics.similarity_gap(fa, fb)['max_abs']:.6f} |")
+    return 0
