@@ -1,4 +1,5 @@
-"""Command line: `clnscl train` (the coupled trainer), `clnscl report DIR`, `clnscl align A B`, `clnscl info`.
+"""Command line: `clnscl train` (the coupled trainer), `clnscl report DIR`, `clnscl align A B`, `clnscl sweep`,
+`clnscl info`.
 
 `clnscl train` with no arguments trains a CL model and its supervised counterparts (NSCL, SupCon, CE) on the
 handwritten digits that ship inside scikit-learn (no download), under shared randomness, and records their
@@ -46,6 +47,15 @@ def train_main(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("sweep", "align"):  # subcommands with their own parsers
+        if argv[0] == "sweep":
+            from .train.sweep import main as sweep_main
+
+            return sweep_main(argv[1:])
+        from .train.align import main as align_main
+
+        return align_main(argv[1:])
     parser = argparse.ArgumentParser(prog="clnscl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     from .train.config import describe
@@ -63,9 +73,8 @@ def main(argv=None) -> int:
                     help="continue the run in DIR from its checkpoint.pt (same config), keeping its metrics")
     rep = sub.add_parser("report", help="figures (PNG) and a summary table of a run directory")
     rep.add_argument("run_dir", metavar="DIR", help="a run directory written by `clnscl train`")
-    al = sub.add_parser("align", help="alignment between models of two runs (or two models of one run)",
-                        add_help=False)
-    al.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("sweep", help="repeat the coupled run over temperature, classes or batch size (see --help)")
+    sub.add_parser("align", help="alignment between models of two runs, or of one run (see --help)")
     sub.add_parser("info", help="versions and available backends")
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -73,10 +82,6 @@ def main(argv=None) -> int:
 
         print(report())
         return 0
-    if args.command == "align":
-        from .train.align import main as align_main
-
-        return align_main(args.rest)
     if args.command == "report":
         from .train.report import main as report_main
 
