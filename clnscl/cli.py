@@ -30,7 +30,7 @@ def train_main(args) -> int:
         cfg = load_config(args.config, args.set)
         out = Path(args.out or cfg.out)
         trainer = CoupledTrainer(cfg, out)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"clnscl train: {exc}", file=sys.stderr)
         return 2
     cfg.save(out)

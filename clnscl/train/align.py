@@ -3,7 +3,7 @@
 A and B are run directories or checkpoint files written by `clnscl train`; `--model-a/--model-b` pick the
 objective's model in each (default: the anchor of A, and the first non-anchor of B, or its anchor when B is
 another run). The data are the reference split of A's run (its seed, class subset and fraction), or all of the
-embedded digits with --data all. Prints every metric of StreamingAlignment, plus with --pairwise RBF CKA,
+dataset with --data all. Prints every metric of StreamingAlignment, plus with --pairwise RBF CKA,
 Spearman RSA and the largest |Σ_A − Σ_B| from the pairwise engine.
 """
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from .. import metrics
 from . import data as datamod
+from .datasets import load_dataset
 from .models import build_model
 
 
@@ -40,15 +42,17 @@ def _model(state: dict, name: str | None, default_index: int, where: Path):
         raise ValueError(f"model {name!r} is not in {where} (its objectives: {names})")
     sd = state["models"][names.index(name)]
     run = state["run"]
-    model = build_model(run["model"], sd["encoder.net.0.weight"].shape[1], sd["head.weight"].shape[0],
-                        run["hidden_dim"], run["projector_dim"])
+    in_channels = next(v for k, v in sd.items() if k.startswith("encoder.") and v.ndim == 4).shape[1]
+    model = build_model(run["model"], in_channels, sd["head.weight"].shape[0], run["hidden_dim"],
+                        run["projector_dim"], image_size=state["image_px"])
     model.load_state_dict(sd)
     return name, model.eval()
 
 
 def _reference_images(state: dict, ckpt: Path, everything: bool) -> torch.Tensor:
     run = state["run"]
-    images, labels = datamod.load_digits_dataset()
+    source = SimpleNamespace(dataset=run["dataset"], data_root=state["data_root"], image_size=run["image_size"])
+    images, labels = load_dataset(source)
     if everything:
         return images
     classes_file = ckpt.parent / "classes.json"
@@ -65,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model-a", help="objective of the model to take from A (default: its anchor)")
     ap.add_argument("--model-b", help="objective of the model to take from B")
     ap.add_argument("--data", choices=("reference", "all"), default="reference",
-                    help="A's reference split (default) or all the digits")
+                    help="A's reference split (default) or all of A's dataset")
     ap.add_argument("--pairwise", action="store_true", help="also RBF CKA, Spearman RSA and max |Σ_A − Σ_B|")
     args = ap.parse_args(argv)
     try:

@@ -116,6 +116,7 @@ class Config:
                                   "(torchvision, from data_root) or an ImageFolder tree at data_root",
                         choices=("digits", "cifar10", "cifar100", "imagefolder"))
     data_root: Optional[str] = _opt(None, "dataset directory (required unless dataset is digits)")
+    image_size: int = _opt(64, "imagefolder: every image is resized to image_size × image_size")
     num_classes: Optional[int] = _opt(None, "train on a seeded subset of this many classes (null: all classes)")
     reference_fraction: float = _opt(0.2, "fraction of each class held out as the fixed reference set")
     reference_size: Optional[int] = _opt(None, "use only the first this-many reference samples, a fixed set "
@@ -178,6 +179,7 @@ class Config:
         _check_range("reference_fraction", self.reference_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         if self.reference_size is not None:
             _check_min("reference_size", self.reference_size, 4)
+        _check_min("image_size", self.image_size, 8)
         _check_min("hidden_dim", self.hidden_dim, 1)
         _check_min("projector_dim", self.projector_dim, 1)
         _check_min("eval_every", self.eval_every, 1)

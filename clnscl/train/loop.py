@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .. import contrastive_loss
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
 from . import data as datamod
+from .datasets import load_dataset
 from .lars import LARS
 from .models import build_model
 
@@ -96,21 +97,21 @@ class CoupledTrainer:
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
         self.device = _device(cfg.device)
         self.out.mkdir(parents=True, exist_ok=True)
-        if cfg.dataset != "digits":
-            raise ValueError(f"dataset {cfg.dataset!r} is not available yet in this version (available: 'digits')")
-        images, labels = datamod.load_digits_dataset()
+        images, labels = load_dataset(cfg)
         if cfg.num_classes is not None:
             classes = datamod.class_subset(labels, cfg.num_classes, cfg.seed)
             (self.out / "classes.json").write_text(json.dumps(classes))
             images, labels = datamod.filter_classes(images, labels, classes)
         self.num_classes = int(labels.max()) + 1
+        self.image_px = images.shape[-1]
         tx, ty, rx, ry = datamod.split(images, labels, cfg.reference_fraction, seed=cfg.seed)
         if cfg.reference_size is not None:
             rx, ry = rx[: cfg.reference_size], ry[: cfg.reference_size]
         self.train_x, self.train_y = tx.to(self.device), ty.to(self.device)
         self.ref_x, self.ref_y = rx.to(self.device), ry.to(self.device)
         torch.manual_seed(cfg.seed)
-        init = build_model(cfg.model, images.shape[1], self.num_classes, cfg.hidden_dim, cfg.projector_dim)
+        init = build_model(cfg.model, images.shape[1], self.num_classes, cfg.hidden_dim, cfg.projector_dim,
+                           image_size=self.image_px)
         self.names = list(cfg.objectives)
         self.models = [copy.deepcopy(init).to(self.device) for _ in self.names]
         if not _same_weights(self.models):
@@ -185,13 +186,15 @@ class CoupledTrainer:
     # what must match between a checkpoint and the run that resumes it
     _RUN_KEYS = ("objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
                  "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
-                 "reference_fraction", "reference_size", "model", "hidden_dim", "projector_dim", "augment")
+                 "reference_fraction", "reference_size", "model", "hidden_dim", "projector_dim", "augment",
+                 "image_size")
 
     def state_dict(self) -> dict:
         cfg = self.cfg.to_dict()
         return {
             "step": self.step, "elapsed": time.perf_counter() - self.start,
             "run": {k: cfg[k] for k in self._RUN_KEYS},
+            "data_root": self.cfg.data_root, "image_px": self.image_px,
             "models": [m.state_dict() for m in self.models],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedules": [s.state_dict() for s in self.schedules],

@@ -44,8 +44,30 @@ class CoupledNet(nn.Module):
         return self.head(F.normalize(z, dim=-1))
 
 
-def build_model(name: str, in_channels: int, num_classes: int, hidden_dim: int, projector_dim: int) -> CoupledNet:
+def resnet(name: str, in_channels: int, small_images: bool) -> tuple[nn.Module, int]:
+    """torchvision's ResNet-18/50 without its classifier; for small images (≤ 64 px) the CIFAR stem: a 3×3
+    stride-1 first convolution and no max-pool."""
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ImportError(f"model {name!r} needs torchvision: pip install torchvision") from exc
+    net = getattr(torchvision.models, name)(weights=None)
+    if small_images or in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3 if small_images else 7, stride=1 if small_images else 2,
+                              padding=1 if small_images else 3, bias=False)
+    if small_images:
+        net.maxpool = nn.Identity()
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+def build_model(name: str, in_channels: int, num_classes: int, hidden_dim: int, projector_dim: int,
+                image_size: int = 8) -> CoupledNet:
     if name == "small_cnn":
-        encoder = SmallCNN(in_channels)
-        return CoupledNet(encoder, encoder.out_dim, hidden_dim, projector_dim, num_classes)
-    raise ValueError(f"model {name!r} is not available yet in this version (available: 'small_cnn')")
+        encoder, dim = SmallCNN(in_channels), 128
+    elif name in ("resnet18", "resnet50"):
+        encoder, dim = resnet(name, in_channels, small_images=image_size <= 64)
+    else:
+        raise ValueError(f"model {name!r} is not available (choices: small_cnn, resnet18, resnet50)")
+    return CoupledNet(encoder, dim, hidden_dim, projector_dim, num_classes)
