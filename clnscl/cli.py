@@ -22,7 +22,43 @@ def _write_csv(records: list[dict], path: Path) -> None:
         writer.writerows(records)
 
 
+def _init_distributed() -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, else gloo); returns the rank."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
+def _finish_distributed(code: int) -> int:
+    """End a torchrun process cleanly: barrier, destroy the group, then leave without the interpreter's
+    teardown (a gloo worker can abort there)."""
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def train_main(args) -> int:
+    rank = _init_distributed()
+    return _finish_distributed(_train(args, rank))
+
+
+def _train(args, rank: int) -> int:
     from .train.config import load_config
     from .train.loop import CoupledTrainer
 
@@ -33,12 +69,15 @@ def train_main(args) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"clnscl train: {exc}", file=sys.stderr)
         return 2
-    cfg.save(out)
+    if rank == 0:
+        cfg.save(out)
     try:
         records = trainer.run(resume=args.resume)
     except ValueError as exc:  # a corrupt or mismatched checkpoint
         print(f"clnscl train: {exc}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     _write_csv(records, out / "metrics.csv")
     print(f"metrics: {out / 'metrics.jsonl'} ({len(records)} evaluations)")
     from .train.report import main as report_main

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
@@ -60,14 +61,16 @@ def _schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _objective_loss(model, objective: str, views: torch.Tensor, labels: torch.Tensor, cfg) -> torch.Tensor:
-    """Loss of one model on the shared views (B, V, C, H, W)."""
+def _objective_loss(model, objective: str, views: torch.Tensor, labels: torch.Tensor, cfg, group=None):
+    """Loss of one model on the shared views (B, V, C, H, W); with a process group, negatives are global."""
     b, v = views.shape[:2]
     _, z = model(views.flatten(0, 1))
     z = z.view(b, v, -1)
     if objective == "ce":
-        return F.cross_entropy(model.logits(z).flatten(0, 1), labels.repeat_interleave(v))
-    return contrastive_loss(z, labels, objective=objective, temperature=cfg.temperature, decoupled=cfg.decoupled)
+        head = model.module.logits if hasattr(model, "module") else model.logits
+        return F.cross_entropy(head(z).flatten(0, 1), labels.repeat_interleave(v))
+    return contrastive_loss(z, labels, objective=objective, temperature=cfg.temperature, decoupled=cfg.decoupled,
+                            process_group=group)
 
 
 @torch.no_grad()
@@ -95,6 +98,10 @@ class CoupledTrainer:
 
     def __init__(self, cfg, out_dir: Path, log=tqdm.write):
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        if cfg.batch_size % self.world:
+            raise ValueError(f"config key 'batch_size': {cfg.batch_size} must divide by the {self.world} processes")
         self.device = _device(cfg.device)
         self.out.mkdir(parents=True, exist_ok=True)
         images, labels = load_dataset(cfg)
@@ -126,24 +133,43 @@ class CoupledTrainer:
         self.augment = datamod.Augment(**dataclasses.asdict(cfg.augment))
         self.total_steps = cfg.epochs * self.sampler.epoch_length
         warmup = cfg.warmup_epochs * self.sampler.epoch_length
+        for name, model in zip(self.names, self.models):
+            model.head.requires_grad_(name == "ce")  # the classifier head is trained by the CE objective only
+        # under torchrun: DDP (averaged gradients) and, on GPUs, SyncBatchNorm (statistics of the global batch;
+        # PyTorch has no CPU SyncBatchNorm, so CPU ranks normalise with their shard's statistics)
+        self.trained = self.models
+        if self.world > 1:
+            if self.device.type == "cuda":
+                self.models = [nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in self.models]
+            self.trained = [nn.parallel.DistributedDataParallel(m) for m in self.models]
         self.optimizers = [_optimizer(cfg, m) for m in self.models]
         self.schedules = [_schedule(o, warmup, self.total_steps) for o in self.optimizers]
         self.step = 0
         self.start = time.perf_counter()
 
     def train_step(self) -> dict[str, float]:
-        idx = self.sampler.next_batch()
+        idx = self.sampler.next_batch()  # the global batch: every rank draws it and takes its shard
         x, y = self.train_x[idx.to(self.device)], self.train_y[idx.to(self.device)]
         cpu_x = x.cpu()
         views = torch.stack([self.augment(cpu_x, self.augment_gen) for _ in range(2)], dim=1).to(self.device)
+        if self.world > 1:
+            shard = slice(self.rank * (len(idx) // self.world), (self.rank + 1) * (len(idx) // self.world))
+            views, y = views[shard], y[shard]
+        group = dist.group.WORLD if self.world > 1 else None
         losses = {}
-        for name, model, opt, sched in zip(self.names, self.models, self.optimizers, self.schedules):
-            loss = _objective_loss(model, name, views, y, self.cfg)
+        for name, model, opt, sched in zip(self.names, self.trained, self.optimizers, self.schedules):
+            loss = _objective_loss(model, name, views, y, self.cfg, group)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            losses[f"loss/{name}"] = loss.item()
+            losses[f"loss/{name}"] = loss.detach()
+        if self.world > 1:  # the logged loss: mean over the ranks' shards
+            stacked = torch.stack(list(losses.values()))
+            dist.all_reduce(stacked)
+            losses = dict(zip(losses, (stacked / self.world).tolist()))
+        else:
+            losses = {k: v.item() for k, v in losses.items()}
         self.step += 1
         return losses
 
@@ -244,9 +270,13 @@ class CoupledTrainer:
             tmp = metrics_path.with_suffix(".jsonl.tmp")  # drop a line cut short by the kill, atomically
             tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
             os.replace(tmp, metrics_path)
-        else:
+        elif self.rank == 0:
             metrics_path.unlink(missing_ok=True)
         written = {r["step"] for r in records}
+        if self.rank != 0:  # under torchrun, rank 0 evaluates and writes; the models are the same everywhere
+            while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
+                self.train_step()
+            return []
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not sys.stderr.isatty(),
                    dynamic_ncols=True)
         with metrics_path.open("a") as sink, bar:
