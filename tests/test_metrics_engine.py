@@ -79,3 +79,12 @@ def test_engine_handles_float32_and_bfloat16_inputs():
         xl, yl = x.to(dtype), y.to(dtype)
         assert metrics.rsa(xl, yl, "euclidean", backend="cpu") == pytest.approx(
             _reference.rsa(xl.double(), yl.double(), "euclidean", "pearson"), rel=1e-9)
+
+
+def test_nearly_constant_cosine_rdm_falls_back_to_the_pairs():
+    """Rows sharing a large offset: cos ≈ 1 everywhere, beyond what Gram statistics resolve; rsa() must still
+    give the reference value (the pairwise engine works on 1 − cos directly)."""
+    x, y = _data(301, 13, 7, "random", 5)
+    x, y = x + 1000, y + 1000
+    want = _reference.rsa(x, y, "cosine", "pearson")
+    assert metrics.rsa(x, y) == pytest.approx(want, rel=1e-6)

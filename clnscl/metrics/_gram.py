@@ -170,7 +170,9 @@ class StreamingAlignment:
         if n < 3:
             why["rsa_pearson"] = f"needs at least 3 samples (2 pairs), got {n}"
         elif var_a <= _CONSTANT_RTOL * pairs * sum_aa or var_b <= _CONSTANT_RTOL * pairs * sum_bb:
-            why["rsa_pearson"] = "an RDM is constant over the pairs (a constant representation)"
+            why["rsa_pearson"] = ("an RDM is constant over the pairs (a constant representation), or too close to "
+                                  "constant (relative variance < 1e-10) for Gram statistics; rsa() then uses the "
+                                  "pairwise engine")
         else:
             out["rsa_pearson"] = float((pairs * sum_ab - sum_a * sum_b) / torch.sqrt(var_a * var_b))
         gap = torch.sqrt((fxx + fyy - 2 * fxy).clamp_min(0))

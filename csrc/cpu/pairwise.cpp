@@ -58,12 +58,12 @@ inline void for_each_pair(const Tile& t, Fn fn) {
 inline double rdm_value(int64_t rdm, double g, double na, double nb) {
   if (rdm == kEuclidean) return std::sqrt(std::max(na + nb - 2.0 * g, 0.0));
   const double denom = std::sqrt(na) * std::sqrt(nb);
-  return 1.0 - (denom > 0.0 ? g / denom : 0.0);  // a zero row has cos 0 with everything
+  return 1.0 - (denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom));  // a zero row has cos 0 with everything; NaN stays NaN
 }
 
 inline double cosine(double g, double na, double nb) {
   const double denom = std::sqrt(na) * std::sqrt(nb);
-  return denom > 0.0 ? g / denom : 0.0;
+  return denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom);
 }
 
 struct Prepared {

@@ -54,12 +54,12 @@ __device__ void gram_block(const double* __restrict__ a, int64_t n, int64_t d, i
 __device__ inline double rdm_value(int64_t rdm, double g, double na, double nb) {
   if (rdm == 1) return sqrt(fmax(na + nb - 2.0 * g, 0.0));
   const double denom = sqrt(na) * sqrt(nb);
-  return 1.0 - (denom > 0.0 ? g / denom : 0.0);
+  return 1.0 - (denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom));
 }
 
 __device__ inline double cosine(double g, double na, double nb) {
   const double denom = sqrt(na) * sqrt(nb);
-  return denom > 0.0 ? g / denom : 0.0;
+  return denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom);
 }
 
 __device__ inline int64_t bin_of(double v, double lo, double width, int64_t bins) {
