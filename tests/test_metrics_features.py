@@ -48,3 +48,21 @@ def test_empty_loader_is_an_error():
     a, b, _, _ = _models_and_loader()
     with pytest.raises(ValueError, match="loader"):
         metrics.align_models(a, b, [])
+
+
+def test_streaming_linear_cka_keeps_its_precision_with_a_large_offset(monkeypatch):
+    """Sums of shifted rows (and the exact re-shift in merge) keep linear CKA, biased and unbiased, at float64
+    precision when the features share an offset of 1000 (raw sums would lose ~1e-4)."""
+    from clnscl.metrics import _gram, _reference
+
+    monkeypatch.setattr(_gram, "_CHUNK_ROWS", 97)  # several chunks, the shift taken from the first
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1001, 11, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(11, 6, generator=gen, dtype=torch.float64) + torch.randn(1001, 6, generator=gen, dtype=torch.float64)
+    a, b = metrics.StreamingAlignment(), metrics.StreamingAlignment()
+    a.update(x[:400] + 1000, y[:400] - 1000)
+    b.update(x[400:] * 1 + 1000, y[400:] - 1000)  # another first chunk, another shift
+    got = a.merge(b).compute()
+    for unbiased in (False, True):
+        want = _reference.cka(x, y, "linear", None, unbiased)
+        assert got["cka_linear_unbiased" if unbiased else "cka_linear"] == pytest.approx(want, abs=1e-12)

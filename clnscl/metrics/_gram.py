@@ -8,6 +8,9 @@ With K = XXᵀ and L = YYᵀ every quantity is a function of sums over the rows:
   over the pairs i < j of a = cos(x_i, x_j), b = cos(y_i, y_j) (rows x̂ normalised):
   Σa = (‖ŝₓ‖² − Σ‖x̂_i‖²)/2,  Σa² = (‖X̂ᵀX̂‖²_F − Σ‖x̂_i‖⁴)/2,  Σab = (‖X̂ᵀŶ‖²_F − Σ‖x̂_i‖²‖ŷ_i‖²)/2;
   ‖Σ_X − Σ_Y‖²_F = ‖X̂ᵀX̂‖²_F + ‖ŶᵀŶ‖²_F − 2‖X̂ᵀŶ‖²_F.
+The sums for linear CKA are taken over rows minus a shift (the first chunk's means): CKA is
+translation-invariant, and centred sums keep float64 precision when features share a large offset; `merge`
+and `all_reduce` move sums to a common shift exactly (every sum expanded algebraically).
 Undefined results (fewer than 2 samples, 4 for unbiased; a constant representation) are NaN with a warning.
 """
 from __future__ import annotations
@@ -34,6 +37,27 @@ def _side_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
         "nx2": na2.sum(), "ny2": nb2.sum(),
         "nx4": na2.square().sum(), "ny4": nb2.square().sum(), "nxy": (na2 * nb2).sum(),
         "x_nx2": a.T @ na2, "y_ny2": b.T @ nb2, "x_ny2": a.T @ nb2, "y_nx2": b.T @ na2,
+    }
+
+
+def _reshift(st: dict[str, torch.Tensor], dx: torch.Tensor, dy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The statistics of rows u + dx, t + dy from those of rows u, t (every sum expanded; exact algebra)."""
+    n, sx, sy, gxx, gyy, gxy = st["n"], st["sx"], st["sy"], st["xx"], st["yy"], st["xy"]
+    dsx, dsy, ddx, ddy = dx @ sx, dy @ sy, dx @ dx, dy @ dy
+    return {
+        "n": n, "sx": sx + n * dx, "sy": sy + n * dy,
+        "xx": gxx + torch.outer(sx, dx) + torch.outer(dx, sx) + n * torch.outer(dx, dx),
+        "yy": gyy + torch.outer(sy, dy) + torch.outer(dy, sy) + n * torch.outer(dy, dy),
+        "xy": gxy + torch.outer(sx, dy) + torch.outer(dx, sy) + n * torch.outer(dx, dy),
+        "nx2": st["nx2"] + 2 * dsx + n * ddx, "ny2": st["ny2"] + 2 * dsy + n * ddy,
+        "nx4": st["nx4"] + 4 * dx @ gxx @ dx + n * ddx**2 + 4 * dx @ st["x_nx2"] + 2 * ddx * st["nx2"] + 4 * ddx * dsx,
+        "ny4": st["ny4"] + 4 * dy @ gyy @ dy + n * ddy**2 + 4 * dy @ st["y_ny2"] + 2 * ddy * st["ny2"] + 4 * ddy * dsy,
+        "nxy": (st["nxy"] + 2 * dy @ st["y_nx2"] + ddy * st["nx2"] + 2 * dx @ st["x_ny2"] + 4 * dx @ gxy @ dy
+                + 2 * ddy * dsx + ddx * st["ny2"] + 2 * ddx * dsy + n * ddx * ddy),
+        "x_nx2": st["x_nx2"] + 2 * gxx @ dx + ddx * sx + dx * st["nx2"] + 2 * dx * dsx + n * ddx * dx,
+        "y_ny2": st["y_ny2"] + 2 * gyy @ dy + ddy * sy + dy * st["ny2"] + 2 * dy * dsy + n * ddy * dy,
+        "x_ny2": st["x_ny2"] + 2 * gxy @ dy + ddy * sx + dx * st["ny2"] + 2 * dx * dsy + n * ddy * dx,
+        "y_nx2": st["y_nx2"] + 2 * gxy.T @ dx + ddx * sy + dy * st["nx2"] + 2 * dy * dsx + n * ddx * dy,
     }
 
 
@@ -68,7 +92,10 @@ class StreamingAlignment:
         self.reset()
 
     def reset(self) -> None:
-        self._raw: dict[str, torch.Tensor] | None = None  # statistics of the rows as given
+        # statistics of the rows minus a shift (the first chunk's means): linear CKA is translation-invariant,
+        # and sums of centred rows keep their precision when the features share a large offset
+        self._raw: dict[str, torch.Tensor] | None = None
+        self._shift: tuple[torch.Tensor, torch.Tensor] | None = None
         self._unit: dict[str, torch.Tensor] | None = None  # statistics of the L2-normalised rows
 
     @property
@@ -86,7 +113,10 @@ class StreamingAlignment:
         for start in range(0, x.shape[0], _CHUNK_ROWS):
             a = x[start : start + _CHUNK_ROWS].detach().double()
             b = y[start : start + _CHUNK_ROWS].detach().double()
-            raw, unit = _side_stats(a, b), _side_stats(F.normalize(a, dim=1), F.normalize(b, dim=1))
+            if self._shift is None:
+                self._shift = (a.mean(0), b.mean(0))
+            raw = _side_stats(a - self._shift[0].to(a.device), b - self._shift[1].to(b.device))
+            unit = _side_stats(F.normalize(a, dim=1), F.normalize(b, dim=1))
             if self._raw is None:
                 self._raw, self._unit = raw, unit
                 continue
@@ -101,8 +131,15 @@ class StreamingAlignment:
         if self._raw is None:
             self._raw = {k: v.clone() for k, v in other._raw.items()}
             self._unit = {k: v.clone() for k, v in other._unit.items()}
+            self._shift = tuple(c.clone() for c in other._shift)
             return self
-        for mine, theirs in ((self._raw, other._raw), (self._unit, other._unit)):
+        if self._raw["xy"].shape != other._raw["xy"].shape:
+            raise ValueError(f"other: feature sizes {tuple(other._raw['xy'].shape)} differ from "
+                             f"{tuple(self._raw['xy'].shape)}")
+        dev = self._raw["n"].device
+        theirs_raw = _reshift({k: v.to(dev) for k, v in other._raw.items()},
+                              other._shift[0].to(dev) - self._shift[0], other._shift[1].to(dev) - self._shift[1])
+        for mine, theirs in ((self._raw, theirs_raw), (self._unit, other._unit)):
             if mine["xy"].shape != theirs["xy"].shape:
                 raise ValueError(f"other: feature sizes {tuple(theirs['xy'].shape)} differ from {tuple(mine['xy'].shape)}")
             for key in mine:
@@ -115,6 +152,11 @@ class StreamingAlignment:
 
         if self._raw is None:
             raise RuntimeError("all_reduce: this rank has no rows; call update() first on every rank")
+        shift = torch.cat(self._shift)  # every rank moves its sums to rank 0's shift, then they add up
+        dist.broadcast(shift, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+        common = (shift[: self._shift[0].numel()], shift[self._shift[0].numel():])
+        self._raw = _reshift(self._raw, self._shift[0] - common[0], self._shift[1] - common[1])
+        self._shift = common
         parts = [v.reshape(-1) for stats in (self._raw, self._unit) for v in stats.values()]
         flat = torch.cat(parts)
         dist.all_reduce(flat, group=group)
