@@ -128,6 +128,7 @@ class Config:
     knn_k: int = _opt(20, "neighbours of the k-NN accuracy")
     checkpoint_every: int = _opt(50, "write RUN_DIR/checkpoint.pt (atomically) every this many steps and at the end")
     out: str = _opt("runs/default", "run directory (metrics, figures, checkpoints, config.yaml)")
+    amp: bool = _opt(True, "on CUDA: bf16 autocast and channels_last memory format (ignored on the CPU)")
     device: str = _opt("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
     augment: AugmentConfig = field(default_factory=AugmentConfig,
                                    metadata={"help": "augmentations (see AugmentConfig)"})

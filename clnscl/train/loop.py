@@ -120,7 +120,8 @@ class CoupledTrainer:
         init = build_model(cfg.model, images.shape[1], self.num_classes, cfg.hidden_dim, cfg.projector_dim,
                            image_size=self.image_px)
         self.names = list(cfg.objectives)
-        self.models = [copy.deepcopy(init).to(self.device) for _ in self.names]
+        memory_format = torch.channels_last if cfg.amp and self.device.type == "cuda" else torch.preserve_format
+        self.models = [copy.deepcopy(init).to(self.device, memory_format=memory_format) for _ in self.names]
         if not _same_weights(self.models):
             raise RuntimeError("the coupled models do not start from identical weights")
         self.sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -156,9 +157,11 @@ class CoupledTrainer:
             shard = slice(self.rank * (len(idx) // self.world), (self.rank + 1) * (len(idx) // self.world))
             views, y = views[shard], y[shard]
         group = dist.group.WORLD if self.world > 1 else None
+        fast = self.cfg.amp and self.device.type == "cuda"
         losses = {}
         for name, model, opt, sched in zip(self.names, self.trained, self.optimizers, self.schedules):
-            loss = _objective_loss(model, name, views, y, self.cfg, group)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
+                loss = _objective_loss(model, name, views, y, self.cfg, group)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
