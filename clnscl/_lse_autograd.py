@@ -1,9 +1,19 @@
-"""Autograd shared by the C++ and Triton masked-LSE ops: both take the same arguments and backward op."""
+"""Autograd and fake kernels shared by the C++ and Triton masked-LSE ops: both take the same arguments."""
 from __future__ import annotations
 
 import torch
 
 _ARGS = ("q", "k", "row_inst", "row_cls", "col_inst", "col_cls", "row_offset", "scale", "include", "unit_rows")
+
+
+def fake_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):
+    """Shape and dtype of lse: one per row of q, float64 for float64 q, else float32."""
+    return q.new_empty(q.shape[0], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+
+
+def fake_backward(grad, lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):
+    """Shapes of (dq, dk); dk is empty (0, d) when k is None."""
+    return torch.empty_like(q), q.new_empty((0, q.shape[1])) if k is None else torch.empty_like(k)
 
 
 def register(op_name: str, backward_op) -> None:

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .._lse_autograd import register
+from .._lse_autograd import fake_backward, fake_lse, register
 
 MAX_D = 1024
 LOG2E = 1.4426950408889634
@@ -253,14 +253,8 @@ def masked_lse_backward_op(
 
 
 if INTERPRET:
-
-    @masked_lse_op.register_fake
-    def _fake_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):
-        return q.new_empty(q.shape[0], dtype=torch.float32)
-
-    @masked_lse_backward_op.register_fake
-    def _fake_backward(grad, lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows):
-        return torch.empty_like(q), q.new_empty((0, q.shape[1])) if k is None else torch.empty_like(k)
+    masked_lse_op.register_fake(fake_lse)
+    masked_lse_backward_op.register_fake(fake_backward)
 
 
 register("clnscl_triton::masked_lse", torch.ops.clnscl_triton.masked_lse_backward)
