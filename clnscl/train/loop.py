@@ -150,9 +150,9 @@ class CoupledTrainer:
 
     def train_step(self) -> dict[str, float]:
         idx = self.sampler.next_batch()  # the global batch: every rank draws it and takes its shard
-        x, y = self.train_x[idx.to(self.device)], self.train_y[idx.to(self.device)]
-        cpu_x = x.cpu()
-        views = torch.stack([self.augment(cpu_x, self.augment_gen) for _ in range(2)], dim=1).to(self.device)
+        idx = idx.to(self.device)
+        x, y = self.train_x[idx], self.train_y[idx]
+        views = torch.stack(self.augment.views(x.cpu(), self.augment_gen), dim=1).to(self.device)
         if self.world > 1:
             shard = slice(self.rank * (len(idx) // self.world), (self.rank + 1) * (len(idx) // self.world))
             views, y = views[shard], y[shard]
@@ -195,7 +195,7 @@ class CoupledTrainer:
         gen = torch.Generator().manual_seed(cfg.seed + 3)
         idx = torch.randperm(self.train_x.shape[0], generator=gen)[: cfg.batch_size].to(self.device)
         x, y = self.train_x[idx], self.train_y[idx]
-        views = torch.stack([self.augment(x.cpu(), gen) for _ in range(2)], dim=1).to(self.device)
+        views = torch.stack(self.augment.views(x.cpu(), gen), dim=1).to(self.device)
         self.models[0].eval()
         _, z = self.models[0](views.flatten(0, 1))
         self.models[0].train()
