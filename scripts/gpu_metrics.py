@@ -7,6 +7,7 @@ the budget; otherwise it prints the extrapolation. --dry-run exercises the scrip
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -53,6 +54,15 @@ def main(argv=None) -> int:
 
     small = max(n // 10, 2)
     (rho, cka), t_small = timed(lambda: engine(small))
+    # one histogram pass (both sides, 2^16 bins): shared-memory counters against global atomics
+    from clnscl.metrics import _pairwise
+
+    limits = _pairwise.value_range(x[:small], 1) + _pairwise.value_range(y[:small], 1)
+    for mode, flag in (("shared-memory", "0"), ("global-atomic", "1")):
+        os.environ["CLNSCL_PAIRWISE_GLOBAL_HISTOGRAMS"] = flag
+        _, t = timed(lambda: _pairwise.histograms(x[:small], y[:small], 1, *limits, _pairwise.BINS))
+        rows.append(f"| histogram pass, {mode} counts | {small:,} | {t:.2f} s |")
+    os.environ.pop("CLNSCL_PAIRWISE_GLOBAL_HISTOGRAMS")
     rows.append(f"| engine: Spearman RSA + RBF CKA | {small:,} | {t_small:.2f} s (ρ = {rho:.6f}, CKA = {cka:.6f}) |")
     estimate = t_small * (n / small) ** 2
     left = a.budget - (time.perf_counter() - start)

@@ -128,6 +128,31 @@ def test_pairwise_engine_cuda_matches_reference(n):
         _reference.similarity_gap(x, y)["max_abs"], rel=1e-12)
 
 
+@pytest.mark.parametrize("rdm", [0, 1])
+def test_pairwise_histograms_shared_memory_equal_global_atomics(rdm, monkeypatch):
+    """Block-private 16-bit shared-memory counters (flushed before they overflow) count exactly what global
+    atomics count: 6000 points on few distinct positions put far more than 65,535 pairs of one block into one
+    bin, and every block handles many tiles (several flushes)."""
+    from clnscl.metrics import _pairwise
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 3, (6000, 5), generator=gen).double()
+    y = torch.randn(6000, 9, generator=gen, dtype=torch.float64)
+    xc, yc = x.cuda(), y.cuda()
+    limits = _pairwise.value_range(x, rdm) + _pairwise.value_range(y, rdm)
+    for bins in (1 << 16, (1 << 16) - 1, 1000):
+        shared = _pairwise.histograms(xc, yc, rdm, *limits, bins)
+        monkeypatch.setenv("CLNSCL_PAIRWISE_GLOBAL_HISTOGRAMS", "1")
+        global_ = _pairwise.histograms(xc, yc, rdm, *limits, bins)
+        monkeypatch.delenv("CLNSCL_PAIRWISE_GLOBAL_HISTOGRAMS")
+        pairs = 6000 * 5999 // 2
+        assert int(shared[0].sum()) == int(shared[1].sum()) == pairs
+        for a, b in zip(shared, global_):
+            assert torch.equal(a, b)
+        cpu = _pairwise.histograms(x, y, rdm, *limits, bins)  # float64 Grams summed in another order
+        assert (shared[1] - cpu[1]).abs().sum() <= 1e-6 * pairs
+
+
 def test_training_on_the_gpu_with_bf16_autocast(tmp_path):
     """A tiny coupled run on CUDA (bf16 autocast, channels_last, Triton loss) records finite metrics."""
     import json

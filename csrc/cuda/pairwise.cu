@@ -3,13 +3,21 @@
 // One block per tile pair (I ≤ J) of kSide × kSide pairs. The block builds the Gram blocks x_I·x_Jᵀ and
 // y_I·y_Jᵀ from kDepth-wide slices in shared memory (float64 throughout), then each thread takes the pairs
 // i < j of its entries. Sums are reduced within the block and written as one partial per block (summed by
-// torch afterwards: deterministic); kernel row sums and histogram counts go to global memory with atomics
-// (2^16 bins do not fit in shared memory; the per-bin extremes use compare-and-swap loops).
+// torch afterwards: deterministic); kernel row sums go to global memory with atomics.
+//
+// Histograms, one launch per side (only that side's Gram is needed): persistent blocks loop over the tile
+// pairs and count into a block-private histogram in shared memory — 16-bit counters, two per 32-bit word, so
+// that 2^16 bins take 128 KiB — flushed into the global 64-bit counts before any counter can overflow (at
+// most 65,535 pairs between flushes) and at the end. More bins than fit, a device without that much shared
+// memory, or CLNSCL_PAIRWISE_GLOBAL_HISTOGRAMS=1 count with global atomics instead. The per-bin extremes stay
+// in global memory (a plain load first; compare-and-swap only when a value extends the bin's range).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <limits>
 
 namespace clnscl {
@@ -151,19 +159,62 @@ __global__ void moments_kernel(const double* __restrict__ x, const double* __res
   }
 }
 
-__global__ void histograms_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
-                                  int64_t q, const double* __restrict__ nx, const double* __restrict__ ny,
-                                  int64_t rdm, double lo_x, double wx, double lo_y, double wy, int64_t bins,
-                                  unsigned long long* __restrict__ cx, unsigned long long* __restrict__ cy,
-                                  double* __restrict__ ex, double* __restrict__ ey) {
-  CLNSCL_PAIRWISE_SHARED
-  for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
-    const double dx = rdm_value(rdm, pr.gx, nx[pr.i], nx[pr.j]), dy = rdm_value(rdm, pr.gy, ny[pr.i], ny[pr.j]);
-    const int64_t bx = bin_of(dx, lo_x, wx, bins), by = bin_of(dy, lo_y, wy, bins);
-    atomicAdd(cx + bx, 1ULL), atomicAdd(cy + by, 1ULL);
-    atomic_min_double(ex + 2 * bx, dx), atomic_max_double(ex + 2 * bx + 1, dx);
-    atomic_min_double(ey + 2 * by, dy), atomic_max_double(ey + 2 * by + 1, dy);
-  });
+constexpr int64_t kSharedBins = int64_t{1} << 16;
+constexpr int kFlushAfter = 65535 - kSide * kSide;  // pairs counted since the last flush, at most
+
+// Adds a block's shared 16-bit counters (two per word) to the global counts and zeroes them.
+__device__ void flush_counts(unsigned int* hist, int64_t words, unsigned long long* __restrict__ counts,
+                             int64_t bins) {
+  __syncthreads();
+  for (int64_t w = threadIdx.x; w < words; w += kThreads) {
+    const unsigned int v = hist[w];
+    if (v == 0u) continue;
+    hist[w] = 0u;
+    if (v & 0xFFFFu) atomicAdd(counts + 2 * w, static_cast<unsigned long long>(v & 0xFFFFu));
+    if ((v >> 16) && 2 * w + 1 < bins) atomicAdd(counts + 2 * w + 1, static_cast<unsigned long long>(v >> 16));
+  }
+  __syncthreads();
+}
+
+// The histogram of one side's RDM values over all pairs i < j (see the header). kShared: counts in shared
+// memory (dynamic, (bins + 1) / 2 words), else global atomics.
+template <bool kShared>
+__global__ void side_histogram_kernel(const double* __restrict__ a, int64_t n, int64_t d,
+                                      const double* __restrict__ na, int64_t rdm, double lo, double width,
+                                      int64_t bins, int64_t tiles, unsigned long long* __restrict__ counts,
+                                      double* __restrict__ ext) {
+  __shared__ double As[kSide][kDepth + 1], Bs[kSide][kDepth + 1], G[kSide][kSide + 1];
+  extern __shared__ unsigned int hist[];
+  const int64_t words = (bins + 1) / 2, nb = (n + kSide - 1) / kSide;
+  if (kShared) {
+    for (int64_t w = threadIdx.x; w < words; w += kThreads) hist[w] = 0u;
+  }
+  int since_flush = 0;  // the same in every thread of the block
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int64_t ti, tj;
+    tile_of(tile, nb, ti, tj);
+    const int64_t i0 = ti * kSide, j0 = tj * kSide;
+    if (kShared && since_flush > kFlushAfter) {
+      flush_counts(hist, words, counts, bins);
+      since_flush = 0;
+    }
+    gram_block(a, n, d, i0, j0, As, Bs, G);  // its syncs also end the reads of the previous tile's G
+    for (int w = 0; w < kPerThread; ++w) {
+      const int e = threadIdx.x + w * kThreads, u = e / kSide, v = e % kSide;
+      const int64_t i = i0 + u, j = j0 + v;
+      if (!(i < n && j < n && i < j)) continue;
+      const double dv = rdm_value(rdm, G[u][v], na[i], na[j]);
+      const int64_t b = bin_of(dv, lo, width, bins);
+      if (kShared) {
+        atomicAdd(hist + (b >> 1), 1u << (16 * (b & 1)));
+      } else {
+        atomicAdd(counts + b, 1ULL);
+      }
+      atomic_min_double(ext + 2 * b, dv), atomic_max_double(ext + 2 * b + 1, dv);
+    }
+    since_flush += kSide * kSide;
+  }
+  if (kShared) flush_counts(hist, words, counts, bins);
 }
 
 __global__ void rank_product_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
@@ -235,6 +286,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::T
   return {scalars, rkx, rky};
 }
 
+// One side's histogram: counts (int64, bins) and per-bin [min, max] (bins × 2) of its RDM values.
+void side_histogram(const at::Tensor& a, const at::Tensor& na, int64_t n, int64_t blocks, int64_t rdm, double lo,
+                    double width, int64_t bins, at::Tensor& counts, at::Tensor& ext) {
+  if (blocks == 0) return;
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  const size_t dynamic = static_cast<size_t>((bins + 1) / 2) * sizeof(unsigned int);
+  const size_t fixed = sizeof(double) * kSide * ((kDepth + 1) * 2 + kSide + 1);
+  const char* env = std::getenv("CLNSCL_PAIRWISE_GLOBAL_HISTOGRAMS");
+  const bool forced_global = env != nullptr && env[0] != '\0' && env[0] != '0';
+  const bool shared = !forced_global && bins <= kSharedBins && fixed + dynamic <= props->sharedMemPerBlockOptin;
+  auto* cp = reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t d = a.size(1);
+  if (shared) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(side_histogram_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(dynamic)));
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, side_histogram_kernel<true>, kThreads,
+                                                                 dynamic));
+    const int64_t grid = std::min<int64_t>(blocks, std::max(per_sm, 1) * int64_t{props->multiProcessorCount});
+    side_histogram_kernel<true><<<grid, kThreads, dynamic, stream>>>(
+        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, blocks, cp, ext.data_ptr<double>());
+  } else {
+    side_histogram_kernel<false><<<blocks, kThreads, 0, stream>>>(
+        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, blocks, cp, ext.data_ptr<double>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_cuda(
     const at::Tensor& x, const at::Tensor& y, int64_t rdm, double lo_x, double hi_x, double lo_y, double hi_y,
     int64_t bins) {
@@ -247,14 +327,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_c
   ex.select(1, 0).fill_(INFINITY), ex.select(1, 1).fill_(-INFINITY);
   ey.select(1, 0).fill_(INFINITY), ey.select(1, 1).fill_(-INFINITY);
   const double wx = hi_x > lo_x ? (hi_x - lo_x) / bins : 1.0, wy = hi_y > lo_y ? (hi_y - lo_y) / bins : 1.0;
-  if (r.blocks > 0) {
-    histograms_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
-        r.ny.data_ptr<double>(), rdm, lo_x, wx, lo_y, wy, bins,
-        reinterpret_cast<unsigned long long*>(cx.data_ptr<int64_t>()),
-        reinterpret_cast<unsigned long long*>(cy.data_ptr<int64_t>()), ex.data_ptr<double>(), ey.data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  side_histogram(r.x, r.nx, r.n, r.blocks, rdm, lo_x, wx, bins, cx, ex);
+  side_histogram(r.y, r.ny, r.n, r.blocks, rdm, lo_y, wy, bins, cy, ey);
   return {cx, cy, ex, ey};
 }
 
