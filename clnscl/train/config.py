@@ -117,15 +117,22 @@ class Config:
                         choices=("digits", "cifar10", "cifar100", "imagefolder"))
     data_root: Optional[str] = _opt(None, "dataset directory (required unless dataset is digits)")
     image_size: int = _opt(64, "imagefolder: every image is resized to image_size × image_size")
+    stream: bool = _opt(False, "imagefolder: decode the images of each batch from disk instead of holding the "
+                               "dataset in memory (ImageNet-1k)")
+    loader_workers: int = _opt(8, "stream: threads decoding the images of a batch")
     num_classes: Optional[int] = _opt(None, "train on a seeded subset of this many classes (null: all classes)")
     reference_fraction: float = _opt(0.2, "fraction of each class held out as the fixed reference set")
     reference_size: Optional[int] = _opt(None, "use only the first this-many reference samples, a fixed set "
                                                "(null: the whole held-out split)")
-    model: str = _opt("small_cnn", "encoder", choices=("small_cnn", "resnet18", "resnet50"))
+    model: str = _opt("small_cnn", "encoder (ViTs: torchvision's VisionTransformer, patch 16 above 64 px, "
+                                   "else 4, or 2 below 16 px)",
+                      choices=("small_cnn", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"))
     hidden_dim: int = _opt(128, "hidden width of the 2-layer projector")
     projector_dim: int = _opt(64, "output dimension of the projector (the embedding z the losses see)")
     eval_every: int = _opt(20, "evaluate alignment every this many steps")
     knn_k: int = _opt(20, "neighbours of the k-NN accuracy")
+    probe_size: Optional[int] = _opt(None, "labelled training samples (a fixed seeded stratified subset) that "
+                                           "NCC and k-NN accuracies use (null: the whole training split)")
     checkpoint_every: int = _opt(50, "write RUN_DIR/checkpoint.pt (atomically) every this many steps and at the end")
     out: str = _opt("runs/default", "run directory (metrics, figures, checkpoints, config.yaml)")
     amp: bool = _opt(True, "on CUDA: bf16 autocast and channels_last memory format (ignored on the CPU)")
@@ -181,6 +188,12 @@ class Config:
         if self.reference_size is not None:
             _check_min("reference_size", self.reference_size, 4)
         _check_min("image_size", self.image_size, 8)
+        _check_min("loader_workers", self.loader_workers, 1)
+        if self.stream and self.dataset != "imagefolder":
+            raise ConfigError(f"config key 'stream': only dataset=imagefolder streams from disk "
+                              f"(dataset={self.dataset} is held in memory)")
+        if self.probe_size is not None:
+            _check_min("probe_size", self.probe_size, 2)
         _check_min("hidden_dim", self.hidden_dim, 1)
         _check_min("projector_dim", self.projector_dim, 1)
         _check_min("eval_every", self.eval_every, 1)

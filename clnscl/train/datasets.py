@@ -1,14 +1,21 @@
-"""Datasets of the trainer, held in memory as float32 images in [0, 1] (N, C, H, W) with int64 labels.
+"""Datasets of the trainer: float32 images in [0, 1] (N, C, H, W) with int64 labels.
 
 - digits: the 8×8 handwritten digits inside scikit-learn (no download);
 - cifar10 / cifar100: the python-format batches of the official archive, extracted under data_root
   (cifar-10-batches-py/ or cifar-100-python/; nothing is downloaded);
 - imagefolder: data_root/<class>/<image>, classes in sorted order, every image converted to RGB and resized
-  to image_size × image_size (Tiny-ImageNet, mini-ImageNet; ImageNet-1k does not fit in memory this way).
+  to image_size × image_size (Tiny-ImageNet, mini-ImageNet held in memory; with stream=true only the file
+  paths are held and the images of each batch are decoded from disk by loader_workers threads, which is how
+  ImageNet-1k is read).
+
+An image source (`load_source`) is either `TensorImages` (in memory) or `ImageFiles` (decoded on demand); both
+have `labels`, `channels`, `size`, `len()`, `load(idx)` and `subset(idx)`.
 """
 from __future__ import annotations
 
 import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -46,25 +53,165 @@ def load_cifar(data_root, which: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images).float().div_(255.0), torch.cat(labels)
 
 
-def load_imagefolder(data_root, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_image(path, image_size: int) -> torch.Tensor:
+    """One image file as uint8 (3, image_size, image_size): RGB, bilinear resize. Errors name the file."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+            data = img.tobytes()
+    except Exception as exc:
+        raise OSError(f"imagefolder: cannot read image {path}: {exc}") from exc
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(image_size, image_size, 3).permute(2, 0, 1)
+
+
+def _as_index(idx) -> torch.Tensor:
+    idx = torch.as_tensor(idx, dtype=torch.int64)
+    if idx.dim() != 1:
+        raise ValueError(f"image index: expected a 1-D tensor of indices, got shape {tuple(idx.shape)}")
+    return idx
+
+
+def scan_imagefolder(data_root) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """The files of data_root/<class>/**/<image>: `(paths, labels, classes)`.
+
+    Classes are the sorted names of the folders directly under data_root (label = position); the images of a
+    class are found recursively by suffix (IMAGE_SUFFIXES, any case) and sorted by path; other files are ignored.
+    """
     root = _root(data_root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"imagefolder: no class folders under {root}")
-    images, labels = [], []
+    paths, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as img:
-                    img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                    images.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-                                  .view(image_size, image_size, 3).permute(2, 0, 1))
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                paths.append(path)
                 labels.append(label)
-    if not images:
+    if not paths:
         raise ValueError(f"imagefolder: no images under {root}")
-    return torch.stack(images).float().div_(255.0), torch.tensor(labels, dtype=torch.int64)
+    return paths, torch.tensor(labels, dtype=torch.int64), classes
+
+
+class TensorImages:
+    """An image source held in memory: images float32 (N, C, S, S), labels int64 (N,)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"TensorImages: images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        if images.shape[2] != images.shape[3]:
+            raise ValueError(f"TensorImages: images must be square, got {images.shape[2]}×{images.shape[3]}")
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"TensorImages: {images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.cpu()
+        self.channels = int(images.shape[1])
+        self.size = int(images.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __repr__(self) -> str:
+        return f"TensorImages({len(self)} × {self.channels}×{self.size}×{self.size})"
+
+    def load(self, idx) -> torch.Tensor:
+        """The images at `idx` (in that order), float32 (len(idx), C, S, S)."""
+        return self.images.index_select(0, _as_index(idx).to(self.images.device))
+
+    def subset(self, idx) -> "TensorImages":
+        """The source restricted to `idx`, in that order (a copy of those images)."""
+        idx = _as_index(idx)
+        return TensorImages(self.load(idx), self.labels.index_select(0, idx.cpu()))
+
+
+class ImageFiles:
+    """An image source decoded from disk on demand: each `load` decodes its files (RGB, bilinear resize to
+    image_size × image_size, as `load_imagefolder`) on a pool of `workers` threads, made on first use and
+    reused; PIL releases the GIL while it decodes and resizes. No file stays open between calls."""
+
+    def __init__(self, paths, labels, image_size: int, workers: int = 8):
+        self.paths = [str(p) for p in paths]
+        labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+        if labels.shape != (len(self.paths),):
+            raise ValueError(f"ImageFiles: {len(self.paths)} paths but labels of shape {tuple(labels.shape)}")
+        if int(image_size) < 1 or int(workers) < 1:
+            raise ValueError(f"ImageFiles: image_size ({image_size}) and workers ({workers}) must be >= 1")
+        self.labels = labels
+        self.channels = 3
+        self.size = int(image_size)
+        self.workers = int(workers)
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} files → 3×{self.size}×{self.size}, workers={self.workers})"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clnscl-decode")
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the decoding threads (a later `load` starts new ones)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _check(self, idx) -> torch.Tensor:
+        idx = _as_index(idx).cpu()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self.paths)):
+            bad = idx[(idx < 0) | (idx >= len(self.paths))][0].item()
+            raise IndexError(f"ImageFiles: index {bad} out of range for {len(self.paths)} images")
+        return idx
+
+    def load(self, idx) -> torch.Tensor:
+        """The images at `idx` (in that order), float32 (len(idx), 3, S, S) on the CPU."""
+        idx = self._check(idx).tolist()
+        out = torch.empty((len(idx), 3, self.size, self.size), dtype=torch.uint8)
+
+        def decode(k: int) -> None:
+            out[k] = _decode_image(self.paths[idx[k]], self.size)
+
+        if self.workers == 1 or len(idx) <= 1:
+            for k in range(len(idx)):
+                decode(k)
+        else:
+            for _ in self._executor().map(decode, range(len(idx))):
+                pass
+        return out.float().div_(255.0)
+
+    def subset(self, idx) -> "ImageFiles":
+        """The source restricted to `idx`, in that order (paths only; nothing is decoded)."""
+        idx = self._check(idx)
+        keep = [self.paths[i] for i in idx.tolist()]
+        return ImageFiles(keep, self.labels.index_select(0, idx.cpu()), self.size, self.workers)
+
+
+def load_imagefolder(data_root, image_size: int, workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of data_root/<class>/ decoded into memory (see `scan_imagefolder`, `ImageFiles`)."""
+    paths, labels, _ = scan_imagefolder(data_root)
+    files = ImageFiles(paths, labels, image_size, workers)
+    try:
+        return files.load(torch.arange(len(files))), labels
+    finally:
+        files.close()
 
 
 def load_dataset(cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,3 +220,16 @@ def load_dataset(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.dataset in ("cifar10", "cifar100"):
         return load_cifar(cfg.data_root, cfg.dataset)
     return load_imagefolder(cfg.data_root, cfg.image_size)
+
+
+def load_source(cfg) -> TensorImages | ImageFiles:
+    """The image source of a config: `ImageFiles` for dataset=imagefolder with stream=true, else `TensorImages`
+    of what `load_dataset` returns (cfg needs dataset, data_root, image_size; stream and loader_workers default
+    to false and 8)."""
+    workers = int(getattr(cfg, "loader_workers", 8))
+    if cfg.dataset == "imagefolder":
+        if getattr(cfg, "stream", False):
+            paths, labels, _ = scan_imagefolder(cfg.data_root)
+            return ImageFiles(paths, labels, cfg.image_size, workers)
+        return TensorImages(*load_imagefolder(cfg.data_root, cfg.image_size, workers))
+    return TensorImages(*load_dataset(cfg))
