@@ -2,6 +2,8 @@
 contrastive losses see) and, used by the CE objective only, a linear classifier on the normalised z."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,12 +64,38 @@ def resnet(name: str, in_channels: int, small_images: bool) -> tuple[nn.Module, 
     return net, dim
 
 
+VIT_SIZES = {"vit_tiny": (192, 3, 768), "vit_small": (384, 6, 1536), "vit_base": (768, 12, 3072)}  # 12 layers
+
+
+def vit(name: str, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    """torchvision's VisionTransformer returning the class-token features; patch 16 for images above 64 px,
+    else 4, or 2 below 16 px (digits 8×8: 16 tokens)."""
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ImportError(f"model {name!r} needs torchvision: pip install torchvision") from exc
+    patch = 16 if image_size > 64 else 4 if image_size >= 16 else 2
+    if image_size % patch:
+        raise ValueError(f"model {name!r}: image_size {image_size} is not divisible by its patch size {patch}")
+    dim, heads, mlp = VIT_SIZES[name]
+    net = torchvision.models.VisionTransformer(image_size, patch, 12, heads, dim, mlp)
+    if in_channels != 3:
+        net.conv_proj = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (in_channels * patch * patch)))
+        nn.init.zeros_(net.conv_proj.bias)  # torchvision's initialisation of conv_proj
+    net.heads = nn.Identity()
+    return net, dim
+
+
 def build_model(name: str, in_channels: int, num_classes: int, hidden_dim: int, projector_dim: int,
                 image_size: int = 8) -> CoupledNet:
     if name == "small_cnn":
         encoder, dim = SmallCNN(in_channels), 128
     elif name in ("resnet18", "resnet50"):
         encoder, dim = resnet(name, in_channels, small_images=image_size <= 64)
+    elif name in VIT_SIZES:
+        encoder, dim = vit(name, in_channels, image_size)
     else:
-        raise ValueError(f"model {name!r} is not available (choices: small_cnn, resnet18, resnet50)")
+        raise ValueError(f"model {name!r} is not available "
+                         f"(choices: small_cnn, resnet18, resnet50, {', '.join(VIT_SIZES)})")
     return CoupledNet(encoder, dim, hidden_dim, projector_dim, num_classes)
