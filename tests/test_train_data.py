@@ -91,11 +91,29 @@ def test_augment_deterministic_given_generator_state(digits):
     assert torch.equal(aug(x, g2), v1) and torch.equal(aug(x, g2), v2)
     assert not torch.equal(v1, v2)
     assert not torch.equal(aug(x, _gen(8)), v1)
-    # the consumption depends only on the batch shape, not on the settings
+    # the consumption depends only on the batch shape and on whether there is noise
     g3, g4 = _gen(1), _gen(1)
     Augment()(x, g3)
-    Augment(rotation=0, jitter_p=0, noise_std=0, crop_scale=(1, 1))(x, g4)
+    Augment(rotation=0, jitter_p=0, noise_std=0.5, crop_scale=(1, 1))(x, g4)
     assert torch.equal(g3.get_state(), g4.get_state())
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.05])
+def test_augment_shards_are_rows_of_the_whole_batch(digits, noise_std):
+    """Under torchrun each process transforms its shard of the global batch: the same pixels as the
+    corresponding rows of the whole batch, and the generator ends in the same state on every process."""
+    x = digits[0][:50]
+    aug = Augment(noise_std=noise_std, hflip_p=0.5)
+    g = _gen(3)
+    whole = aug.views(x, g)
+    for offset, size in ((0, 25), (25, 25), (7, 13), (50, 0)):
+        gs = _gen(3)
+        part = aug.views(x[offset : offset + size], gs, batch_size=50, offset=offset)
+        for v, w in zip(part, whole):
+            torch.testing.assert_close(v, w[offset : offset + size], rtol=0, atol=1e-6)
+        assert torch.equal(gs.get_state(), g.get_state())
+    with pytest.raises(ValueError, match="batch_size=50"):
+        aug(x[:10], _gen(0), batch_size=50, offset=45)
 
 
 def test_augment_shape_range_and_per_sample_randomness(digits):

@@ -9,16 +9,15 @@ Spearman RSA and the largest |Σ_A − Σ_B| from the pairwise engine.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from .. import metrics
-from . import data as datamod
-from .datasets import load_dataset
+from .datasets import load_source
 from .models import build_model
+from .rundata import run_data
 
 
 def _checkpoint(path: str) -> tuple[Path, dict]:
@@ -49,17 +48,23 @@ def _model(state: dict, name: str | None, default_index: int, where: Path):
     return name, model.eval()
 
 
-def _reference_images(state: dict, ckpt: Path, everything: bool) -> torch.Tensor:
+class _Batches:
+    """Re-iterable batches of an image source (decoded when iterated)."""
+
+    def __init__(self, source, size: int = 1024):
+        self.source, self.size = source, size
+
+    def __iter__(self):
+        return (self.source.load(idx) for idx in torch.arange(len(self.source)).split(self.size))
+
+
+def _reference_images(state: dict, everything: bool):
+    """A's reference split (its seed, class subset, fraction and size), or all of its dataset."""
     run = state["run"]
-    source = SimpleNamespace(dataset=run["dataset"], data_root=state["data_root"], image_size=run["image_size"])
-    images, labels = load_dataset(source)
+    cfg = SimpleNamespace(**{**run, "data_root": state["data_root"], "stream": state.get("stream", False)})
     if everything:
-        return images
-    classes_file = ckpt.parent / "classes.json"
-    if run["num_classes"] is not None and classes_file.exists():
-        images, labels = datamod.filter_classes(images, labels, json.loads(classes_file.read_text()))
-    _, _, ref_x, _ = datamod.split(images, labels, run["reference_fraction"], seed=run["seed"])
-    return ref_x if run["reference_size"] is None else ref_x[: run["reference_size"]]
+        return load_source(cfg)
+    return run_data(cfg).reference
 
 
 def main(argv=None) -> int:
@@ -81,9 +86,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"clnscl align: {exc}", file=__import__("sys").stderr)
         return 2
-    x = _reference_images(state_a, path_a, args.data == "all")
-    loader = [x[i : i + 1024] for i in range(0, x.shape[0], 1024)]
-    print(f"A = {path_a} [{name_a}], B = {path_b} [{name_b}], {x.shape[0]} samples\n")
+    images = _reference_images(state_a, args.data == "all")
+    loader = _Batches(images)
+    print(f"A = {path_a} [{name_a}], B = {path_b} [{name_b}], {len(images)} samples\n")
     print("| representation | metric | value |\n| --- | --- | --- |")
     for rep, select in (("z", lambda out: out[1]), ("h", lambda out: out[0])):
         acc, kept = metrics.align_models(model_a, model_b, loader, select=select, keep_features=args.pairwise,

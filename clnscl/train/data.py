@@ -159,9 +159,11 @@ class Augment:
       contrast (blend with the sample's mean by a factor uniform in 1 ± `contrast`), clamped to [0, 1];
     - Gaussian noise of standard deviation `noise_std`, clamped to [0, 1].
 
-    The generator's consumption depends only on the batch shape (every parameter is always drawn, one
-    `rand` of (B, 9) then one `randn` of the batch's shape), so views stay aligned across models whatever
-    the settings. Random numbers are drawn on the generator's device and moved to `x`'s device: pass a
+    The generator's consumption depends only on the batch shape and the settings (one `rand` of (B, 9),
+    then, if `noise_std` > 0, one `randn` of the batch's shape), so views stay aligned across models.
+    A shard of a batch (one process's part under torchrun): `augment(x_shard, generator, batch_size=B,
+    offset=o)` draws the parameters of the whole batch of B samples and transforms its rows o … o+len(x)−1,
+    giving exactly those rows of `augment(x_full, generator)` and leaving the generator in the same state. Random numbers are drawn on the generator's device and moved to `x`'s device: pass a
     generator on `x`'s device for speed (a CPU and a CUDA generator give different streams). The
     arithmetic is in float32; the output has `x`'s dtype. The defaults suit the 8×8 digits.
     """
@@ -202,7 +204,8 @@ class Augment:
                 f"hflip_p={self.hflip_p}, brightness={self.brightness}, contrast={self.contrast}, "
                 f"jitter_p={self.jitter_p}, noise_std={self.noise_std}, padding_mode={self.padding_mode!r})")
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, batch_size: int | None = None,
+                 offset: int = 0) -> torch.Tensor:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"Augment needs an explicit torch.Generator, got {type(generator).__name__}")
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -212,9 +215,15 @@ class Augment:
             raise TypeError(f"Augment expects floating-point images in [0, 1], got dtype {x.dtype} "
                             "(convert uint8 images with x.float() / 255)")
         b, c, h, w = x.shape
+        total = b if batch_size is None else int(batch_size)
+        if offset < 0 or offset + b > total:
+            raise ValueError(f"Augment: rows {offset}..{offset + b - 1} of x are not inside a batch of batch_size="
+                             f"{total}")
+        rows = slice(offset, offset + b)
         gdev = generator.device
-        u = torch.rand(b, 9, generator=generator, device=gdev).to(x.device)
-        noise = torch.randn(x.shape, generator=generator, device=gdev).to(x.device)
+        u = torch.rand(total, 9, generator=generator, device=gdev)[rows].to(x.device)
+        if self.noise_std > 0.0:
+            noise = torch.randn((total, c, h, w), generator=generator, device=gdev)[rows].to(x.device)
         if b == 0:
             return x.clone()
         xf = x.float()
@@ -254,9 +263,11 @@ class Augment:
             out = (out + self.noise_std * noise).clamp_(0.0, 1.0)
         return out.to(x.dtype)
 
-    def views(self, x: torch.Tensor, generator: torch.Generator, num_views: int = 2) -> list[torch.Tensor]:
-        """`num_views` independent views of `x`, drawn one after the other from `generator`."""
-        return [self(x, generator) for _ in range(num_views)]
+    def views(self, x: torch.Tensor, generator: torch.Generator, num_views: int = 2, batch_size: int | None = None,
+              offset: int = 0) -> list[torch.Tensor]:
+        """`num_views` independent views of `x` (or of its rows in a batch, see above), drawn one after the
+        other from `generator`."""
+        return [self(x, generator, batch_size, offset) for _ in range(num_views)]
 
 
 # ---------------------------------------------------------------------------------------------- samplers

@@ -4,9 +4,16 @@ Every model starts from the same initial weights (checked at step 0), sees the s
 and the same augmented views, and has its own optimiser and schedule with the same hyper-parameters. The
 first objective is the anchor: at every evaluation the other models are compared with it on a fixed
 reference set (never subsampled) through the library's own metrics, and a record goes to metrics.jsonl.
+
+Under torchrun every process draws the same global batch (same sampler and augmentation generators) and
+loads, augments and trains on its contiguous shard; stratified batches interleave the classes, so the shards
+are balanced too. Evaluation is shared the same way: each process extracts the features of its part of the
+reference and probe sets, Gram statistics are all-reduced, the accuracies see the gathered features, the
+evaluation batches of the loss gap are dealt out; rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -25,9 +32,9 @@ from tqdm.auto import tqdm
 from .. import contrastive_loss
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
 from . import data as datamod
-from .datasets import load_dataset
 from .lars import LARS
 from .models import build_model
+from .rundata import run_data
 
 
 def _device(name: str) -> torch.device:
@@ -74,11 +81,30 @@ def _objective_loss(model, objective: str, views: torch.Tensor, labels: torch.Te
 
 
 @torch.no_grad()
-def _features(model, x: torch.Tensor, batch: int = 1024):
+def _features(model, source, idx: torch.Tensor, device, batch: int = 512):
+    """(h, z) of the samples `idx` of an image source, in eval mode, on `device`."""
     model.eval()
-    hs, zs = zip(*(model(x[i : i + batch]) for i in range(0, x.shape[0], batch)))
+    hs, zs = zip(*(model(source.load(part).to(device)) for part in idx.split(batch)))
     model.train()
     return torch.cat(hs), torch.cat(zs)
+
+
+def _part(n: int, rank: int, world: int) -> torch.Tensor:
+    """This process's contiguous part of range(n) (parts differ in size by at most one)."""
+    return torch.arange(n).tensor_split(world)[rank]
+
+
+def _gather_rows(t: torch.Tensor, world: int) -> torch.Tensor:
+    """The rows of every process's `t` (sizes may differ by process), concatenated in rank order."""
+    if world == 1:
+        return t
+    sizes = [torch.zeros((), dtype=torch.long, device=t.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor(t.shape[0], device=t.device))
+    longest = int(max(sizes))
+    padded = torch.cat([t, t.new_zeros(longest - t.shape[0], *t.shape[1:])])
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(k)] for p, k in zip(parts, sizes)])
 
 
 def _weight_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -104,20 +130,16 @@ class CoupledTrainer:
             raise ValueError(f"config key 'batch_size': {cfg.batch_size} must divide by the {self.world} processes")
         self.device = _device(cfg.device)
         self.out.mkdir(parents=True, exist_ok=True)
-        images, labels = load_dataset(cfg)
-        if cfg.num_classes is not None:
-            classes = datamod.class_subset(labels, cfg.num_classes, cfg.seed)
-            (self.out / "classes.json").write_text(json.dumps(classes))
-            images, labels = datamod.filter_classes(images, labels, classes)
-        self.num_classes = int(labels.max()) + 1
-        self.image_px = images.shape[-1]
-        tx, ty, rx, ry = datamod.split(images, labels, cfg.reference_fraction, seed=cfg.seed)
-        if cfg.reference_size is not None:
-            rx, ry = rx[: cfg.reference_size], ry[: cfg.reference_size]
-        self.train_x, self.train_y = tx.to(self.device), ty.to(self.device)
-        self.ref_x, self.ref_y = rx.to(self.device), ry.to(self.device)
+        self.data = run_data(cfg)
+        if cfg.num_classes is not None and self.rank == 0:
+            (self.out / "classes.json").write_text(json.dumps(self.data.classes))
+        if len(self.data.reference) < self.world:
+            raise ValueError(f"config key 'reference_size': {len(self.data.reference)} reference samples cannot be "
+                             f"shared by {self.world} processes")
+        self.num_classes = self.data.num_classes
+        self.image_px = self.data.train.size
         torch.manual_seed(cfg.seed)
-        init = build_model(cfg.model, images.shape[1], self.num_classes, cfg.hidden_dim, cfg.projector_dim,
+        init = build_model(cfg.model, self.data.train.channels, self.num_classes, cfg.hidden_dim, cfg.projector_dim,
                            image_size=self.image_px)
         self.names = list(cfg.objectives)
         memory_format = torch.channels_last if cfg.amp and self.device.type == "cuda" else torch.preserve_format
@@ -128,9 +150,9 @@ class CoupledTrainer:
         self.augment_gen = torch.Generator().manual_seed(cfg.seed + 2)
         sampler_cls = datamod.StratifiedBatches if cfg.sampler == "stratified" else datamod.UniformBatches
         if cfg.sampler == "stratified":
-            self.sampler = sampler_cls(ty, cfg.batch_size, self.sample_gen)
+            self.sampler = sampler_cls(self.data.train.labels, cfg.batch_size, self.sample_gen)
         else:
-            self.sampler = sampler_cls(ty.shape[0], cfg.batch_size, self.sample_gen)
+            self.sampler = sampler_cls(len(self.data.train), cfg.batch_size, self.sample_gen)
         self.augment = datamod.Augment(**dataclasses.asdict(cfg.augment))
         self.total_steps = cfg.epochs * self.sampler.epoch_length
         warmup = cfg.warmup_epochs * self.sampler.epoch_length
@@ -150,12 +172,11 @@ class CoupledTrainer:
 
     def train_step(self) -> dict[str, float]:
         idx = self.sampler.next_batch()  # the global batch: every rank draws it and takes its shard
-        idx = idx.to(self.device)
-        x, y = self.train_x[idx], self.train_y[idx]
-        views = torch.stack(self.augment.views(x.cpu(), self.augment_gen), dim=1).to(self.device)
-        if self.world > 1:
-            shard = slice(self.rank * (len(idx) // self.world), (self.rank + 1) * (len(idx) // self.world))
-            views, y = views[shard], y[shard]
+        per = len(idx) // self.world
+        mine = idx[self.rank * per : (self.rank + 1) * per]
+        x = self.data.train.load(mine).to(self.device, non_blocking=True)
+        y = self.data.train.labels[mine].to(self.device)
+        views = torch.stack(self.augment.views(x, self.augment_gen, batch_size=len(idx), offset=self.rank * per), 1)
         group = dist.group.WORLD if self.world > 1 else None
         fast = self.cfg.amp and self.device.type == "cuda"
         losses = {}
@@ -178,44 +199,67 @@ class CoupledTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        cfg, rec = self.cfg, {}
-        feats = [_features(m, self.ref_x) for m in self.models]
-        train_feats = [_features(m, self.train_x)[0] for m in self.models]
-        anchor = self.names[0]
+        """One record of alignment, weight divergence, loss gap and accuracies (every rank takes part)."""
+        cfg, rec, world = self.cfg, {}, self.world
+        if world > 1:  # BN running statistics: rank 0's everywhere (DDP broadcasts them at every forward)
+            for model in self.models:
+                for buf in model.buffers():
+                    dist.broadcast(buf, 0)
+        ref, probe = self.data.reference, self.data.probe
+        feats = [_features(m, ref, _part(len(ref), self.rank, world), self.device) for m in self.models]
+        probe_h = [_features(m, probe, _part(len(probe), self.rank, world), self.device)[0] for m in self.models]
         for i, name in enumerate(self.names[1:], start=1):
             for prefix, k in (("", 1), ("h/", 0)):
                 acc = StreamingAlignment()
                 acc.update(feats[0][k], feats[i][k])
+                if world > 1:
+                    acc.all_reduce()
                 out = acc.compute()
                 for key in ("cka_cosine", "cka_linear", "rsa_pearson", "gap_relative"):
                     rec[f"{prefix}{key}/{name}"] = out[key]
             rec[f"weight_div/{name}"] = weight_divergence(
                 _weight_matrices(self.models[0]), _weight_matrices(self.models[i]))["mean"]
-        # CL − NSCL loss of the anchor on a fixed evaluation batch, and its bound
-        gen = torch.Generator().manual_seed(cfg.seed + 3)
-        idx = torch.randperm(self.train_x.shape[0], generator=gen)[: cfg.batch_size].to(self.device)
-        x, y = self.train_x[idx], self.train_y[idx]
-        views = torch.stack(self.augment.views(x.cpu(), gen), dim=1).to(self.device)
-        self.models[0].eval()
-        _, z = self.models[0](views.flatten(0, 1))
-        self.models[0].train()
-        z = z.view(views.shape[0], 2, -1)
-        gap = (contrastive_loss(z, y, objective="cl", temperature=cfg.temperature, decoupled=cfg.decoupled)
-               - contrastive_loss(z, y, objective="nscl", temperature=cfg.temperature, decoupled=cfg.decoupled))
-        rec["loss_gap"] = float(gap)
-        rec["loss_gap_bound"] = loss_gap_bound(y, cfg.temperature)
-        for name, (h, _), th in zip(self.names, feats, train_feats):
-            rec[f"nccc/{name}"] = nccc_accuracy(th, self.train_y, h, self.ref_y)
-            rec[f"knn/{name}"] = knn_accuracy(th, self.train_y, h, self.ref_y, k=cfg.knn_k)
-        rec["anchor"] = anchor
+        rec["loss_gap"], rec["loss_gap_bound"] = self._loss_gap()
+        ref_y, probe_y = ref.labels.to(self.device), probe.labels.to(self.device)
+        for name, (h, _), ph in zip(self.names, feats, probe_h):
+            h, ph = _gather_rows(h, world), _gather_rows(ph, world)
+            rec[f"nccc/{name}"] = nccc_accuracy(ph, probe_y, h, ref_y)
+            rec[f"knn/{name}"] = knn_accuracy(ph, probe_y, h, ref_y, k=cfg.knn_k)
+        rec["anchor"] = self.names[0]
         return rec
+
+    def _loss_gap(self) -> tuple[float, float]:
+        """CL − NSCL loss of the anchor model (eval mode, same `decoupled` flag) and the bound of the gap,
+        each averaged over the evaluation batches: the reference set in a fixed seeded order, cut into
+        ⌈n / batch_size⌉ batches with fixed seeded views (the bound holds batch by batch, so for the means)."""
+        cfg, ref = self.cfg, self.data.reference
+        order = torch.randperm(len(ref), generator=torch.Generator().manual_seed(cfg.seed + 3))
+        batches = order.tensor_split(-(-len(ref) // cfg.batch_size))
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        model = self.models[0].eval()
+        for b, idx in enumerate(batches):
+            if b % self.world != self.rank:
+                continue
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1000 + b)
+            x, y = ref.load(idx).to(self.device), ref.labels[idx].to(self.device)
+            views = torch.stack(self.augment.views(x, gen), dim=1)
+            z = model(views.flatten(0, 1))[1].view(len(idx), views.shape[1], -1)
+            kw = {"temperature": cfg.temperature, "decoupled": cfg.decoupled}
+            gap = contrastive_loss(z, y, objective="cl", **kw) - contrastive_loss(z, y, objective="nscl", **kw)
+            sums += torch.stack([gap.double(), torch.tensor(loss_gap_bound(y, cfg.temperature), device=self.device,
+                                                            dtype=torch.float64)])
+        model.train()
+        if self.world > 1:
+            dist.all_reduce(sums)
+        mean = sums / len(batches)
+        return float(mean[0]), float(mean[1])
 
     # ---------------------------------------------------------------------------------------------- checkpoints
 
     # what must match between a checkpoint and the run that resumes it
     _RUN_KEYS = ("objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
                  "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
-                 "reference_fraction", "reference_size", "model", "hidden_dim", "projector_dim", "augment",
+                 "reference_fraction", "reference_size", "probe_size", "model", "hidden_dim", "projector_dim", "augment",
                  "image_size")
 
     def state_dict(self) -> dict:
@@ -223,7 +267,7 @@ class CoupledTrainer:
         return {
             "step": self.step, "elapsed": time.perf_counter() - self.start,
             "run": {k: cfg[k] for k in self._RUN_KEYS},
-            "data_root": self.cfg.data_root, "image_px": self.image_px,
+            "data_root": self.cfg.data_root, "stream": self.cfg.stream, "image_px": self.image_px,
             "models": [m.state_dict() for m in self.models],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedules": [s.state_dict() for s in self.schedules],
@@ -270,19 +314,17 @@ class CoupledTrainer:
         if resume:
             self.load_checkpoint(self.out / "checkpoint.pt")
             records = _read_records(metrics_path)
-            tmp = metrics_path.with_suffix(".jsonl.tmp")  # drop a line cut short by the kill, atomically
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-            os.replace(tmp, metrics_path)
+            if self.rank == 0:
+                tmp = metrics_path.with_suffix(".jsonl.tmp")  # drop a line cut short by the kill, atomically
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+                os.replace(tmp, metrics_path)
         elif self.rank == 0:
             metrics_path.unlink(missing_ok=True)
         written = {r["step"] for r in records}
-        if self.rank != 0:  # under torchrun, rank 0 evaluates and writes; the models are the same everywhere
-            while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
-                self.train_step()
-            return []
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not sys.stderr.isatty(),
-                   dynamic_ncols=True)
-        with metrics_path.open("a") as sink, bar:
+        lead = self.rank == 0  # under torchrun, rank 0 writes; every rank trains and takes part in evaluations
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (lead and sys.stderr.isatty()))
+        with (metrics_path.open("a") if lead else contextlib.nullcontext()) as sink, bar:
             while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
                 last = self.train_step()
                 bar.update(1)
@@ -291,13 +333,14 @@ class CoupledTrainer:
                     if self.step not in written:
                         rec = {"step": self.step, "epoch": self.step / self.sampler.epoch_length,
                                "time": time.perf_counter() - self.start, **last, **self.evaluate()}
-                        sink.write(json.dumps(rec) + "\n")
-                        sink.flush()
                         records.append(rec)
-                        self.log(_progress_line(rec, self.total_steps, self.names))
-                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                        if lead:
+                            sink.write(json.dumps(rec) + "\n")
+                            sink.flush()
+                            self.log(_progress_line(rec, self.total_steps, self.names))
+                if lead and (self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps):
                     self.save_checkpoint()
-        return records
+        return records if lead else []
 
 
 def _read_records(path: Path) -> list[dict]:
