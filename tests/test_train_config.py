@@ -1,6 +1,7 @@
 """Trainer configuration: defaults, YAML + --set overrides of every field type, clear errors naming the key,
 round trip through config.yaml, help text."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,11 @@ def test_describe_lists_every_key_with_default_and_choices():
     assert "objectives (list of str, default [cl, nscl, supcon, ce])" in text
     assert "choices: sgd, adamw, lars" in text and "choices: digits, cifar10, cifar100, imagefolder" in text
     assert "num_classes (int or null, default null)" in text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    """Every config in configs/ is valid once data_root is given (the paper's settings: ResNet-50, batch 1024,
+    LARS)."""
+    cfg = load_config(path, ["data_root=/data"])
+    assert cfg.model == "resnet50" and cfg.batch_size == 1024 and cfg.optimizer == "lars"

@@ -131,6 +131,8 @@ class Config:
     projector_dim: int = _opt(64, "output dimension of the projector (the embedding z the losses see)")
     eval_every: int = _opt(20, "evaluate alignment every this many steps")
     knn_k: int = _opt(20, "neighbours of the k-NN accuracy")
+    gap_batches: int = _opt(4, "evaluation batches of the CL − NSCL loss gap: up to this many batches of "
+                               "batch_size reference samples, fixed seeded order and views")
     probe_size: Optional[int] = _opt(None, "labelled training samples (a fixed seeded stratified subset) that "
                                            "NCC and k-NN accuracies use (null: the whole training split)")
     checkpoint_every: int = _opt(50, "write RUN_DIR/checkpoint.pt (atomically) every this many steps and at the end")
@@ -198,6 +200,7 @@ class Config:
         _check_min("projector_dim", self.projector_dim, 1)
         _check_min("eval_every", self.eval_every, 1)
         _check_min("knn_k", self.knn_k, 1)
+        _check_min("gap_batches", self.gap_batches, 1)
         _check_min("checkpoint_every", self.checkpoint_every, 1)
         if not self.out.strip():
             raise ConfigError("config key 'out': must not be empty")

@@ -231,10 +231,11 @@ class CoupledTrainer:
     def _loss_gap(self) -> tuple[float, float]:
         """CL − NSCL loss of the anchor model (eval mode, same `decoupled` flag) and the bound of the gap,
         each averaged over the evaluation batches: the reference set in a fixed seeded order, cut into
-        ⌈n / batch_size⌉ batches with fixed seeded views (the bound holds batch by batch, so for the means)."""
+        ⌈n / batch_size⌉ batches with fixed seeded views, the first `gap_batches` of them (the bound holds
+        batch by batch, so for the means)."""
         cfg, ref = self.cfg, self.data.reference
         order = torch.randperm(len(ref), generator=torch.Generator().manual_seed(cfg.seed + 3))
-        batches = order.tensor_split(-(-len(ref) // cfg.batch_size))
+        batches = order.tensor_split(-(-len(ref) // cfg.batch_size))[: cfg.gap_batches]
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         model = self.models[0].eval()
         for b, idx in enumerate(batches):
@@ -259,8 +260,8 @@ class CoupledTrainer:
     # what must match between a checkpoint and the run that resumes it
     _RUN_KEYS = ("objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
                  "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
-                 "reference_fraction", "reference_size", "probe_size", "model", "hidden_dim", "projector_dim", "augment",
-                 "image_size")
+                 "reference_fraction", "reference_size", "probe_size", "gap_batches", "model", "hidden_dim",
+                 "projector_dim", "augment", "image_size")
 
     def state_dict(self) -> dict:
         cfg = self.cfg.to_dict()
