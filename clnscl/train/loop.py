@@ -142,7 +142,8 @@ class CoupledTrainer:
         init = build_model(cfg.model, self.data.train.channels, self.num_classes, cfg.hidden_dim, cfg.projector_dim,
                            image_size=self.image_px)
         self.names = list(cfg.objectives)
-        memory_format = torch.channels_last if cfg.amp and self.device.type == "cuda" else torch.preserve_format
+        self.amp = cfg.amp and self.device.type == "cuda"  # bf16 autocast and channels_last
+        memory_format = torch.channels_last if self.amp else torch.preserve_format
         self.models = [copy.deepcopy(init).to(self.device, memory_format=memory_format) for _ in self.names]
         if not _same_weights(self.models):
             raise RuntimeError("the coupled models do not start from identical weights")
@@ -178,10 +179,9 @@ class CoupledTrainer:
         y = self.data.train.labels[mine].to(self.device)
         views = torch.stack(self.augment.views(x, self.augment_gen, batch_size=len(idx), offset=self.rank * per), 1)
         group = dist.group.WORLD if self.world > 1 else None
-        fast = self.cfg.amp and self.device.type == "cuda"
         losses = {}
         for name, model, opt, sched in zip(self.names, self.trained, self.optimizers, self.schedules):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = _objective_loss(model, name, views, y, self.cfg, group)
             opt.zero_grad(set_to_none=True)
             loss.backward()
