@@ -27,3 +27,73 @@ def test_two_process_training_writes_one_run(tmp_path):
     assert all(last[f"loss/{m}"] == last[f"loss/{m}"] for m in ("cl", "nscl", "supcon", "ce"))  # not NaN
     assert last["loss_gap"] <= last["loss_gap_bound"]
     assert (tmp_path / "run" / "checkpoint.pt").exists() and (tmp_path / "run" / "alignment.png").exists()
+
+
+def _torchrun():
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun is not on PATH")
+    return torchrun
+
+
+def test_distributed_evaluation_equals_single_process_evaluation(tmp_path):
+    """2 ranks (stratified batches) train 3 steps and evaluate; one process evaluates the saved checkpoint.
+
+    The reference set (61, odd) is split unevenly between the ranks and its loss-gap batches (3 of 21/20/20
+    samples) are dealt out unevenly, so the all-reduced alignment statistics, the gathered accuracy features
+    and the all-reduced loss gap are each checked against one process seeing everything. Features are fp32
+    from differently composed batches, hence close, not equal."""
+    import math
+    from pathlib import Path
+
+    from clnscl.train.config import Config
+    from clnscl.train.loop import CoupledTrainer
+
+    config = {"epochs": 1, "warmup_epochs": 0, "batch_size": 24, "num_classes": 4, "sampler": "stratified",
+              "reference_size": 61, "probe_size": 150, "eval_every": 3, "checkpoint_every": 1000,
+              "objectives": ["cl", "nscl", "supcon", "ce"], "device": "cpu"}
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    run = tmp_path / "ddp"
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(repo / "tests" / "_train_eval_worker.py"),
+           str(run), json.dumps(config)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(repo))
+    errors = "".join(p.read_text() for p in sorted(run.glob("error_rank*.txt"))) if run.exists() else ""
+    assert done.returncode == 0, errors + done.stdout[-2000:] + done.stderr[-3000:]
+
+    ranks = [json.loads((run / f"eval_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]
+    dist_rec = ranks[0]["record"]
+
+    def numeric(rec):
+        return {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def assert_close(got, want, what):
+        assert set(got) == set(want), f"{what}: keys differ: {sorted(set(got) ^ set(want))}"
+        for k, v in numeric(want).items():
+            assert math.isfinite(v), f"{what}: {k} = {v}"
+            assert math.isclose(got[k], v, rel_tol=1e-4, abs_tol=1e-6), f"{what}: {k}: {got[k]!r} != {v!r}"
+        for k in set(want) - set(numeric(want)):
+            assert got[k] == want[k], f"{what}: {k}: {got[k]!r} != {want[k]!r}"
+
+    assert_close(ranks[1]["record"], dist_rec, "rank 1 vs rank 0")  # every rank returns the same record
+
+    # the stratified 2-process run itself: rank 0 wrote the records of steps 1 and 3, once each
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 3]
+    for r in records:
+        assert all(math.isfinite(r[f"loss/{m}"]) for m in config["objectives"])
+        assert r["loss_gap"] <= r["loss_gap_bound"]
+    # evaluating again, without training in between, gives the record of step 3
+    assert_close({k: records[-1][k] for k in dist_rec}, dist_rec, "run() record vs evaluate()")
+
+    single = CoupledTrainer(Config(**config), tmp_path / "single", log=lambda *_: None)
+    assert single.world == 1
+    single.load_checkpoint(run / "checkpoint.pt")
+    assert single.step == 3
+    first, second = single.evaluate(), single.evaluate()
+    assert first == second  # one process: deterministic, bit for bit
+    assert_close(dist_rec, first, "2 ranks vs 1 process")
+    assert set(numeric(first)) >= {"loss_gap", "loss_gap_bound", "cka_cosine/nscl", "h/rsa_pearson/ce",
+                                   "weight_div/supcon", "nccc/cl", "knn/ce"}
