@@ -228,6 +228,7 @@ class CoupledTrainer:
         rec["anchor"] = self.names[0]
         return rec
 
+    @torch.no_grad()
     def _loss_gap(self) -> tuple[float, float]:
         """CL − NSCL loss of the anchor model (eval mode, same `decoupled` flag) and the bound of the gap,
         each averaged over the evaluation batches: the reference set in a fixed seeded order, cut into
