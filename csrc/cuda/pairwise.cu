@@ -26,11 +26,16 @@ namespace {
 constexpr int kSide = 32, kDepth = 32, kThreads = 256, kPerThread = kSide * kSide / kThreads;
 constexpr int kScalars = 13;
 
-// The tile pair of this block: blockIdx.x enumerates the pairs I ≤ J of nb tiles row by row.
+// Index of the first tile pair of row i when the pairs I ≤ J of nb tiles are enumerated row by row.
+__device__ inline int64_t row_start(int64_t i, int64_t nb) { return i * (2 * nb - i + 1) / 2; }
+
+// The tile pair number p (0 ≤ p < nb(nb+1)/2): row i from the quadratic's root, corrected for rounding.
 __device__ inline void tile_of(int64_t p, int64_t nb, int64_t& ti, int64_t& tj) {
-  int64_t i = 0, first = 0;
-  while (first + (nb - i) <= p) first += nb - i, ++i;
-  ti = i, tj = i + (p - first);
+  const double b = 2.0 * static_cast<double>(nb) + 1.0;
+  int64_t i = static_cast<int64_t>((b - sqrt(b * b - 8.0 * static_cast<double>(p))) / 2.0);
+  while (i > 0 && row_start(i, nb) > p) --i;
+  while (row_start(i + 1, nb) <= p) ++i;
+  ti = i, tj = i + (p - row_start(i, nb));
 }
 
 // g[u][v] = ⟨a_{i0+u}, a_{j0+v}⟩ (0 outside the matrix), all threads of the block taking part.
