@@ -58,6 +58,25 @@ class _GatherRows(torch.autograd.Function):
         return _sum_to_owner(grad, ctx.sizes, rank, ctx.group), None, None
 
 
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = x.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
+    """Differentiable Σ over the ranks of x: y = Σ_r x_r on every rank, so ∂L/∂x_r = Σ_s ∂L_s/∂y (all-reduce
+    of the gradients), the gradient of the sum of every rank's loss."""
+    return _AllReduceSum.apply(x, group)
+
+
 def gather_rows(x: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
     """Differentiable all-gather of rows; the gradient of each gathered row is summed back to its owner."""
     return _GatherRows.apply(x, sizes, group)

@@ -30,8 +30,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import contrastive_loss
+from ..distributed import all_gather_rows, local_sizes
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
 from . import data as datamod
+from .global_bn import convert_global_batchnorm
 from .lars import LARS
 from .models import build_model
 from .rundata import run_data
@@ -98,13 +100,7 @@ def _gather_rows(t: torch.Tensor, world: int) -> torch.Tensor:
     """The rows of every process's `t` (sizes may differ by process), concatenated in rank order."""
     if world == 1:
         return t
-    sizes = [torch.zeros((), dtype=torch.long, device=t.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor(t.shape[0], device=t.device))
-    longest = int(max(sizes))
-    padded = torch.cat([t, t.new_zeros(longest - t.shape[0], *t.shape[1:])])
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(k)] for p, k in zip(parts, sizes)])
+    return all_gather_rows(t, local_sizes(t.shape[0], dist.group.WORLD, t.device), dist.group.WORLD)
 
 
 def _weight_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -159,12 +155,14 @@ class CoupledTrainer:
         warmup = cfg.warmup_epochs * self.sampler.epoch_length
         for name, model in zip(self.names, self.models):
             model.head.requires_grad_(name == "ce")  # the classifier head is trained by the CE objective only
-        # under torchrun: DDP (averaged gradients) and, on GPUs, SyncBatchNorm (statistics of the global batch;
-        # PyTorch has no CPU SyncBatchNorm, so CPU ranks normalise with their shard's statistics)
+        # under torchrun: DDP (averaged gradients) and batch norm over the global batch (PyTorch's SyncBatchNorm
+        # on GPUs, GlobalBatchNorm elsewhere): the same gradients as one process holding the whole batch
         self.trained = self.models
         if self.world > 1:
             if self.device.type == "cuda":
                 self.models = [nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in self.models]
+            else:
+                self.models = [convert_global_batchnorm(m) for m in self.models]
             self.trained = [nn.parallel.DistributedDataParallel(m) for m in self.models]
         self.optimizers = [_optimizer(cfg, m) for m in self.models]
         self.schedules = [_schedule(o, warmup, self.total_steps) for o in self.optimizers]
