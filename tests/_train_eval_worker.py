@@ -1,9 +1,10 @@
 """One rank of the distributed-evaluation test (tests/test_train_ddp.py runs it under torchrun).
 
-    torchrun --standalone --nproc_per_node=2 tests/_train_eval_worker.py OUT_DIR CONFIG_JSON
+    torchrun --standalone --nproc_per_node=2 tests/_train_eval_worker.py OUT_DIR CONFIG_JSON [STOP_AFTER [resume]]
 
 Joins the gloo group, builds `CoupledTrainer(Config(**json.loads(CONFIG_JSON)), OUT_DIR)`, trains through
-`run(stop_after=3)` (rank 0 writes OUT_DIR/metrics.jsonl), then every rank calls `evaluate()` once more and
+`run(stop_after=STOP_AFTER)` (default 3; with `resume`, continuing from OUT_DIR/checkpoint.pt; rank 0 writes
+OUT_DIR/metrics.jsonl), then every rank calls `evaluate()` once more and
 writes the record to OUT_DIR/eval_rank{R}.json; rank 0 saves OUT_DIR/checkpoint.pt, the state that record
 was computed from. The test evaluates that checkpoint in one process and compares. Errors go to
 OUT_DIR/error_rank{R}.txt. The process ends with barrier, destroy_process_group and os._exit (a gloo worker
@@ -21,6 +22,8 @@ from pathlib import Path
 
 def main(argv: list[str]) -> None:
     out, config = Path(argv[0]), json.loads(argv[1])
+    stop_after = int(argv[2]) if len(argv) > 2 else 3
+    resume = argv[3:4] == ["resume"]
     rank = int(os.environ.get("RANK", "0"))
     code = 0
     try:
@@ -33,7 +36,7 @@ def main(argv: list[str]) -> None:
         from clnscl.train.loop import CoupledTrainer
 
         trainer = CoupledTrainer(Config(**config), out, log=lambda *_: None)
-        trainer.run(stop_after=3)
+        trainer.run(resume=resume, stop_after=stop_after)
         rec = trainer.evaluate()
         (out / f"eval_rank{rank}.json").write_text(json.dumps({"step": trainer.step, "world": trainer.world,
                                                                "record": rec}))
