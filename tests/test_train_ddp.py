@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,18 @@ def _torchrun():
     return torchrun
 
 
+def _run_worker(run, config: dict, *extra: str) -> None:
+    """2 ranks of tests/_train_eval_worker.py on gloo (see its docstring); fails with the ranks' errors."""
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(repo / "tests" / "_train_eval_worker.py"),
+           str(run), json.dumps(config), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(repo))
+    errors = "".join(p.read_text() for p in sorted(run.glob("error_rank*.txt"))) if run.exists() else ""
+    assert done.returncode == 0, errors + done.stdout[-2000:] + done.stderr[-3000:]
+
+
 def test_distributed_evaluation_equals_single_process_evaluation(tmp_path):
     """2 ranks (stratified batches) train 3 steps and evaluate; one process evaluates the saved checkpoint.
 
@@ -44,23 +57,14 @@ def test_distributed_evaluation_equals_single_process_evaluation(tmp_path):
     and the all-reduced loss gap are each checked against one process seeing everything. Features are fp32
     from differently composed batches, hence close, not equal."""
     import math
-    from pathlib import Path
-
     from clnscl.train.config import Config
     from clnscl.train.loop import CoupledTrainer
 
     config = {"epochs": 1, "warmup_epochs": 0, "batch_size": 24, "num_classes": 4, "sampler": "stratified",
               "reference_size": 61, "probe_size": 150, "eval_every": 3, "checkpoint_every": 1000,
               "objectives": ["cl", "nscl", "supcon", "ce"], "device": "cpu"}
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
     run = tmp_path / "ddp"
-    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(repo / "tests" / "_train_eval_worker.py"),
-           str(run), json.dumps(config)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(repo))
-    errors = "".join(p.read_text() for p in sorted(run.glob("error_rank*.txt"))) if run.exists() else ""
-    assert done.returncode == 0, errors + done.stdout[-2000:] + done.stderr[-3000:]
+    _run_worker(run, config)
 
     ranks = [json.loads((run / f"eval_rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]
@@ -106,8 +110,6 @@ def test_two_process_training_equals_one_process_training(tmp_path, sampler):
     (GlobalBatchNorm) and DDP averages the gradients. Losses, metrics and weights after 3 steps agree up to
     float32 rounding (they would differ at the 1e-2 level with per-shard batch statistics)."""
     import math
-    from pathlib import Path
-
     import torch
 
     from clnscl.train.config import Config
@@ -116,15 +118,8 @@ def test_two_process_training_equals_one_process_training(tmp_path, sampler):
     config = {"epochs": 1, "warmup_epochs": 0, "batch_size": 40, "num_classes": 4, "sampler": sampler,
               "reference_size": 45, "eval_every": 1, "checkpoint_every": 1000,
               "objectives": ["cl", "nscl", "supcon", "ce"], "device": "cpu"}
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
     run = tmp_path / "ddp"
-    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(repo / "tests" / "_train_eval_worker.py"),
-           str(run), json.dumps(config)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(repo))
-    errors = "".join(p.read_text() for p in sorted(run.glob("error_rank*.txt"))) if run.exists() else ""
-    assert done.returncode == 0, errors + done.stdout[-2000:] + done.stderr[-3000:]
+    _run_worker(run, config)
     two = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
     single = CoupledTrainer(Config(**config), tmp_path / "single", log=lambda *_: None)
@@ -146,23 +141,14 @@ def test_two_process_run_resumed_equals_one_uninterrupted_process(tmp_path):
     those of one process running 4 steps uninterrupted (the sampler, augmentation and optimiser states of a
     checkpoint serve every rank)."""
     import math
-    from pathlib import Path
-
     from clnscl.train.config import Config
     from clnscl.train.loop import CoupledTrainer
 
     config = {"epochs": 1, "warmup_epochs": 0, "batch_size": 40, "num_classes": 4, "reference_size": 45,
               "eval_every": 1, "checkpoint_every": 1, "objectives": ["cl", "nscl", "ce"], "device": "cpu"}
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
     run = tmp_path / "ddp"
-    for extra in (["2"], ["4", "resume"]):
-        cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(repo / "tests" / "_train_eval_worker.py"),
-               str(run), json.dumps(config), *extra]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(repo))
-        errors = "".join(p.read_text() for p in sorted(run.glob("error_rank*.txt"))) if run.exists() else ""
-        assert done.returncode == 0, errors + done.stdout[-2000:] + done.stderr[-3000:]
+    _run_worker(run, config, "2")
+    _run_worker(run, config, "4", "resume")
     two = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     one = CoupledTrainer(Config(**config), tmp_path / "single", log=lambda *_: None).run(stop_after=4)
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
