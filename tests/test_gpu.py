@@ -128,6 +128,21 @@ def test_pairwise_engine_cuda_matches_reference(n):
         _reference.similarity_gap(x, y)["max_abs"], rel=1e-12)
 
 
+def test_pairwise_engine_cuda_nan_features_give_nan():
+    """NaN stays NaN in the CUDA pair values (squared distances clamp with a NaN-preserving max, as on CPU)."""
+    import math
+
+    from clnscl import metrics
+
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(50, 6, generator=gen), torch.randn(50, 4, generator=gen)
+    x[7, 1] = math.nan
+    xc, yc = x.cuda(), y.cuda()
+    assert math.isnan(metrics.rsa(xc, yc, "euclidean", "pearson", backend="cuda"))
+    assert math.isnan(metrics.rsa(xc, yc, "euclidean", "spearman", backend="cuda"))
+    assert math.isnan(metrics.cka(xc, yc, "rbf", sigma=1.0, backend="cuda"))
+
+
 @pytest.mark.parametrize("rdm", [0, 1])
 def test_pairwise_histograms_shared_memory_equal_global_atomics(rdm, monkeypatch):
     """Block-private 16-bit shared-memory counters (flushed before they overflow) count exactly what global

@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../pairwise.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -16,7 +18,6 @@ namespace clnscl {
 namespace {
 
 constexpr int64_t kTile = 256;
-enum Rdm : int64_t { kCosine = 0, kEuclidean = 1 };
 
 struct Tile {
   int64_t i0, j0, r, c;
@@ -54,40 +55,6 @@ inline void for_each_pair(const Tile& t, Fn fn) {
     for (int64_t v = (t.i0 == t.j0 ? u + 1 : 0); v < t.c; ++v) fn(t.i0 + u, t.j0 + v, t.gx[u * t.c + v], t.gy[u * t.c + v]);
 }
 
-// RDM value of a pair from its Gram entry g and the two rows' squared norms.
-inline double rdm_value(int64_t rdm, double g, double na, double nb) {
-  if (rdm == kEuclidean) return std::sqrt(std::max(na + nb - 2.0 * g, 0.0));
-  const double denom = std::sqrt(na) * std::sqrt(nb);
-  return 1.0 - (denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom));  // a zero row has cos 0 with everything; NaN stays NaN
-}
-
-inline double cosine(double g, double na, double nb) {
-  const double denom = std::sqrt(na) * std::sqrt(nb);
-  return denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom);
-}
-
-struct Prepared {
-  at::Tensor x, y, nx, ny;  // float64 rows and squared row norms
-};
-
-Prepared prepare(const at::Tensor& x, const at::Tensor& y) {
-  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0),
-              "pairwise: x and y must be 2-D with the same number of rows");
-  Prepared p;
-  p.x = x.detach().to(at::kDouble).contiguous();
-  p.y = y.detach().to(at::kDouble).contiguous();
-  p.nx = p.x.square().sum(1).contiguous();
-  p.ny = p.y.square().sum(1).contiguous();
-  return p;
-}
-
-// Index of v in `bins` equal-width bins over [lo, hi] (clamped; NaN to bin 0, the caller sees NaN elsewhere).
-inline int64_t bin_of(double v, double lo, double width, int64_t bins) {
-  const double t = (v - lo) / width;
-  if (!(t > 0.0)) return 0;
-  return std::min(static_cast<int64_t>(t), bins - 1);
-}
-
 constexpr int kScalars = 13;
 
 // Moments over i < j. scalars: Σdx, Σdx², Σdy, Σdy², Σdx·dy, min dx, max dx, min dy, max dy,
@@ -117,8 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cpu(const at::Te
       a[5] = std::min(a[5], dx), a[6] = std::max(a[6], dx), a[7] = std::min(a[7], dy), a[8] = std::max(a[8], dy);
       a[9] = std::max(a[9], std::abs(cosine(gx, nx[i], nx[j]) - cosine(gy, ny[i], ny[j])));
       if (rbf) {
-        const double kx = std::exp(-gamma_x * std::max(nx[i] + nx[j] - 2.0 * gx, 0.0));
-        const double ky = std::exp(-gamma_y * std::max(ny[i] + ny[j] - 2.0 * gy, 0.0));
+        const double kx = std::exp(-gamma_x * squared_distance(gx, nx[i], nx[j]));
+        const double ky = std::exp(-gamma_y * squared_distance(gy, ny[i], ny[j]));
         a[10] += kx * ky, a[11] += kx * kx, a[12] += ky * ky;
         rkx[i] += kx, rkx[j] += kx, rky[i] += ky, rky[j] += ky;
       }

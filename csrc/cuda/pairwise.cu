@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../pairwise.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
@@ -62,23 +64,6 @@ __device__ void gram_block(const double* __restrict__ a, int64_t n, int64_t d, i
     g[e / kSide][e % kSide] = acc[w];
   }
   __syncthreads();
-}
-
-__device__ inline double rdm_value(int64_t rdm, double g, double na, double nb) {
-  if (rdm == 1) return sqrt(fmax(na + nb - 2.0 * g, 0.0));
-  const double denom = sqrt(na) * sqrt(nb);
-  return 1.0 - (denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom));
-}
-
-__device__ inline double cosine(double g, double na, double nb) {
-  const double denom = sqrt(na) * sqrt(nb);
-  return denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom);
-}
-
-__device__ inline int64_t bin_of(double v, double lo, double width, int64_t bins) {
-  const double t = (v - lo) / width;
-  if (!(t > 0.0)) return 0;
-  return min(static_cast<int64_t>(t), bins - 1);
 }
 
 __device__ void atomic_min_double(double* addr, double v) {
@@ -139,8 +124,8 @@ __global__ void moments_kernel(const double* __restrict__ x, const double* __res
     a[5] = fmin(a[5], dx), a[6] = fmax(a[6], dx), a[7] = fmin(a[7], dy), a[8] = fmax(a[8], dy);
     a[9] = fmax(a[9], fabs(cosine(pr.gx, nx[pr.i], nx[pr.j]) - cosine(pr.gy, ny[pr.i], ny[pr.j])));
     if (rbf) {
-      const double kx = exp(-gamma_x * fmax(nx[pr.i] + nx[pr.j] - 2.0 * pr.gx, 0.0));
-      const double ky = exp(-gamma_y * fmax(ny[pr.i] + ny[pr.j] - 2.0 * pr.gy, 0.0));
+      const double kx = exp(-gamma_x * squared_distance(pr.gx, nx[pr.i], nx[pr.j]));
+      const double ky = exp(-gamma_y * squared_distance(pr.gy, ny[pr.i], ny[pr.j]));
       a[10] += kx * ky, a[11] += kx * kx, a[12] += ky * ky;
       atomicAdd(rkx + pr.i, kx), atomicAdd(rkx + pr.j, kx), atomicAdd(rky + pr.i, ky), atomicAdd(rky + pr.j, ky);
     }
@@ -244,19 +229,14 @@ __global__ void rank_product_kernel(const double* __restrict__ x, const double* 
   if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
 }
 
-struct Prepared {
-  at::Tensor x, y, nx, ny;
+// The inputs (../pairwise.h) and the grid of this file's kernels: one block per tile pair I ≤ J.
+struct Grid : Prepared {
   int64_t n, p, q, blocks;
 };
 
-Prepared prepare(const at::Tensor& x, const at::Tensor& y) {
-  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0),
-              "pairwise: x and y must be 2-D with the same number of rows");
-  Prepared r;
-  r.x = x.detach().to(at::kDouble).contiguous();
-  r.y = y.detach().to(at::kDouble).contiguous();
-  r.nx = r.x.square().sum(1).contiguous();
-  r.ny = r.y.square().sum(1).contiguous();
+Grid prepare_grid(const at::Tensor& x, const at::Tensor& y) {
+  Grid r;
+  static_cast<Prepared&>(r) = prepare(x, y);
   r.n = r.x.size(0), r.p = r.x.size(1), r.q = r.y.size(1);
   const int64_t nb = (r.n + kSide - 1) / kSide;
   r.blocks = nb * (nb + 1) / 2;
@@ -267,7 +247,7 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& y) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::Tensor& x, const at::Tensor& y,
                                                                     int64_t rdm, double gamma_x, double gamma_y) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Prepared r = prepare(x, y);
+  const Grid r = prepare_grid(x, y);
   const auto opts = r.x.options();
   at::Tensor rkx = at::zeros({r.n}, opts), rky = at::zeros({r.n}, opts);
   at::Tensor scalars = at::zeros({kScalars}, opts);
@@ -325,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_c
     int64_t bins) {
   TORCH_CHECK(bins >= 1, "pairwise_histograms: bins must be >= 1");
   const c10::cuda::CUDAGuard guard(x.device());
-  const Prepared r = prepare(x, y);
+  const Grid r = prepare_grid(x, y);
   const auto lopts = r.x.options().dtype(at::kLong);
   at::Tensor cx = at::zeros({bins}, lopts), cy = at::zeros({bins}, lopts);
   at::Tensor ex = at::empty({bins, 2}, r.x.options()), ey = at::empty({bins, 2}, r.x.options());
@@ -341,7 +321,7 @@ at::Tensor pairwise_rank_product_cuda(const at::Tensor& x, const at::Tensor& y, 
                                       double hi_x, double lo_y, double hi_y, const at::Tensor& rank_x,
                                       const at::Tensor& rank_y) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Prepared r = prepare(x, y);
+  const Grid r = prepare_grid(x, y);
   const at::Tensor rx = rank_x.to(r.x.options()).contiguous(), ry = rank_y.to(r.x.options()).contiguous();
   const int64_t bins_x = rx.numel(), bins_y = ry.numel();
   TORCH_CHECK(bins_x >= 1 && bins_y >= 1, "pairwise_rank_product: empty rank tables");
