@@ -258,3 +258,22 @@ def test_stratified_batch_size_errors():
         StratifiedBatches(labels, 256, _gen(0))
     with pytest.raises(ValueError, match="batch_size=200 .*class 1 has only 5"):
         StratifiedBatches(torch.tensor([0] * 300 + [1] * 5), 200, _gen(0))
+
+
+def test_peek_shows_the_next_batch_of_the_epoch_without_drawing():
+    labels = torch.arange(40) % 4
+    for sampler in (UniformBatches(40, 8, _gen(5)), StratifiedBatches(labels, 8, _gen(5))):
+        assert sampler.peek() is None  # nothing drawn yet
+        for step in range(2 * sampler.epoch_length):
+            generator, state = sampler.generator.get_state(), sampler.state_dict()
+            upcoming = sampler.peek()
+            assert torch.equal(sampler.generator.get_state(), generator)  # peeking draws nothing
+            assert sampler.state_dict().keys() == state.keys()
+            assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+                       for a, b in zip(sampler.state_dict().values(), state.values()))
+            batch = sampler.next_batch()
+            if step % sampler.epoch_length == 0:
+                assert upcoming is None  # an epoch's first batch is drawn with the epoch
+            else:
+                assert torch.equal(upcoming, batch)
+        assert sampler.peek() is None  # the epoch is used up

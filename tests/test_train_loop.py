@@ -1,5 +1,6 @@
 """The coupled trainer end to end on a tiny run: records, shared randomness, determinism, CLI errors."""
 import json
+import threading
 
 import pytest
 import torch
@@ -138,7 +139,19 @@ def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path):
         trainer = CoupledTrainer(Config(**base, stream=stream), tmp_path / f"stream{stream}", log=lambda *_: None)
         assert isinstance(trainer.data.train, ImageFiles if stream else TensorImages)
         assert trainer.total_steps == 3
+        shard_loads = []  # (thread) of every load of a training batch
+        load = trainer.data.train.load
+
+        def counted(idx, load=load, shard_loads=shard_loads):
+            if len(idx) == 12:
+                shard_loads.append(threading.current_thread() is threading.main_thread())
+            return load(idx)
+
+        trainer.data.train.load = counted
         runs[stream] = trainer.run(stop_after=3)
+        # streamed: step 1 loads its batch, steps 2 and 3 were decoded in the background during the step before
+        # (each batch loaded once); in memory: every step loads its own
+        assert shard_loads == ([True, False, False] if stream else [True, True, True])
         for source in (trainer.data.train, trainer.data.reference, trainer.data.probe):
             getattr(source, "close", lambda: None)()  # the decoding threads of the streamed sources
     assert [r["step"] for r in runs[False]] == [1, 2, 3]  # steps 1 and 2 (eval_every), 3 (the last)

@@ -335,6 +335,13 @@ class _ResumableBatches:
         self._position += 1
         return batch
 
+    def peek(self) -> torch.Tensor | None:
+        """The batch `next_batch()` will hand out, if it belongs to the epoch under way (None at an epoch's
+        start or end, where it would have to be drawn); changes nothing."""
+        if self._order is None or self._position >= self.epoch_length:
+            return None
+        return self._order[self._position]
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         """The remaining batches of the current epoch (all of them at the start of an epoch, the rest of it
         after `load_state_dict` mid-epoch); when they are used up the sampler moves to the next epoch."""

@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from .. import contrastive_loss
 from ..distributed import all_gather_rows, local_sizes
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
 from . import data as datamod
+from .datasets import ImageFiles
 from .global_bn import convert_global_batchnorm
 from .lars import LARS
 from .models import build_model
@@ -166,14 +168,16 @@ class CoupledTrainer:
             self.trained = [nn.parallel.DistributedDataParallel(m) for m in self.models]
         self.optimizers = [_optimizer(cfg, m) for m in self.models]
         self.schedules = [_schedule(o, warmup, self.total_steps) for o in self.optimizers]
+        self._loader = ThreadPoolExecutor(1) if isinstance(self.data.train, ImageFiles) else None
+        self._prefetch = None  # (indices, future of their images) of the next step's shard
         self.step = 0
         self.start = time.perf_counter()
 
     def train_step(self) -> dict[str, float]:
         idx = self.sampler.next_batch()  # the global batch: every rank draws it and takes its shard
-        per = len(idx) // self.world
-        mine = idx[self.rank * per : (self.rank + 1) * per]
-        x = self.data.train.load(mine).to(self.device, non_blocking=True)
+        mine = self._shard(idx)
+        x = self._load(mine).to(self.device, non_blocking=True)
+        per = len(mine)
         y = self.data.train.labels[mine].to(self.device)
         views = torch.stack(self.augment.views(x, self.augment_gen, batch_size=len(idx), offset=self.rank * per), 1)
         group = dist.group.WORLD if self.world > 1 else None
@@ -194,6 +198,24 @@ class CoupledTrainer:
             losses = {k: v.item() for k, v in losses.items()}
         self.step += 1
         return losses
+
+    def _shard(self, idx: torch.Tensor) -> torch.Tensor:
+        per = len(idx) // self.world
+        return idx[self.rank * per : (self.rank + 1) * per]
+
+    def _load(self, mine: torch.Tensor) -> torch.Tensor:
+        """The images of this step's shard; a streamed source decodes the next step's shard in the background
+        meanwhile (known within an epoch: `sampler.peek()`), so decoding overlaps the models' steps."""
+        if self._prefetch is not None and torch.equal(self._prefetch[0], mine):
+            x = self._prefetch[1].result()
+        else:
+            x = self.data.train.load(mine)
+        self._prefetch = None
+        upcoming = self.sampler.peek()
+        if self._loader is not None and upcoming is not None:
+            nxt = self._shard(upcoming)
+            self._prefetch = (nxt, self._loader.submit(self.data.train.load, nxt))
+        return x
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
