@@ -44,3 +44,23 @@ def test_errors_name_what_is_wrong(run, tmp_path, capsys):
     assert "byol" in capsys.readouterr().err
     assert cli.main(["align", str(tmp_path / "nothing"), str(run)]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_align_of_a_streamed_run_reads_its_images_from_disk(tmp_path, capsys):
+    """A run with stream=true: align rebuilds the same reference split, decoding it batch by batch, and
+    reproduces the last record."""
+    from imagetree import image_tree
+
+    tree = image_tree(tmp_path / "tree")
+    sets = ["dataset=imagefolder", f"data_root={tree}", "image_size=16", "stream=true", "batch_size=12",
+            "epochs=1", "warmup_epochs=0", "eval_every=3", "knn_k=3", "hidden_dim=32", "projector_dim=16"]
+    out = tmp_path / "run"
+    assert cli.main(["train", "--out", str(out), *[a for kv in sets for a in ("--set", kv)]]) == 0
+    capsys.readouterr()
+    assert cli.main(["align", str(out), str(out)]) == 0
+    text = capsys.readouterr().out
+    got = _table(text)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "9 samples" in text  # the reference split: round(0.2 · 16) = 3 images of each of 3 classes
+    for key in ("cka_cosine", "cka_linear", "rsa_pearson"):
+        assert got[("z", key)] == pytest.approx(last[f"{key}/nscl"], abs=2e-6)

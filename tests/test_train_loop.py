@@ -8,6 +8,7 @@ import torch
 from clnscl import cli
 from clnscl.train.config import load_config
 from clnscl.train.loop import CoupledTrainer
+from imagetree import image_tree
 
 TINY = ["epochs=2", "batch_size=64", "eval_every=4", "warmup_epochs=1", "num_classes=5", "reference_size=60"]
 
@@ -107,30 +108,13 @@ def test_two_processes_with_the_same_seed_give_identical_metrics(tmp_path):
     assert read("p1") == read("p2")
 
 
-def _image_tree(root, classes=3, per_class=16, seed=0):
-    """root/<class>/<i>.png: RGB images of random pixels in a few sizes (the decoder resizes them), each a
-    random coarse pattern plus pixel noise, so that the features of a fresh network are not all alike."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            h, w = ((20, 24), (24, 20), (17, 31))[i % 3]
-            coarse = rng.integers(0, 256, size=(3, 4, 3)).repeat(-(-h // 3), 0).repeat(-(-w // 4), 1)[:h, :w]
-            pixels = np.clip(coarse + rng.integers(-40, 41, size=(h, w, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, "RGB").save(root / f"class{c}" / f"{i:02d}.png")
-    return root
-
-
 def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path):
     """stream=true decodes each batch from disk (2 threads); the decoding is the one load_imagefolder uses,
     so training and evaluation see bit-identical images and every metric is identical."""
     from clnscl.train.config import Config
     from clnscl.train.datasets import ImageFiles, TensorImages
 
-    tree = _image_tree(tmp_path / "tree")
+    tree = image_tree(tmp_path / "tree")
     base = dict(dataset="imagefolder", data_root=str(tree), image_size=16, model="small_cnn", batch_size=12,
                 epochs=1, warmup_epochs=0, eval_every=2, knn_k=3, hidden_dim=32, projector_dim=16,
                 loader_workers=2, device="cpu")
