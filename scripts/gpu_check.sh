@@ -14,11 +14,15 @@
 #      time, TFLOP/s (8·N²·d / t) and peak memory of triton, cuda, reference at N = 65,536, d = 128, bf16, fp32.
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET (seconds, default 540), GPU_CHECK_LOGS (folder for
 # the logs and gpu_bench.md; default $OUT when set, else a new temporary folder).
+# Python packages the GPU machine may lack (it has no network): prepare them here and carry the folder,
+#   pip install --target .gpu_deps pytest pytest-benchmark tqdm pyyaml     # then run with carry [".gpu_deps"]
+# .gpu_deps goes on PYTHONPATH after the machine's own packages; step 0 lists what is still missing.
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT=$PWD
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d "$ROOT/.gpu_deps" ]; then export PYTHONPATH="$PYTHONPATH:$ROOT/.gpu_deps"; fi
 unset TRITON_INTERPRET
 export PYTHONUNBUFFERED=1
 
@@ -72,6 +76,12 @@ timeout 20 nvidia-smi -L 2>&1 || echo "nvidia-smi: not available"
 command -v nvcc >/dev/null 2>&1 && nvcc --version | tail -2 || echo "nvcc: not on PATH"
 echo "logs: $LOGS"
 
+echo "python packages missing here: $("$PY" -c "
+import importlib.util as u
+need = ['torch', 'triton', 'numpy', 'pytest', 'pytest_benchmark', 'tqdm', 'yaml', 'sklearn', 'scipy', 'PIL',
+        'torchvision', 'matplotlib', 'ninja']
+print(', '.join(m for m in need if u.find_spec(m) is None) or 'none')" 2>&1)"
+
 HAVE_CUDA=$(timeout 60 "$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 if [ "$HAVE_CUDA" != 1 ]; then
     echo "WARNING: torch sees no CUDA device: the GPU tests will skip and the benchmark runs as a CPU dry run"
@@ -88,7 +98,7 @@ if torch.cuda.is_available():
 "
 
 # 2. the GPU tests (kernels on the GPU), and the GPU benchmark module at its smoke size
-run_step gpu_tests 200 150 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=5 \
+run_step gpu_tests 200 150 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=5 --continue-on-collection-errors \
     tests benchmarks/test_loss_gpu.py -k "gpu or cuda or triton"
 
 DRY=""
