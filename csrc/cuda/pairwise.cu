@@ -3,7 +3,8 @@
 // One block per tile pair (I ≤ J) of kSide × kSide pairs. The block builds the Gram blocks x_I·x_Jᵀ and
 // y_I·y_Jᵀ from kDepth-wide slices in shared memory (float64 throughout), then each thread takes the pairs
 // i < j of its entries. Sums are reduced within the block and written as one partial per block (summed by
-// torch afterwards: deterministic); kernel row sums go to global memory with atomics.
+// torch afterwards: deterministic); kernel row sums are added up per tile in shared memory, then go to global
+// memory with one atomic per row.
 //
 // Histograms, one launch per side (only that side's Gram is needed): persistent blocks loop over the tile
 // pairs and count into a block-private histogram in shared memory — 16-bit counters, two per 32-bit word, so
@@ -117,6 +118,11 @@ __global__ void moments_kernel(const double* __restrict__ x, const double* __res
                                double* __restrict__ rky) {
   CLNSCL_PAIRWISE_SHARED
   const bool rbf = gamma_x > 0.0 && gamma_y > 0.0;
+  // kernel sums of this tile's rows (i) and columns (j), for K_x and K_y: added up in shared memory, then one
+  // global atomic per row and column instead of four per pair
+  __shared__ double rows_x[kSide], cols_x[kSide], rows_y[kSide], cols_y[kSide];
+  for (int e = threadIdx.x; e < kSide; e += kThreads) rows_x[e] = cols_x[e] = rows_y[e] = cols_y[e] = 0.0;
+  __syncthreads();
   double a[kScalars] = {0, 0, 0, 0, 0, INFINITY, -INFINITY, INFINITY, -INFINITY, 0, 0, 0, 0};
   for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
     const double dx = rdm_value(rdm, pr.gx, nx[pr.i], nx[pr.j]), dy = rdm_value(rdm, pr.gy, ny[pr.i], ny[pr.j]);
@@ -127,11 +133,18 @@ __global__ void moments_kernel(const double* __restrict__ x, const double* __res
       const double kx = exp(-gamma_x * squared_distance(pr.gx, nx[pr.i], nx[pr.j]));
       const double ky = exp(-gamma_y * squared_distance(pr.gy, ny[pr.i], ny[pr.j]));
       a[10] += kx * ky, a[11] += kx * kx, a[12] += ky * ky;
-      atomicAdd(rkx + pr.i, kx), atomicAdd(rkx + pr.j, kx), atomicAdd(rky + pr.i, ky), atomicAdd(rky + pr.j, ky);
+      atomicAdd(rows_x + (pr.i - i0), kx), atomicAdd(cols_x + (pr.j - j0), kx);
+      atomicAdd(rows_y + (pr.i - i0), ky), atomicAdd(cols_y + (pr.j - j0), ky);
     }
   });
   // block reduction through shared memory (Gx is free again after the pairs were read)
   __syncthreads();
+  if (rbf) {
+    for (int e = threadIdx.x; e < kSide; e += kThreads) {
+      if (i0 + e < n) atomicAdd(rkx + i0 + e, rows_x[e]), atomicAdd(rky + i0 + e, rows_y[e]);
+      if (j0 + e < n) atomicAdd(rkx + j0 + e, cols_x[e]), atomicAdd(rky + j0 + e, cols_y[e]);
+    }
+  }
   double* red = &As[0][0];  // kSide·(kDepth+1) ≥ kThreads doubles
   for (int k = 0; k < kScalars; ++k) {
     red[threadIdx.x] = a[k];
