@@ -258,6 +258,7 @@ class CoupledTrainer:
         order = torch.randperm(len(ref), generator=torch.Generator().manual_seed(cfg.seed + 3))
         batches = order.tensor_split(-(-len(ref) // cfg.batch_size))[: cfg.gap_batches]
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        kw = {"temperature": cfg.temperature, "decoupled": cfg.decoupled}
         model = self.models[0].eval()
         for b, idx in enumerate(batches):
             if b % self.world != self.rank:
@@ -266,7 +267,6 @@ class CoupledTrainer:
             x, y = ref.load(idx).to(self.device), ref.labels[idx].to(self.device)
             views = torch.stack(self.augment.views(x, gen), dim=1)
             z = model(views.flatten(0, 1))[1].view(len(idx), views.shape[1], -1)
-            kw = {"temperature": cfg.temperature, "decoupled": cfg.decoupled}
             gap = contrastive_loss(z, y, objective="cl", **kw) - contrastive_loss(z, y, objective="nscl", **kw)
             sums += torch.stack([gap.double(), torch.tensor(loss_gap_bound(y, cfg.temperature), device=self.device,
                                                             dtype=torch.float64)])

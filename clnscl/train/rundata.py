@@ -5,19 +5,12 @@ the NCC and k-NN accuracies (all of the training split, or a seeded stratified s
 Images stay in their source (in memory or on disk) until a batch is loaded."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from . import data as datamod
 from .datasets import load_source
-
-
-def _relabelled(source, labels: torch.Tensor):
-    out = copy.copy(source)
-    out.labels = labels
-    return out
 
 
 @dataclass
@@ -39,7 +32,8 @@ def run_data(cfg) -> RunData:
     classes = datamod.class_subset(source.labels, cfg.num_classes, cfg.seed)
     if cfg.num_classes is not None:
         idx, labels = datamod.class_subset_indices(source.labels, classes)
-        source = _relabelled(source.subset(idx), labels)
+        source = source.subset(idx)  # a new source: its labels become the remapped ones
+        source.labels = labels
     train_idx, ref_idx = datamod.split_indices(source.labels, cfg.reference_fraction, cfg.seed)
     if cfg.reference_size is not None:
         ref_idx = ref_idx[: cfg.reference_size]
