@@ -63,12 +63,13 @@ def evaluation_parts(trainer: CoupledTrainer) -> dict[str, float]:
     _, t_probe = timed(lambda: [_features(m, data.probe, everything[1], dev) for m in models])
 
     def alignment():
-        for i in range(1, len(models)):
-            for k in (0, 1):
-                acc = StreamingAlignment()
-                acc.update(feats[0][k], feats[i][k])
+        for k in (0, 1):
+            accs = [StreamingAlignment() for _ in models[1:]]
+            StreamingAlignment.update_shared(accs, feats[0][k], [f[k] for f in feats[1:]])
+            for acc in accs:
                 acc.compute()
-            weight_divergence(_weight_matrices(models[0]), _weight_matrices(models[i]))
+        for model in models[1:]:
+            weight_divergence(_weight_matrices(models[0]), _weight_matrices(model))
 
     _, t_align = timed(alignment)
     _, t_gap = timed(trainer._loss_gap)

@@ -402,6 +402,76 @@ def test_reset():
     assert acc.compute() == stream(x2, y2).compute()
 
 
+# --------------------------------------------------------------------------- one anchor against several
+def shared_inputs(n=101):
+    x, y = make_data("random", n, seed="shared")
+    _, y2 = make_data("clustered", n, seed="shared2")
+    _, y3 = make_data("rankdef", n, p=P, q=P, seed="shared3")
+    return x, [y, y2, y3 * 5 + 3]
+
+
+@pytest.mark.parametrize("chunk", [8192, 37], ids=["one-chunk", "chunks-of-37"])
+def test_shared_update_equals_separate_updates(monkeypatch, chunk):
+    """update_shared(accs, x, ys) = accs[i].update(x, ys[i]), in uneven batches and across chunk boundaries;
+    each equals the oracle; y widths differ (7, 7, 13)."""
+    monkeypatch.setattr("clnscl.metrics._gram._CHUNK_ROWS", chunk)
+    x, ys = shared_inputs()
+    accs = [StreamingAlignment() for _ in ys]
+    start = 0
+    for s in UNEVEN[101]:
+        StreamingAlignment.update_shared(accs, x[start : start + s], [y[start : start + s] for y in ys])
+        start += s
+    for i, (acc, y) in enumerate(zip(accs, ys)):
+        assert acc.n == 101
+        assert_same(acc.compute(), stream(x, y, UNEVEN[101]).compute(), what=f"model {i}")
+        want = oracle.streaming_keys(x, y)
+        for key in KEYS:
+            assert_close(acc.compute()[key], want[key], TOL, f"model {i} {key}")
+
+
+def test_shared_update_keeps_accumulators_apart():
+    """The x statistics handed to several accumulators are copies: updating one later leaves the others."""
+    x, ys = shared_inputs()
+    accs = [StreamingAlignment() for _ in ys]
+    StreamingAlignment.update_shared(accs, x[:60], [y[:60] for y in ys])
+    accs[0].update(x[60:], ys[0][60:])
+    assert [a.n for a in accs] == [101, 60, 60]
+    assert_same(accs[0].compute(), stream(x, ys[0]).compute(), what="updated one")
+    for acc, y in zip(accs[1:], ys[1:]):
+        assert_same(acc.compute(), stream(x[:60], y[:60]).compute(), what="the others")
+
+
+def test_shared_update_after_separate_updates():
+    """Accumulators whose x rows were shifted differently before (separate earlier batches) still add up."""
+    x, ys = shared_inputs()
+    accs = [StreamingAlignment() for _ in ys]
+    accs[0].update(x[:10], ys[0][:10])
+    accs[1].update(x[20:30], ys[1][20:30])  # another first chunk: another shift
+    StreamingAlignment.update_shared(accs, x[30:], [y[30:] for y in ys])
+    accs[0].update(x[10:20], ys[0][10:20])
+    rows = [torch.cat([torch.arange(20), torch.arange(30, 101)]), torch.arange(20, 101), torch.arange(30, 101)]
+    for i, (acc, y, r) in enumerate(zip(accs, ys, rows)):
+        assert acc.n == len(r)
+        assert_same(acc.compute(), stream(x[r], y[r]).compute(), tol=1e-10, what=f"model {i}")
+
+
+def test_shared_update_bad_input_raises():
+    x, ys = shared_inputs(11)
+    accs = [StreamingAlignment() for _ in ys]
+    with pytest.raises(ValueError, match="ys"):
+        StreamingAlignment.update_shared(accs, x, ys[:2])
+    with pytest.raises(ValueError, match="same number of rows"):
+        StreamingAlignment.update_shared(accs, x, [ys[0], ys[1][:5], ys[2]])
+    assert all(a.n == 0 for a in accs)  # nothing added when any pair is bad
+    StreamingAlignment.update_shared(accs, x, ys)
+    with pytest.raises(ValueError, match="feature sizes"):
+        StreamingAlignment.update_shared(accs, x, [ys[0], ys[1][:, :3], ys[2]])
+    with pytest.raises(TypeError, match=r"\by\b"):
+        StreamingAlignment.update_shared(accs[:1], x, [ys[0].numpy()])
+    StreamingAlignment.update_shared([], x, [])  # nothing to do
+    assert [a.n for a in accs] == [11, 11, 11]
+
+
 # --------------------------------------------------------------------------------------- distributed
 WORKER = textwrap.dedent(
     """

@@ -27,17 +27,32 @@ _CONSTANT_RTOL = 1e-10
 _CHUNK_ROWS = 8192
 
 
-def _side_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Row sums of one batch (a, b in float64): everything the formulas above need."""
-    na2, nb2 = a.square().sum(1), b.square().sum(1)
-    return {
-        "n": torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device),
-        "sx": a.sum(0), "sy": b.sum(0),
-        "xx": a.T @ a, "yy": b.T @ b, "xy": a.T @ b,
-        "nx2": na2.sum(), "ny2": nb2.sum(),
-        "nx4": na2.square().sum(), "ny4": nb2.square().sum(), "nxy": (na2 * nb2).sum(),
-        "x_nx2": a.T @ na2, "y_ny2": b.T @ nb2, "x_ny2": a.T @ nb2, "y_nx2": b.T @ na2,
-    }
+def _norms2(a: torch.Tensor) -> torch.Tensor:
+    """Squared row norms ‖a_i‖² (a reduction: no temporary the size of a)."""
+    return torch.linalg.vector_norm(a, dim=1).square()
+
+
+def _own_stats(a: torch.Tensor, n2: torch.Tensor, p: str) -> dict[str, torch.Tensor]:
+    """One side's row sums of a batch (float64; n2 its squared row norms), keys prefixed by `p` ("x" or "y")."""
+    return {f"s{p}": a.sum(0), f"{p}{p}": a.T @ a, f"n{p}2": n2.sum(), f"n{p}4": n2.square().sum(),
+            f"{p}_n{p}2": a.T @ n2}
+
+
+def _cross_stats(a: torch.Tensor, na2: torch.Tensor, bs: list[torch.Tensor],
+                 nb2s: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The mixed row sums of a against each b of bs (aᵀ‖b‖² for all of them in one product)."""
+    x_ny2 = a.T @ torch.stack(nb2s, dim=1)
+    return [{"xy": a.T @ b, "nxy": na2 @ nb2, "x_ny2": x_ny2[:, i], "y_nx2": b.T @ na2}
+            for i, (b, nb2) in enumerate(zip(bs, nb2s))]
+
+
+def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The statistics of rows a paired with each b of bs (float64), those of a computed once."""
+    n = torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device)
+    na2, nb2s = _norms2(a), [_norms2(b) for b in bs]
+    own_x = _own_stats(a, na2, "x")
+    return [{"n": n, **own_x, **_own_stats(b, nb2, "y"), **cross}
+            for b, nb2, cross in zip(bs, nb2s, _cross_stats(a, na2, bs, nb2s))]
 
 
 def _reshift(st: dict[str, torch.Tensor], dx: torch.Tensor, dy: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -104,25 +119,56 @@ class StreamingAlignment:
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch of paired rows (any float dtype; accumulated in float64)."""
+        self.update_shared([self], x, [y])
+
+    @staticmethod
+    def update_shared(accumulators: "list[StreamingAlignment]", x: torch.Tensor, ys: list[torch.Tensor]) -> None:
+        """`accumulators[i].update(x, ys[i])` for every i, with the statistics of x computed once: one anchor
+        against k models costs 1 + 2k Gram products (for the shifted rows, likewise for the normalised ones)
+        instead of 3k. The same sums as separate updates up to float64 rounding; accumulators whose x rows
+        were shifted differently (by earlier separate updates) are updated separately."""
+        if len(accumulators) != len(ys):
+            raise ValueError(f"ys: one batch per accumulator expected, got {len(ys)} for {len(accumulators)}")
+        if not accumulators:
+            return
+        for acc, y in zip(accumulators, ys):
+            acc._check_batch(x, y)
+        shifts = [acc._shift[0] for acc in accumulators if acc._shift is not None]
+        if any(s is not shifts[0] and not torch.equal(s.to(shifts[0].device), shifts[0]) for s in shifts):
+            for acc, y in zip(accumulators, ys):
+                acc.update(x, y)
+            return
+        for start in range(0, x.shape[0], _CHUNK_ROWS):
+            a = x[start : start + _CHUNK_ROWS].detach().double()
+            bs = [y[start : start + _CHUNK_ROWS].detach().double() for y in ys]
+            shift_x = shifts[0].to(a.device) if shifts else a.mean(0)
+            for acc, b in zip(accumulators, bs):
+                if acc._shift is None:
+                    acc._shift = (shift_x, b.mean(0))
+            shifted = [b - acc._shift[1].to(b.device) for acc, b in zip(accumulators, bs)]
+            raw = _batch_stats(a - shift_x, shifted)
+            unit = _batch_stats(F.normalize(a, dim=1), [F.normalize(b, dim=1) for b in bs])
+            for acc, r, u in zip(accumulators, raw, unit):
+                acc._add(r, u)
+            shifts = [shift_x]
+
+    def _check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         _check_pair(x, y)
         if self._raw is not None and (x.shape[1], y.shape[1]) != (self._raw["sx"].numel(), self._raw["sy"].numel()):
             raise ValueError(
                 f"x, y: feature sizes ({x.shape[1]}, {y.shape[1]}) differ from the earlier batches' "
                 f"({self._raw['sx'].numel()}, {self._raw['sy'].numel()})"
             )
-        for start in range(0, x.shape[0], _CHUNK_ROWS):
-            a = x[start : start + _CHUNK_ROWS].detach().double()
-            b = y[start : start + _CHUNK_ROWS].detach().double()
-            if self._shift is None:
-                self._shift = (a.mean(0), b.mean(0))
-            raw = _side_stats(a - self._shift[0].to(a.device), b - self._shift[1].to(b.device))
-            unit = _side_stats(F.normalize(a, dim=1), F.normalize(b, dim=1))
-            if self._raw is None:
-                self._raw, self._unit = raw, unit
-                continue
-            for mine, new in ((self._raw, raw), (self._unit, unit)):
-                for key, value in new.items():
-                    mine[key] += value.to(mine[key].device)
+
+    def _add(self, raw: dict[str, torch.Tensor], unit: dict[str, torch.Tensor]) -> None:
+        """Add one chunk's statistics (those of the shifted rows, those of the normalised rows)."""
+        if self._raw is None:  # copies: a shared update hands the same x statistics to several accumulators
+            self._raw = {k: v.clone() for k, v in raw.items()}
+            self._unit = {k: v.clone() for k, v in unit.items()}
+            return
+        for mine, new in ((self._raw, raw), (self._unit, unit)):
+            for key, value in new.items():
+                mine[key] += value.to(mine[key].device)
 
     def merge(self, other: "StreamingAlignment") -> "StreamingAlignment":
         """Add another accumulator's rows to this one (as if its batches had been given here)."""

@@ -228,15 +228,16 @@ class CoupledTrainer:
         ref, probe = self.data.reference, self.data.probe
         feats = [_features(m, ref, _part(len(ref), self.rank, world), self.device) for m in self.models]
         probe_h = [_features(m, probe, _part(len(probe), self.rank, world), self.device)[0] for m in self.models]
-        for i, name in enumerate(self.names[1:], start=1):
-            for prefix, k in (("", 1), ("h/", 0)):
-                acc = StreamingAlignment()
-                acc.update(feats[0][k], feats[i][k])
+        for prefix, k in (("", 1), ("h/", 0)):  # the anchor against every other model, its statistics once
+            accs = [StreamingAlignment() for _ in self.names[1:]]
+            StreamingAlignment.update_shared(accs, feats[0][k], [f[k] for f in feats[1:]])
+            for name, acc in zip(self.names[1:], accs):
                 if world > 1:
                     acc.all_reduce()
                 out = acc.compute()
                 for key in ("cka_cosine", "cka_linear", "rsa_pearson", "gap_relative"):
                     rec[f"{prefix}{key}/{name}"] = out[key]
+        for i, name in enumerate(self.names[1:], start=1):
             rec[f"weight_div/{name}"] = weight_divergence(
                 _weight_matrices(self.models[0]), _weight_matrices(self.models[i]))["mean"]
         rec["loss_gap"], rec["loss_gap_bound"] = self._loss_gap()
