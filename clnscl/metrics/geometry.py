@@ -404,12 +404,13 @@ def knn_accuracy(
         best_d = best_i = None
         for t in range(0, n_tr, block):
             g = q @ tr[t : t + block].T
-            if metric == "cosine":
-                d = 1.0 - g
+            kk = min(k, g.shape[1])
+            if metric == "cosine":  # the k largest cosines, turned into distances only once selected
+                bg, bi = torch.topk(g, kk, dim=1)
+                bd = 1.0 - bg
             else:
                 d = (q_sq + tr_sq[t : t + block] - 2.0 * g).clamp_min_(0.0)  # squared; sqrt after top-k
-            kk = min(k, d.shape[1])
-            bd, bi = torch.topk(d, kk, dim=1, largest=False)
+                bd, bi = torch.topk(d, kk, dim=1, largest=False)
             bi = bi + t
             if best_d is not None:
                 bd, bi = torch.cat([best_d, bd], 1), torch.cat([best_i, bi], 1)
