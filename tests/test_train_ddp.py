@@ -18,7 +18,7 @@ def test_two_process_training_writes_one_run(tmp_path):
     sets = ["epochs=2", "batch_size=64", "eval_every=4", "warmup_epochs=1", "num_classes=5", "reference_size=60"]
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "clnscl", "train", "--out", str(tmp_path / "run"),
            *[a for kv in sets for a in ("--set", kv)]]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))  # torchrun's log folders stay in tmp_path
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -40,7 +40,7 @@ def _torchrun():
 def _run_worker(run, config: dict, *extra: str) -> None:
     """2 ranks of tests/_train_eval_worker.py on gloo (see its docstring); fails with the ranks' errors."""
     repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(run.parent),
                PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
     cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(repo / "tests" / "_train_eval_worker.py"),
            str(run), json.dumps(config), *extra]
