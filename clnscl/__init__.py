@@ -1,6 +1,9 @@
-"""clnscl: fused contrastive losses (CL, DCL, NSCL, SupCon) and representation-alignment tools for PyTorch."""
-from .loss import contrastive_loss
-from .modules import DCLLoss, NSCLLoss, NTXentLoss, SupConLoss
+"""clnscl: fused contrastive losses (CL, DCL, NSCL, SupCon) and representation-alignment tools for PyTorch.
 
-__version__ = "0.1.0"
+Three parts: `clnscl.loss` (the losses; its public names are here too), `clnscl.metrics` (alignment and class
+geometry of representations) and `clnscl.train` (the coupled trainer behind the `clnscl` command).
+"""
+from ._version import __version__
+from .loss import DCLLoss, NSCLLoss, NTXentLoss, SupConLoss, contrastive_loss
+
 __all__ = ["contrastive_loss", "NTXentLoss", "DCLLoss", "NSCLLoss", "SupConLoss", "__version__"]

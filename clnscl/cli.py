@@ -9,23 +9,12 @@ PNG figures and a summary table that says whether the paper's qualitative findin
 from __future__ import annotations
 
 import argparse
-import csv
+import os
 import sys
-from pathlib import Path
-
-
-def _write_csv(records: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for rec in records for k in rec))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(records)
 
 
 def _init_distributed() -> int:
     """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, else gloo); returns the rank."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0
     import torch
@@ -40,8 +29,6 @@ def _init_distributed() -> int:
 def _finish_distributed(code: int) -> int:
     """End a torchrun process cleanly: barrier, destroy the group, then leave without the interpreter's
     teardown (a gloo worker can abort there)."""
-    import os
-
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -53,45 +40,32 @@ def _finish_distributed(code: int) -> int:
     return code
 
 
-def train_main(args) -> int:
-    rank = _init_distributed()
-    return _finish_distributed(_train(args, rank))
+def _distributed(command, *args) -> int:
+    """Run a command that may be started by torchrun: every process joins the group, runs it, and ends cleanly."""
+    _init_distributed()
+    return _finish_distributed(command(*args))
 
 
-def _train(args, rank: int) -> int:
+def _train(args) -> int:
     from .train.config import load_config
-    from .train.loop import CoupledTrainer
+    from .train.run import train
 
     try:
         cfg = load_config(args.config, args.set)
-        out = Path(args.out or cfg.out)
-        trainer = CoupledTrainer(cfg, out)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+        train(cfg, args.out or cfg.out, resume=args.resume)
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # bad config, data or checkpoint
         print(f"clnscl train: {exc}", file=sys.stderr)
         return 2
-    if rank == 0:
-        cfg.save(out)
-    try:
-        records = trainer.run(resume=args.resume)
-    except ValueError as exc:  # a corrupt or mismatched checkpoint
-        print(f"clnscl train: {exc}", file=sys.stderr)
-        return 2
-    if rank != 0:
-        return 0
-    _write_csv(records, out / "metrics.csv")
-    print(f"metrics: {out / 'metrics.jsonl'} ({len(records)} evaluations)")
-    from .train.report import main as report_main
-
-    return report_main([str(out)])
+    return 0
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("sweep", "align"):  # subcommands with their own parsers
-        if argv[0] == "sweep":
-            from .train.sweep import main as sweep_main
+    if argv and argv[0] == "sweep":  # subcommands with their own parsers
+        from .train.sweep import main as sweep_main
 
-            return sweep_main(argv[1:])
+        return _distributed(sweep_main, argv[1:])
+    if argv and argv[0] == "align":
         from .train.align import main as align_main
 
         return align_main(argv[1:])
@@ -125,7 +99,7 @@ def main(argv=None) -> int:
         from .train.report import main as report_main
 
         return report_main([args.run_dir])
-    return train_main(args)
+    return _distributed(_train, args)
 
 
 if __name__ == "__main__":

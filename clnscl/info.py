@@ -1,4 +1,5 @@
-"""`python -m clnscl.info`: versions, and which backends run on this machine (with the reason when not)."""
+"""`python -m clnscl.info` (or `clnscl info`): versions, and which backends of the loss and of the metrics run on
+this machine, with the reason for each one that does not."""
 from __future__ import annotations
 
 import platform
@@ -8,7 +9,9 @@ import torch
 
 
 def report() -> str:
-    from . import __version__, _ext, backends
+    from . import __version__, extension
+    from .loss.backends import BACKENDS as LOSS, triton_interpret
+    from .metrics.pairwise import BACKENDS as METRICS
 
     lines = [
         f"clnscl {__version__}",
@@ -23,13 +26,14 @@ def report() -> str:
         lines.append("triton: not installed")
     cuda = torch.cuda.is_available()
     lines.append(f"CUDA device: {torch.cuda.get_device_name(0) if cuda else 'none'}")
-    lines.append(f"TRITON_INTERPRET: {'1' if backends.triton_interpret() else 'unset'}")
-    lines.append(f"build cache: {_ext.build_dir('cpu').parent}")
-    lines.append("backends:")
-    for name, why in backends.status().items():
-        lines.append(f"  {name:<10} {'available' if why is None else 'unavailable: ' + why}")
-    why = _ext.cuda_toolkit_reason() or _ext.reason("cuda")
-    lines.append(f"  {'cuda ops':<10} {'compiled' if why is None else 'unavailable: ' + why}")
+    lines.append(f"TRITON_INTERPRET: {'1' if triton_interpret() else 'unset'}")
+    lines.append(f"build cache: {extension.build_dir('cpu').parent}")
+    why = extension.cuda_toolkit_reason() or extension.reason("cuda")
+    lines.append(f"CUDA ops: {'compiled' if why is None else 'unavailable: ' + why}")
+    for registry in (LOSS, METRICS):
+        lines.append(f"{registry.family} backends:")
+        for name, why in registry.status().items():
+            lines.append(f"  {name:<10} {'available' if why is None else 'unavailable: ' + why}")
     return "\n".join(lines)
 
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # GPU check of clnscl on a CUDA machine (written for an H200 with torch 2.11, triton 3.6, nvcc, no network).
 # Installs nothing and needs no `pip install`: the repository goes on PYTHONPATH and the C++/CUDA ops compile
-# on first use (clnscl/_ext.py, cached under ~/.cache/clnscl or $CLNSCL_BUILD_DIR).
+# on first use (clnscl/extension.py, cached under ~/.cache/clnscl or $CLNSCL_BUILD_DIR).
 #
 #   bash scripts/gpu_check.sh            # from anywhere; about 4-7 minutes, never more than GPU_CHECK_BUDGET
 #
 # Steps, each under `timeout` within one overall budget, and a final summary table printed whatever fails:
 #   1. versions, GPU, `python -m clnscl.info` (this compiles the CPU and CUDA ops), and a hard load check;
-#   2. the GPU tests: pytest -k "gpu or cuda or triton" over tests/ (tests/test_triton.py runs its kernels on
-#      the GPU: TRITON_INTERPRET is unset) and benchmarks/test_loss_gpu.py (smoke size);
-#   3. scripts/gpu_metrics.py: the CUDA pairwise engine and streaming metrics at N = 200,000, d = 512;
-#   4. scripts/gpu_bench.py: correctness of triton/cuda vs the float64 reference at N = 4096 (fp32), and
+#   2. the GPU tests: pytest -k "gpu or cuda or triton" over tests/ (tests/loss/test_triton.py runs its kernels
+#      on the GPU: TRITON_INTERPRET is unset) and benchmarks/loss/test_gpu.py (smoke size);
+#   3. benchmarks.metrics.gpu_metrics: the CUDA pairwise engine and streaming metrics at N = 200,000, d = 512;
+#   4. benchmarks.loss.gpu_bench: correctness of triton/cuda vs the float64 reference at N = 4096 (fp32), and
 #      time, TFLOP/s (8·N²·d / t) and peak memory of triton, cuda, reference at N = 65,536, d = 128, bf16, fp32.
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET (seconds, default 540), GPU_CHECK_LOGS (folder for
 # the logs and gpu_bench.md; default $OUT when set, else a new temporary folder).
@@ -90,26 +90,26 @@ fi
 # 1. versions, backends, first-use compilation of the ops (the CUDA one takes about a minute)
 run_step info 200 240 "$PY" -m clnscl.info
 run_step ops_load 60 230 "$PY" -c "
-from clnscl import _ext
+from clnscl import extension
 import torch
-_ext.load('cpu'); print('C++ CPU ops: loaded')
+extension.load('cpu'); print('C++ CPU ops: loaded')
 if torch.cuda.is_available():
-    _ext.load('cuda'); print('CUDA ops: loaded')
+    extension.load('cuda'); print('CUDA ops: loaded')
 "
 
 # 2. the GPU tests (kernels on the GPU), and the GPU benchmark module at its smoke size
 run_step gpu_tests 200 150 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=5 --continue-on-collection-errors \
-    tests benchmarks/test_loss_gpu.py -k "gpu or cuda or triton"
+    tests benchmarks/loss/test_gpu.py -k "gpu or cuda or triton"
 
 DRY=""
 if [ "$HAVE_CUDA" != 1 ]; then DRY="--dry-run"; fi
 
 # 3. the metrics on the GPU (pairwise engine and streaming Gram statistics), at most 150 s
-run_step gpu_metrics 150 100 "$PY" scripts/gpu_metrics.py $DRY --budget 120
+run_step gpu_metrics 150 100 "$PY" -m benchmarks.metrics.gpu_metrics $DRY --budget 120
 
 # 4. the compact loss benchmark, with its own budget inside the step's timeout
 BENCH_T=$(($(left) - 5))
-run_step gpu_bench "$BENCH_T" 5 "$PY" scripts/gpu_bench.py $DRY --budget $((BENCH_T > 40 ? BENCH_T - 25 : 15)) \
+run_step gpu_bench "$BENCH_T" 5 "$PY" -m benchmarks.loss.gpu_bench $DRY --budget $((BENCH_T > 40 ? BENCH_T - 25 : 15)) \
     --out "$LOGS/gpu_bench.md"
 
 echo

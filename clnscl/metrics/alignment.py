@@ -1,11 +1,11 @@
-"""Alignment of two representations of the same samples (DESIGN.md §3): `cka`, `rsa`, `similarity_gap`.
+"""Alignment of two representations of the same samples: `cka`, `rsa`, `similarity_gap`.
 
 What Gram statistics express (linear and cosine CKA, Pearson RSA on the cosine RDM, the Frobenius gap) is
 computed exactly and in O((p+q)²) memory by `StreamingAlignment`, whatever the backend. The rest (RBF CKA,
 the Euclidean RDM, Spearman RSA, the largest entry of |Σ_X − Σ_Y|) needs the pairs i < j themselves: backends
-"cpu" and "cuda" run the pairwise engine (C++/OpenMP or CUDA, O(N + bins) memory; see _pairwise for
+"cpu" and "cuda" run the pairwise engine (C++/OpenMP or CUDA, O(N + bins) memory; see metrics/pairwise.py for
 Spearman's error bound and the median-σ estimate) on that device, "reference" materialises the N×N matrices,
-"auto" takes the engine of the tensors' device (else the CPU one) when it loads.
+"auto" takes the engine of the tensors' device (else the CPU one, else the reference with a warning).
 """
 from __future__ import annotations
 
@@ -14,18 +14,14 @@ import warnings
 
 import torch
 
-from . import _pairwise, _reference
-from ._gram import StreamingAlignment, _check_pair
+from ..checks import check_choice, check_real
+from . import pairwise, reference
+from .pairwise import BACKENDS
+from .streaming import StreamingAlignment, check_pair
 
-BACKENDS = ("auto", "reference", "cpu", "cuda")
 KERNELS = ("linear", "cosine", "rbf")
 RDMS = ("cosine", "euclidean")
 METHODS = ("pearson", "spearman")
-
-
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _gram(x, y, *keys) -> dict[str, float]:
@@ -51,19 +47,9 @@ def _constant_warned(x, y, directions: bool, what: str) -> bool:
 
 
 def _engine(backend: str, x: torch.Tensor) -> str | None:
-    """The device to run the pairwise engine on, or None for the reference; an explicit backend that cannot
-    run raises RuntimeError with the reason."""
-    if backend == "reference":
-        return None
-    if backend != "auto":
-        why = _pairwise.unavailable(backend)
-        if why is not None:
-            raise RuntimeError(f"backend {backend!r} is unavailable: {why}")
-        return backend
-    for device in ("cuda", "cpu") if x.is_cuda else ("cpu",):
-        if _pairwise.unavailable(device) is None:
-            return device
-    return None
+    """The device to run the pairwise engine on, or None for the reference (metrics/pairwise.py's backends)."""
+    chosen = BACKENDS.resolve(backend, x).name
+    return None if chosen == "reference" else chosen
 
 
 def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
@@ -76,11 +62,11 @@ def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
 
 
 def _rbf_cka_engine(x, y, sigma, unbiased) -> float:
-    sx, sy = (sigma, sigma) if sigma is not None else _pairwise.median_distances(x, y)
+    sx, sy = (sigma, sigma) if sigma is not None else pairwise.median_distances(x, y)
     if not (sx > 0 and sy > 0):
         warnings.warn("cka: a representation has all pairwise distances 0 (median σ = 0): NaN")
         return math.nan
-    s, rk, rl = _pairwise.moments(x, y, _pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2))
+    s, rk, rl = pairwise.moments(x, y, pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2))
     n = x.shape[0]
     hkl = _hsic_from_sums(s[10], rk, rl, n, unbiased)
     hkk = _hsic_from_sums(s[11], rk, rk, n, unbiased)
@@ -102,11 +88,11 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> fl
     matrices) or "rbf" (K_ij = exp(−‖x_i − x_j‖²/2σ²), σ given, else the median of ‖x_i − x_j‖ over i < j of
     each representation). HSIC is the biased estimator, or Song et al.'s unbiased one (N ≥ 4).
     """
-    _check_pair(x, y)
-    _choice("kernel", kernel, KERNELS)
-    _choice("backend", backend, BACKENDS)
-    if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite number > 0 or None, got {sigma!r}")
+    check_pair(x, y)
+    check_choice("kernel", kernel, KERNELS)
+    check_choice("backend", backend, BACKENDS.names)
+    if sigma is not None:
+        check_real(sigma, "sigma", 0.0, lo_open=True)
     if kernel != "rbf":
         key = f"cka_{kernel}{'_unbiased' if unbiased else ''}"
         return _gram(x, y, key)[key]
@@ -115,7 +101,7 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> fl
     device = _engine(backend, x)
     if device is not None:
         return _rbf_cka_engine(x.to(device), y.to(device), sigma, unbiased)
-    return _reference.cka(x, y, kernel, sigma, unbiased)
+    return reference.cka(x, y, kernel, sigma, unbiased)
 
 
 def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
@@ -124,10 +110,10 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
     rdm "cosine" (1 − cos(x_i, x_j)) or "euclidean" (‖x_i − x_j‖); method "pearson" or "spearman"
     (Pearson correlation of average ranks, ties included).
     """
-    _check_pair(x, y)
-    _choice("rdm", rdm, RDMS)
-    _choice("method", method, METHODS)
-    _choice("backend", backend, BACKENDS)
+    check_pair(x, y)
+    check_choice("rdm", rdm, RDMS)
+    check_choice("method", method, METHODS)
+    check_choice("backend", backend, BACKENDS.names)
     if _undefined(x, 3, "rsa") or _constant_warned(x, y, rdm == "cosine", "rsa"):  # < 2 pairs, or 0/0
         return math.nan
     if (rdm, method) == ("cosine", "pearson") and backend == "auto":
@@ -136,12 +122,12 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
             return value
     device = _engine(backend, x)
     if device is None:
-        return _reference.rsa(x, y, rdm, method)
+        return reference.rsa(x, y, rdm, method)
     x, y = x.to(device), y.to(device)
-    code = _pairwise.COSINE if rdm == "cosine" else _pairwise.EUCLIDEAN
+    code = pairwise.COSINE if rdm == "cosine" else pairwise.EUCLIDEAN
     if method == "spearman":
-        return _pairwise.spearman(x, y, code)[0]
-    s, _, _ = _pairwise.moments(x, y, code)
+        return pairwise.spearman(x, y, code)[0]
+    s, _, _ = pairwise.moments(x, y, code)
     m = x.shape[0] * (x.shape[0] - 1) / 2
     var_x, var_y = m * s[1] - s[0] ** 2, m * s[3] - s[2] ** 2
     return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y))
@@ -150,8 +136,8 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
 def similarity_gap(x, y, backend="auto") -> dict[str, float]:
     """Distance between the cosine-similarity matrices Σ_X, Σ_Y: `frobenius` ‖Σ_X − Σ_Y‖_F, `relative`
     (÷ ‖Σ_X‖_F) and `max_abs` max_ij |Σ_X − Σ_Y|."""
-    _check_pair(x, y)
-    _choice("backend", backend, BACKENDS)
+    check_pair(x, y)
+    check_choice("backend", backend, BACKENDS.names)
     if x.shape[0] == 0:
         warnings.warn("similarity_gap needs at least 1 sample, got 0 samples: NaN")
         return dict.fromkeys(("frobenius", "relative", "max_abs"), math.nan)
@@ -160,9 +146,9 @@ def similarity_gap(x, y, backend="auto") -> dict[str, float]:
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         max_abs = math.nan
     elif device is not None:
-        off_diagonal = float(_pairwise.moments(x.to(device), y.to(device), _pairwise.COSINE)[0][9])
+        off_diagonal = float(pairwise.moments(x.to(device), y.to(device), pairwise.COSINE)[0][9])
         diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())  # Σ_ii ∈ {0, 1}
         max_abs = max(off_diagonal, diagonal) if x.shape[0] > 1 else diagonal
     else:
-        max_abs = _reference.similarity_gap(x, y)["max_abs"]
+        max_abs = reference.similarity_gap(x, y)["max_abs"]
     return {"frobenius": gram["gap_frobenius"], "relative": gram["gap_relative"], "max_abs": max_abs}

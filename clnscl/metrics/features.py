@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ._gram import StreamingAlignment
+from .streaming import StreamingAlignment
 
 
 def _inputs(batch):

@@ -1,7 +1,8 @@
-"""Coupled trainer: a CL model trained together with its supervised counterparts (NSCL, SupCon, CE) under
+"""The coupled trainer: a CL model trained together with its supervised counterparts (NSCL, SupCon, CE) under
 shared randomness — same initial weights, same batches, same augmented views — recording how aligned their
-representations stay and how far their weights drift (DESIGN.md §1, issue 4).
+representations stay and how far their weights drift (docs/design.md, "The coupled trainer").
 
-Submodules: `data` (the embedded digits dataset, seeded splits and class subsets, generator-driven
-augmentations, resumable samplers) and `config` (the run configuration, YAML + `--set key=value`).
+config (the run's settings, on the generic engine of overrides), datasets, splits, augment, samplers, models,
+optim, global_bn; loop (CoupledTrainer), checkpoint and records (the run directory's files), run (one run
+from config to run directory), report, align and sweep (the commands behind `clnscl report|align|sweep`).
 """

@@ -9,28 +9,17 @@ Spearman RSA and the largest |Σ_A − Σ_B| from the pairwise engine.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from .. import metrics
+from .checkpoint import load_checkpoint
 from .datasets import load_source
 from .models import build_model
-from .rundata import run_data
-
-
-def _checkpoint(path: str) -> tuple[Path, dict]:
-    p = Path(path)
-    p = p / "checkpoint.pt" if p.is_dir() else p
-    if not p.exists():
-        raise FileNotFoundError(f"no checkpoint at {p}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-        state["run"], state["models"]  # noqa: B018  (the keys of a clnscl checkpoint)
-    except Exception as exc:
-        raise ValueError(f"checkpoint {p} is corrupt or not a clnscl checkpoint ({type(exc).__name__}: {exc})")
-    return p, state
+from .splits import run_data
 
 
 def _model(state: dict, name: str | None, default_index: int, where: Path):
@@ -78,13 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pairwise", action="store_true", help="also RBF CKA, Spearman RSA and max |Σ_A − Σ_B|")
     args = ap.parse_args(argv)
     try:
-        path_a, state_a = _checkpoint(args.a)
-        path_b, state_b = _checkpoint(args.b)
+        path_a, state_a = load_checkpoint(args.a)
+        path_b, state_b = load_checkpoint(args.b)
         same_run = path_a.resolve() == path_b.resolve()
         name_a, model_a = _model(state_a, args.model_a, 0, path_a)
         name_b, model_b = _model(state_b, args.model_b, 1 if same_run else 0, path_b)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"clnscl align: {exc}", file=__import__("sys").stderr)
+        print(f"clnscl align: {exc}", file=sys.stderr)
         return 2
     images = _reference_images(state_a, args.data == "all")
     loader = _Batches(images)

@@ -1,4 +1,4 @@
-"""Datasets of the trainer: float32 images in [0, 1] (N, C, H, W) with int64 labels.
+"""Datasets of the trainer and their image sources: float32 images in [0, 1] (N, C, H, W) with int64 labels.
 
 - digits: the 8×8 handwritten digits inside scikit-learn (no download);
 - cifar10 / cifar100: the python-format batches of the official archive, extracted under data_root
@@ -20,9 +20,25 @@ from pathlib import Path
 
 import torch
 
-from .data import load_digits_dataset
-
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_digits_dataset() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1,797 8×8 handwritten digits that ship inside scikit-learn (no download).
+
+    Returns `(images, labels)`: images float32 of shape (1797, 1, 8, 8) scaled from the 0–16 grey levels
+    to [0, 1], labels int64 in 0..9.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the embedded digits dataset needs scikit-learn (it ships the data): pip install scikit-learn"
+        ) from exc
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32).div_(16.0).unsqueeze(1).contiguous()
+    labels = torch.as_tensor(digits.target, dtype=torch.int64).contiguous()
+    return images, labels
 
 
 def _root(data_root) -> Path:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_reduce_sum
+from ..collectives import all_reduce_sum
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
-import math
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,45 +28,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import contrastive_loss
-from ..distributed import all_gather_rows, local_sizes
+from ..collectives import all_gather_rows, local_sizes
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
-from . import data as datamod
+from .augment import Augment
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .datasets import ImageFiles
 from .global_bn import convert_global_batchnorm
-from .lars import LARS
 from .models import build_model
-from .rundata import run_data
+from .optim import build_optimizer, schedule
+from .records import METRICS_FILE, append_record, read_records, rewrite_records
+from .samplers import StratifiedBatches, UniformBatches
+from .splits import run_data
 
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norm layers
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    lr = cfg.scaled_lr()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
-    groups[1]["lars_exclude"] = True  # LARS: no trust ratio for biases and norm layers
-    return LARS(groups, lr=lr, momentum=cfg.momentum)
-
-
-def _schedule(optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up, then cosine decay to 0, per step."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _objective_loss(model, objective: str, views: torch.Tensor, labels: torch.Tensor, cfg, group=None):
@@ -147,12 +122,11 @@ class CoupledTrainer:
             raise RuntimeError("the coupled models do not start from identical weights")
         self.sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.augment_gen = torch.Generator().manual_seed(cfg.seed + 2)
-        sampler_cls = datamod.StratifiedBatches if cfg.sampler == "stratified" else datamod.UniformBatches
         if cfg.sampler == "stratified":
-            self.sampler = sampler_cls(self.data.train.labels, cfg.batch_size, self.sample_gen)
+            self.sampler = StratifiedBatches(self.data.train.labels, cfg.batch_size, self.sample_gen)
         else:
-            self.sampler = sampler_cls(len(self.data.train), cfg.batch_size, self.sample_gen)
-        self.augment = datamod.Augment(**dataclasses.asdict(cfg.augment))
+            self.sampler = UniformBatches(len(self.data.train), cfg.batch_size, self.sample_gen)
+        self.augment = Augment(cfg.augment)
         self.total_steps = cfg.epochs * self.sampler.epoch_length
         warmup = cfg.warmup_epochs * self.sampler.epoch_length
         for name, model in zip(self.names, self.models):
@@ -166,8 +140,8 @@ class CoupledTrainer:
             else:
                 self.models = [convert_global_batchnorm(m) for m in self.models]
             self.trained = [nn.parallel.DistributedDataParallel(m) for m in self.models]
-        self.optimizers = [_optimizer(cfg, m) for m in self.models]
-        self.schedules = [_schedule(o, warmup, self.total_steps) for o in self.optimizers]
+        self.optimizers = [build_optimizer(cfg, m) for m in self.models]
+        self.schedules = [schedule(o, warmup, self.total_steps) for o in self.optimizers]
         self._loader = ThreadPoolExecutor(1) if isinstance(self.data.train, ImageFiles) else None
         self._prefetch = None  # (indices, future of their images) of the next step's shard
         self.step = 0
@@ -300,19 +274,13 @@ class CoupledTrainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """RUN_DIR/checkpoint.pt, written to a temporary file and renamed: a kill never leaves half a file."""
-        path = self.out / "checkpoint.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        """RUN_DIR/checkpoint.pt (atomically)."""
+        return save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
 
     def load_checkpoint(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-            step, run = state["step"], state["run"]
-        except Exception as exc:  # any unreadable file: say which and why
-            raise ValueError(f"checkpoint {path} is corrupt or not a clnscl checkpoint ({type(exc).__name__}: {exc})")
+        """Continue from the checkpoint at `path`, which must belong to this run (same _RUN_KEYS)."""
+        path, state = load_checkpoint(path)  # on the CPU: load_state_dict moves what it takes
+        step, run = state["step"], state["run"]
         cfg = self.cfg.to_dict()
         differ = [k for k in self._RUN_KEYS if run.get(k) != cfg[k]]
         if differ:
@@ -332,15 +300,14 @@ class CoupledTrainer:
     def run(self, resume: bool = False, stop_after: int | None = None) -> list[dict]:
         """Train to the end (or, for tests, stop after `stop_after` steps as a killed run would). With resume,
         continue from RUN_DIR/checkpoint.pt; records already in metrics.jsonl are kept, not written twice."""
-        metrics_path = self.out / "metrics.jsonl"
+        metrics_path = self.out / METRICS_FILE
         records = []
         if resume:
-            self.load_checkpoint(self.out / "checkpoint.pt")
-            records = _read_records(metrics_path)
+            self.load_checkpoint(self.out / CHECKPOINT_FILE)
+            if metrics_path.exists():
+                records = read_records(metrics_path)[0]
             if self.rank == 0:
-                tmp = metrics_path.with_suffix(".jsonl.tmp")  # drop a line cut short by the kill, atomically
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-                os.replace(tmp, metrics_path)
+                rewrite_records(metrics_path, records)  # without a line cut short by the kill
         elif self.rank == 0:
             metrics_path.unlink(missing_ok=True)
         written = {r["step"] for r in records}
@@ -358,25 +325,11 @@ class CoupledTrainer:
                                "time": time.perf_counter() - self.start, **last, **self.evaluate()}
                         records.append(rec)
                         if lead:
-                            sink.write(json.dumps(rec) + "\n")
-                            sink.flush()
+                            append_record(sink, rec)
                             self.log(_progress_line(rec, self.total_steps, self.names))
                 if lead and (self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps):
                     self.save_checkpoint()
         return records if lead else []
-
-
-def _read_records(path: Path) -> list[dict]:
-    """The complete lines of a metrics.jsonl (a line cut short by a kill is dropped)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
 
 
 def _progress_line(rec: dict, total: int, names: list[str]) -> str:

@@ -16,12 +16,12 @@ are fixed constants of this module (`HIGH_ALIGNMENT`), never fitted to a run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-METRICS_FILE = "metrics.jsonl"
+from .records import METRICS_FILE, read_records
+
 FIGURES = ("alignment.png", "weight_divergence.png", "loss_gap.png", "accuracy.png", "losses.png")
 ALIGNMENT_METRICS = (("cka_cosine", "CKA (cosine)"), ("cka_linear", "CKA (linear)"), ("rsa_pearson", "RSA (Pearson)"))
 # Finding (2): "alignment stayed high" means the minimum CKA cosine (z) over every evaluation is at least this.
@@ -32,28 +32,9 @@ HIGH_ALIGNMENT = 0.9
 
 
 def read_metrics(path) -> tuple[list[dict], list[str]]:
-    """Records of a metrics.jsonl file and notes about what was skipped.
-
-    A last line that does not parse (a run killed while writing) is skipped with a note; a bad line anywhere
-    else, a missing file or a file without records raises (FileNotFoundError / ValueError naming the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {path} (run `clnscl train --out DIR` first)")
-    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
-    records, notes = [], []
-    for j, (lineno, line) in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if j == len(lines) - 1:
-                notes.append(f"skipped the truncated last line ({lineno}) of {path}: the run was probably "
-                             "interrupted while writing it")
-                continue
-            raise ValueError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(rec, dict) or "step" not in rec:
-            raise ValueError(f"{path}, line {lineno}: expected a JSON object with a 'step' key")
-        records.append(rec)
+    """Records of a metrics.jsonl file and notes about what was skipped (`records.read_records`); a file without
+    records raises ValueError naming it."""
+    records, notes = read_records(path)
     if not records:
         raise ValueError(f"{path} holds no evaluation records" + (" (only a truncated line)" if notes else ""))
     return records, notes

@@ -1,20 +1,20 @@
 """`clnscl sweep`: the coupled run repeated over the values of one factor — temperature, number of classes
 (seeded class subsets) or batch size (learning rate scaled by the config's `lr_scaling`: none, linear, sqrt,
 fourth_root) — with one figure per factor of the final alignment, weight divergence and loss gap against it,
-like the paper's Figures 3–5. Each run goes to OUT/<factor>=<value> and can be resumed on its own."""
+like the paper's Figures 3–5. Each run goes to OUT/<factor>=<value> and can be resumed on its own. Under
+torchrun every process runs every value (rank 0 writes)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from .config import Config, load_config
+from .run import train
+
 FACTORS = {"temperature": float, "num_classes": int, "batch_size": int}
-
-
-def _final(run_dir: Path) -> dict:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])
 
 
 def plot(results: dict, factor: str, out: Path) -> Path:
@@ -45,6 +45,23 @@ def plot(results: dict, factor: str, out: Path) -> Path:
     return path
 
 
+def sweep(cfg: Config, factor: str, values: list, out, log=print) -> dict:
+    """One run of cfg per value of `factor` into OUT/<factor>=<value>, then OUT/sweep_<factor>.png and .json;
+    the final record of every run on rank 0 ({} on the other ranks)."""
+    out = Path(out)
+    runs = [(value, dataclasses.replace(cfg, **{factor: value})) for value in values]  # every value checked first
+    results = {}
+    for value, run_cfg in runs:
+        log(f"\n=== {factor} = {value} ===")
+        records = train(run_cfg, out / f"{factor}={value}", log=log)
+        if records:
+            results[value] = records[-1]
+    if results:
+        log(f"\nfigure: {plot(results, factor, out)}")
+        (out / f"sweep_{factor}.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="clnscl sweep", description=__doc__.splitlines()[0])
     ap.add_argument("--factor", required=True, choices=tuple(FACTORS), help="what to vary")
@@ -61,19 +78,9 @@ def main(argv=None) -> int:
     if len(values) < 2:
         print("clnscl sweep: --values needs at least two values", file=sys.stderr)
         return 2
-    from ..cli import main as cli_main
-
-    out = Path(args.out)
-    results = {}
-    for value in values:
-        run_dir = out / f"{args.factor}={value}"
-        extra = ["--config", args.config] if args.config else []
-        sets = [a for kv in [*args.set, f"{args.factor}={value}"] for a in ("--set", kv)]
-        print(f"\n=== {args.factor} = {value} ===", flush=True)
-        code = cli_main(["train", *extra, *sets, "--out", str(run_dir)])
-        if code != 0:
-            return code
-        results[value] = _final(run_dir)
-    print(f"\nfigure: {plot(results, args.factor, out)}")
-    (out / f"sweep_{args.factor}.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    try:
+        sweep(load_config(args.config, args.set), args.factor, values, args.out, log=lambda text: print(text, flush=True))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"clnscl sweep: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -1,0 +1,1 @@
+"""Benchmarks: one folder per part of the package (loss, metrics, train), shared pieces in support/."""

@@ -1,0 +1,1 @@
+"""Shared pieces of the benchmarks: the loss methods compared (losses), the memory probe (memory), units (fmt)."""

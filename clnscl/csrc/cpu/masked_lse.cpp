@@ -1,0 +1,316 @@
+// CPU kernels of clnscl::masked_lse and its backward (schemas and math in ../schemas.cpp).
+//
+// Tiles of S = q·kᵀ (kTile × kTile) are made with BLAS into a per-thread buffer and reduced at once, so memory
+// stays O(N·d + threads·kTile²). Two schedules:
+//  - symmetric (k is None, unit rows, scale ≤ kMaxFixedShift): S is symmetric and |s| ≤ scale, so with the
+//    fixed shift m = scale one tile (I, J), I ≤ J, serves the rows of I and of J; half the GEMMs and exps.
+//  - general: online (running max) log-sum-exp over the columns, row blocks in parallel; the backward
+//    recomputes each tile from the saved lse and accumulates dq = scale·G·k, dk = scale·Gᵀ·q row-parallel.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../masked_lse.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace clnscl {
+namespace {
+
+constexpr int64_t kTile = 256;
+// exp(s − m) ≥ exp(−2·scale) must stay a normal float: 2·32 = 64 < 87.
+constexpr double kMaxFixedShift = 32.0;
+// Per-thread dq buffers of the symmetric backward may use at most this many bytes in all.
+constexpr double kMaxThreadBufferBytes = 1 << 30;
+
+template <typename T>
+inline T exp_fast(T x) {
+  return std::exp(x);
+}
+
+// exp for float, branch-free so loops vectorise: exp(x) = 2^n · p(r), r = x − n·ln2, |r| ≤ ln2/2, with a
+// degree-6 polynomial (relative error ≈ 2e-7). NaN propagates, x < −87.3 gives 0, x > 88.3 gives inf.
+template <>
+inline float exp_fast<float>(float x) {
+  const float xc = std::min(std::max(x, -87.3f), 88.3f);
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.3888949e-3f;
+  p = p * r + 8.3333510e-3f;
+  p = p * r + 4.1666645e-2f;
+  p = p * r + 1.6666665e-1f;
+  p = p * r + 0.5f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(float));
+  const float y = p * two_n;
+  const float big = x > 88.3f ? std::numeric_limits<float>::infinity() : y;
+  return x != x ? x : (x < -87.3f ? 0.0f : big);
+}
+
+// NaN-propagating maximum: once a NaN enters, it stays.
+template <typename T>
+inline T max_nan(T a, T b) {
+  return (b > a || b != b) ? b : a;
+}
+
+// S = a[i0:i0+r] · b[j0:j0+c]ᵀ by BLAS into buf, returned as a contiguous r × c view of it.
+template <typename T>
+at::Tensor scores(std::vector<T>& buf, const at::Tensor& a, int64_t i0, int64_t r, const at::Tensor& b, int64_t j0,
+                  int64_t c) {
+  at::Tensor s = at::from_blob(buf.data(), {r, c}, a.options());
+  at::mm_out(s, a.narrow(0, i0, r), b.narrow(0, j0, c).t());
+  return s;
+}
+
+template <typename T>
+void lse_general(const at::Tensor& q, const at::Tensor& k, Side rs, Side cs, Mask mask, T scale, T* lse) {
+  const int64_t nq = q.size(0), nk = k.size(0);
+  const int64_t nblocks = (nq + kTile - 1) / kTile;
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> sbuf(kTile * kTile);
+    std::vector<double> m(kTile), l(kTile);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t i0 = blk * kTile, r = std::min(kTile, nq - i0);
+      std::fill(m.begin(), m.end(), -std::numeric_limits<double>::infinity());
+      std::fill(l.begin(), l.end(), 0.0);
+      for (int64_t j0 = 0; j0 < nk; j0 += kTile) {
+        const int64_t c = std::min(kTile, nk - j0);
+        at::Tensor s = scores(sbuf, q, i0, r, k, j0, c);
+        const int64_t *ci = cs.inst + j0, *cc = cs.cls + j0;
+        const int64_t cg0 = j0 + cs.offset;
+        for (int64_t a = 0; a < r; ++a) {
+          const int64_t ri = rs.inst[i0 + a], rc = rs.cls[i0 + a], rg = i0 + a + rs.offset;
+          const T* srow = sbuf.data() + a * c;
+          T mx = -std::numeric_limits<T>::infinity();
+          for (int64_t b = 0; b < c; ++b) {
+            const T v = mask(ri, rc, rg, ci[b], cc[b], cg0 + b) ? srow[b] * scale
+                                                                 : -std::numeric_limits<T>::infinity();
+            mx = max_nan(mx, v);
+          }
+          if (mx == -std::numeric_limits<T>::infinity()) continue;
+          const double nm = max_nan(m[a], static_cast<double>(mx));
+          const T shift = static_cast<T>(nm);
+          T sum = 0;
+          for (int64_t b = 0; b < c; ++b) {
+            const T e = exp_fast<T>(srow[b] * scale - shift);
+            sum += mask(ri, rc, rg, ci[b], cc[b], cg0 + b) ? e : T(0);
+          }
+          l[a] = l[a] * std::exp(m[a] - nm) + sum;
+          m[a] = nm;
+        }
+      }
+      for (int64_t a = 0; a < r; ++a) {
+        lse[i0 + a] = static_cast<T>(l[a] == 0.0 ? -std::numeric_limits<double>::infinity()
+                                                 : m[a] + std::log(l[a]));
+      }
+    }
+  });
+}
+
+std::vector<std::pair<int64_t, int64_t>> upper_tiles(int64_t n) {
+  const int64_t nb = (n + kTile - 1) / kTile;
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  pairs.reserve(nb * (nb + 1) / 2);
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t j = i; j < nb; ++j) pairs.emplace_back(i * kTile, j * kTile);
+  return pairs;
+}
+
+template <typename T>
+void lse_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, T* lse) {
+  const int64_t n = z.size(0);
+  const auto pairs = upper_tiles(n);
+  const int nt = at::get_num_threads();
+  std::vector<double> partial(static_cast<size_t>(nt) * n, 0.0);
+  const T shift = scale;
+  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
+    double* acc = partial.data() + static_cast<size_t>(at::get_thread_num()) * n;
+    std::vector<T> sbuf(kTile * kTile), colsum(kTile);
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto [i0, j0] = pairs[p];
+      const int64_t r = std::min(kTile, n - i0), c = std::min(kTile, n - j0);
+      at::Tensor s = scores(sbuf, z, i0, r, z, j0, c);
+      std::fill(colsum.begin(), colsum.end(), T(0));
+      const int64_t *ci = side.inst + j0, *cc = side.cls + j0;
+      for (int64_t a = 0; a < r; ++a) {
+        const int64_t ri = side.inst[i0 + a], rc = side.cls[i0 + a], rg = i0 + a;
+        const T* srow = sbuf.data() + a * c;
+        T rowsum = 0;
+        for (int64_t b = 0; b < c; ++b) {
+          const T e = exp_fast<T>(srow[b] * scale - shift);
+          const T v = mask(ri, rc, rg, ci[b], cc[b], j0 + b) ? e : T(0);
+          rowsum += v;
+          colsum[b] += v;
+        }
+        acc[i0 + a] += rowsum;
+      }
+      if (i0 != j0)
+        for (int64_t b = 0; b < c; ++b) acc[j0 + b] += colsum[b];
+    }
+  });
+  at::parallel_for(0, n, 4096, [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      double sum = 0;
+      for (int t = 0; t < nt; ++t) sum += partial[static_cast<size_t>(t) * n + a];
+      lse[a] = static_cast<T>(sum == 0.0 ? -std::numeric_limits<double>::infinity()
+                                         : static_cast<double>(shift) + std::log(sum));
+    }
+  });
+}
+
+// out[a] += scale · Σ_b P_ab · cols[b] with P_ab = [b ∈ D(a)] · (row term + column term):
+// row term w_r[a]·e^{s_ab − lse_r[a]} if kRow, column term w_c[b]·e^{s_ab − lse_c[b]} if kCol.
+// Rows whose D(a) is empty must come with weight 0 and lse = +inf, so that their terms vanish.
+template <typename T, bool kRow, bool kCol>
+void accumulate(const at::Tensor& rows, const at::Tensor& cols, Side rs, Side cs, Mask mask, T scale,
+                const T* w_r, const T* lse_r, const T* w_c, const T* lse_c, T* out) {
+  const int64_t nr = rows.size(0), nc = cols.size(0), d = rows.size(1);
+  const int64_t nblocks = (nr + kTile - 1) / kTile;
+  const auto opts = rows.options();
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> sbuf(kTile * kTile);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t i0 = blk * kTile, r = std::min(kTile, nr - i0);
+      at::Tensor out_i = at::from_blob(out + i0 * d, {r, d}, opts);
+      for (int64_t j0 = 0; j0 < nc; j0 += kTile) {
+        const int64_t c = std::min(kTile, nc - j0);
+        at::Tensor s = scores(sbuf, rows, i0, r, cols, j0, c);
+        const int64_t *ci = cs.inst + j0, *cc = cs.cls + j0;
+        const int64_t cg0 = j0 + cs.offset;
+        for (int64_t a = 0; a < r; ++a) {
+          const int64_t ri = rs.inst[i0 + a], rc = rs.cls[i0 + a], rg = i0 + a + rs.offset;
+          T* srow = sbuf.data() + a * c;
+          const T wa = kRow ? w_r[i0 + a] : T(0), la = kRow ? lse_r[i0 + a] : T(0);
+          for (int64_t b = 0; b < c; ++b) {
+            const T x = srow[b] * scale;
+            T p = 0;
+            if (kRow) p += wa * exp_fast<T>(x - la);
+            if (kCol) p += w_c[j0 + b] * exp_fast<T>(x - lse_c[j0 + b]);
+            srow[b] = mask(ri, rc, rg, ci[b], cc[b], cg0 + b) ? p : T(0);
+          }
+        }
+        out_i.addmm_(s, cols.narrow(0, j0, c), 1, scale);
+      }
+    }
+  });
+}
+
+// Symmetric backward with the fixed shift: P_ab = e^{s_ab − m}·(α_a + α_b), α_a = w_a·e^{m − lse_a}; a tile
+// (I, J), I < J, adds P·z_J to rows I and Pᵀ·z_I to rows J, in per-thread buffers summed at the end.
+template <typename T>
+void backward_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, const T* alpha, at::Tensor& dz) {
+  const int64_t n = z.size(0), d = z.size(1);
+  const auto pairs = upper_tiles(n);
+  const int nt = at::get_num_threads();
+  at::Tensor bufs = at::zeros({nt, n, d}, z.options());
+  const T shift = scale;
+  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
+    at::Tensor mine = bufs.select(0, at::get_thread_num());
+    std::vector<T> sbuf(kTile * kTile);
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto [i0, j0] = pairs[p];
+      const int64_t r = std::min(kTile, n - i0), c = std::min(kTile, n - j0);
+      at::Tensor s = scores(sbuf, z, i0, r, z, j0, c);
+      const int64_t *ci = side.inst + j0, *cc = side.cls + j0;
+      const T* aj = alpha + j0;
+      for (int64_t a = 0; a < r; ++a) {
+        const int64_t ri = side.inst[i0 + a], rc = side.cls[i0 + a], rg = i0 + a;
+        const T ai = alpha[i0 + a];
+        T* srow = sbuf.data() + a * c;
+        for (int64_t b = 0; b < c; ++b) {
+          const T e = exp_fast<T>(srow[b] * scale - shift) * (ai + aj[b]);
+          srow[b] = mask(ri, rc, rg, ci[b], cc[b], j0 + b) ? e : T(0);
+        }
+      }
+      mine.narrow(0, i0, r).addmm_(s, z.narrow(0, j0, c), 1, scale);
+      if (i0 != j0) mine.narrow(0, j0, c).addmm_(s.t(), z.narrow(0, i0, r), 1, scale);
+    }
+  });
+  at::sum_out(dz, bufs, {0});
+}
+
+void check_dtype(const at::Tensor& q) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+              "masked_lse (CPU): q must be float32 or float64, got ", q.scalar_type());
+}
+
+bool use_symmetric(const Problem& p, bool unit_rows, double scale, bool backward) {
+  if (!p.self_similarity || !unit_rows || scale > kMaxFixedShift) return false;
+  const double buffer_bytes = static_cast<double>(at::get_num_threads()) * p.q.numel() * p.q.element_size();
+  return !backward || buffer_bytes <= kMaxThreadBufferBytes;
+}
+
+at::Tensor masked_lse_cpu(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& row_inst,
+                          const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
+                          const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale,
+                          int64_t include, bool unit_rows) {
+  at::NoGradGuard no_grad;  // the tile GEMMs write into buffers; autograd is the op's own
+  check_dtype(q);
+  const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
+  at::Tensor lse = at::empty({p.q.size(0)}, p.q.options());
+  const Side rs{p.row_inst.data_ptr<int64_t>(), p.row_cls.data_ptr<int64_t>(), p.row_offset};
+  const Side cs{p.col_inst.data_ptr<int64_t>(), p.col_cls.data_ptr<int64_t>(), 0};
+  const Mask mask(include);
+  AT_DISPATCH_FLOATING_TYPES(p.q.scalar_type(), "masked_lse_cpu", [&] {
+    if (use_symmetric(p, unit_rows, scale, false))
+      lse_symmetric<scalar_t>(p.q, rs, mask, static_cast<scalar_t>(scale), lse.data_ptr<scalar_t>());
+    else
+      lse_general<scalar_t>(p.q, p.k, rs, cs, mask, static_cast<scalar_t>(scale), lse.data_ptr<scalar_t>());
+  });
+  return lse;
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& q, const std::optional<at::Tensor>& k,
+    const at::Tensor& row_inst, const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
+    const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale, int64_t include,
+    bool unit_rows) {
+  at::NoGradGuard no_grad;
+  check_dtype(q);
+  const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
+  TORCH_CHECK(grad.numel() == p.q.size(0) && lse.numel() == p.q.size(0),
+              "masked_lse_backward: grad and lse must have one entry per row of q");
+  const auto opts = p.q.options();
+  const auto [w, lse_safe, empty_row] = backward_weights(grad, lse, opts);
+  const Side rs{p.row_inst.data_ptr<int64_t>(), p.row_cls.data_ptr<int64_t>(), p.row_offset};
+  const Side cs{p.col_inst.data_ptr<int64_t>(), p.col_cls.data_ptr<int64_t>(), 0};
+  const Mask mask(include);
+  at::Tensor dq = at::zeros_like(p.q);
+  at::Tensor dk = p.self_similarity ? at::empty({0, p.q.size(1)}, opts) : at::zeros_like(p.k);
+  AT_DISPATCH_FLOATING_TYPES(p.q.scalar_type(), "masked_lse_backward_cpu", [&] {
+    const auto sc = static_cast<scalar_t>(scale);
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const scalar_t* lp = lse_safe.data_ptr<scalar_t>();
+    if (use_symmetric(p, unit_rows, scale, true)) {
+      // α_a = w_a·e^{m − lse_a}, 0 for empty rows (lse_safe = +inf)
+      const at::Tensor alpha = (w * (scale - lse_safe).exp()).masked_fill(empty_row, 0).contiguous();
+      backward_symmetric<scalar_t>(p.q, rs, mask, sc, alpha.data_ptr<scalar_t>(), dq);
+    } else if (p.self_similarity) {
+      accumulate<scalar_t, true, true>(p.q, p.q, rs, rs, mask, sc, wp, lp, wp, lp, dq.data_ptr<scalar_t>());
+    } else {
+      accumulate<scalar_t, true, false>(p.q, p.k, rs, cs, mask, sc, wp, lp, nullptr, nullptr,
+                                        dq.data_ptr<scalar_t>());
+      accumulate<scalar_t, false, true>(p.k, p.q, cs, rs, mask, sc, nullptr, nullptr, wp, lp,
+                                        dk.data_ptr<scalar_t>());
+    }
+  });
+  return {dq, dk};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clnscl, CPU, m) {
+  m.impl("masked_lse", &masked_lse_cpu);
+  m.impl("masked_lse_backward", &masked_lse_backward_cpu);
+}
+
+}  // namespace clnscl

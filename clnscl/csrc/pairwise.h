@@ -1,0 +1,55 @@
+// Shared by the CPU and CUDA kernels of the pairwise engine (schemas and math in schemas.cpp): the inputs in
+// float64 with their squared row norms, and the per-pair values computed from a Gram entry. NaN in the
+// features stays NaN in every value (the caller reports NaN), on both devices.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+namespace clnscl {
+
+enum Rdm : int64_t { kCosine = 0, kEuclidean = 1 };
+
+struct Prepared {
+  at::Tensor x, y, nx, ny;  // float64 rows (contiguous) and squared row norms
+};
+
+inline Prepared prepare(const at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0),
+              "pairwise: x and y must be 2-D with the same number of rows");
+  Prepared p;
+  p.x = x.detach().to(at::kDouble).contiguous();
+  p.y = y.detach().to(at::kDouble).contiguous();
+  p.nx = p.x.square().sum(1).contiguous();
+  p.ny = p.y.square().sum(1).contiguous();
+  return p;
+}
+
+// ‖a − b‖² = ‖a‖² + ‖b‖² − 2⟨a, b⟩, rounding below 0 clamped to 0 (NaN stays NaN).
+C10_HOST_DEVICE inline double squared_distance(double g, double na, double nb) {
+  const double s = na + nb - 2.0 * g;
+  return s < 0.0 ? 0.0 : s;
+}
+
+// cos(a, b); a zero row has cos 0 with everything; NaN stays NaN.
+C10_HOST_DEVICE inline double cosine(double g, double na, double nb) {
+  const double denom = sqrt(na) * sqrt(nb);
+  return denom > 0.0 ? g / denom : (denom == denom ? 0.0 : denom);
+}
+
+// RDM value of a pair: 1 − cos or the Euclidean distance.
+C10_HOST_DEVICE inline double rdm_value(int64_t rdm, double g, double na, double nb) {
+  return rdm == kEuclidean ? sqrt(squared_distance(g, na, nb)) : 1.0 - cosine(g, na, nb);
+}
+
+// Index of v in `bins` equal-width bins from lo (clamped; NaN to bin 0, the caller sees NaN elsewhere).
+C10_HOST_DEVICE inline int64_t bin_of(double v, double lo, double width, int64_t bins) {
+  const double t = (v - lo) / width;
+  if (!(t > 0.0)) return 0;
+  const auto b = static_cast<int64_t>(t);
+  return b < bins - 1 ? b : bins - 1;
+}
+
+}  // namespace clnscl

@@ -1,0 +1,94 @@
+"""`contrastive_loss`: the public entry point of the loss family.
+
+Every backend splits each row loss ℓ_a = LSE_{b∈D(a)} s_ab − mean_{p∈P(a)} s_ap in two: the masked row
+log-sum-exp comes from the backend (a fused kernel that never builds the N×N matrix, or the materialised
+reference), and the positive mean from per-instance or per-class sums in O(N·d) (loss/positives.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..checks import check_choice, check_float, check_labels, check_temperature, check_tensor
+from .backends import BACKENDS
+from .columns import columns
+from .ops import LseArgs
+from .positives import class_positive_mean, instance_positive_mean
+from .table import OBJECTIVES, REDUCTIONS, loss_spec
+
+NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps), so a zero row stays zero instead of NaN
+
+
+def contrastive_loss(
+    z: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    objective: str = "nscl",
+    temperature: float = 0.1,
+    decoupled: bool = False,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+    process_group=None,
+) -> torch.Tensor:
+    """Contrastive loss of z (B, V, d): B samples, V ≥ 2 views, with optional integer labels (B,).
+
+    Rows a = (i, v), N = B·V, ẑ_a = z_a/‖z_a‖ (normalize=True), s_ab = ⟨ẑ_a, ẑ_b⟩/τ, and
+    ℓ_a = LSE_{b∈D(a)} s_ab − mean_{p∈P(a)} s_ap with Pos(a) the other views of sample i, Same(a) the views
+    of other samples of its class, Neg(a) those of other classes:
+
+    | objective          | P(a)       | D(a)                 | D(a), decoupled=True |
+    | "cl" (NT-Xent)     | Pos        | all b ≠ a            | Same ∪ Neg ("dcl")   |
+    | "nscl"             | Pos        | Pos ∪ Neg            | Neg                  |
+    | "supcon" (L_out)   | Pos ∪ Same | all b ≠ a            | Neg                  |
+
+    "cl" ignores labels (None allowed); "nscl" and "supcon" need them. A row with empty D(a) contributes 0
+    and is not counted. reduction "mean" averages over the other rows, "sum" adds, "none" returns (B, V).
+    fp32, bf16 and fp16 accumulate in fp32 (the loss is fp32), float64 stays float64. backend: "auto",
+    "reference", "cpu", "cuda" or "triton" (loss/backends.py). With process_group every rank passes its own
+    rows; negatives and positives run over the rows of all ranks, the result reduces this rank's rows, and
+    column gradients are summed back to their owners. See docs/design.md for the kernels.
+    """
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    spec = loss_spec(objective, decoupled)
+    _check_z(z)
+    if labels is None and spec.needs_labels:
+        raise ValueError(f"objective {objective!r} needs labels; only 'cl'/'dcl' accept labels=None")
+    if labels is not None:
+        check_labels(labels, "labels", z.shape[0], z.device, against="z", unit="samples")
+    scale = 1.0 / check_temperature(temperature)
+    impl = BACKENDS.resolve(backend, z)
+
+    b, v, d = z.shape
+    x = z.reshape(b * v, d).to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+    if normalize:
+        x = F.normalize(x, dim=1, eps=NORM_EPS)
+    cols = columns(x, None if spec.objective == "cl" else labels, v, process_group)
+    lse = impl.masked_lse(LseArgs(x, cols.k, cols.row_inst, cols.row_cls, cols.col_inst, cols.col_cls,
+                                  cols.row_offset, scale, spec.include, normalize), z.dtype)
+    if spec.supervised_positives:
+        pos = class_positive_mean(x, *cols.all(x), cols.row_offset)
+    else:
+        pos = instance_positive_mean(x, v)
+    valid = lse != float("-inf")
+    rows = torch.where(valid, lse - scale * pos, torch.zeros_like(lse))
+    if reduction == "none":
+        return rows.view(b, v)
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / valid.sum().clamp_min(1).to(rows.dtype)
+
+
+def _check_z(z) -> None:
+    check_tensor(z, "z", "(B, V, d)")
+    if z.ndim != 3:
+        raise ValueError(f"z must have shape (B, V, d) (3 dimensions), got shape {tuple(z.shape)}")
+    b, v, d = z.shape
+    if v < 2:
+        raise ValueError(f"z must hold V >= 2 views per sample (shape (B, V, d)), got V = {v}")
+    if b == 0:
+        raise ValueError("z is an empty batch (B = 0); a contrastive loss needs at least one sample")
+    if d == 0:
+        raise ValueError("z has feature dimension d = 0")
+    check_float(z, "z")

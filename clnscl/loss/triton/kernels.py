@@ -1,0 +1,101 @@
+"""Triton kernels of the masked row log-sum-exp (launched by loss/triton/ops.py).
+
+lse_a = log Σ_{b ∈ D(a)} exp(s_ab), s_ab = scale·⟨q_a, k_b⟩, b ∈ D(a) iff b is not a itself (column
+a + row_off) and the relation of (a, b) — same instance, same class other instance, other class — has its bit
+(1, 2, 4) set in INCLUDE (the loss table, loss/table.py). Base-2 arithmetic throughout: t = s·log2(e).
+The forward is an online (running max) log-sum-exp over column blocks; the backward recomputes each tile from
+the saved lse: OUT = scale·P·Y with P_ab = [b ∈ D(a)]·(row and/or column softmax weights).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def in_denominator(ri, rc, rg, ci, cc, cg, INCLUDE: tl.constexpr):
+    """[b ∈ D(a)] for a tile: the relation bit (1 same instance, 2 same class, 4 other) is in INCLUDE, b ≠ a."""
+    same_inst = ri[:, None] == ci[None, :]
+    relation = tl.where(same_inst, 1, tl.where(rc[:, None] == cc[None, :], 2, 4))
+    not_self = (rg[:, None] != cg[None, :]) | (ri[:, None] != ci[None, :])
+    return ((relation & INCLUDE) != 0) & not_self
+
+
+@triton.jit
+def lse_fwd_kernel(
+    Q, K, RI, RC, CI, CC, LSE, n_rows, n_cols, d, row_off, scale_log2,
+    INCLUDE: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """LSE[a] = ln 2 · log2 Σ_{b ∈ D(a)} 2^{t_ab}, t_ab = scale_log2·⟨q_a, k_b⟩, by a running max over columns.
+
+    NaN in a kept score propagates: 2^{NaN − m} is NaN whatever the running max m makes of it.
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    q = tl.load(Q + rows.to(tl.int64)[:, None] * d + dims[None, :],
+                mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
+    ri = tl.load(RI + rows, mask=row_ok, other=0)
+    rc = tl.load(RC + rows, mask=row_ok, other=0)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    acc = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols
+        k = tl.load(K + cols.to(tl.int64)[:, None] * d + dims[None, :],
+                    mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
+        ci = tl.load(CI + cols, mask=col_ok, other=0)
+        cc = tl.load(CC + cols, mask=col_ok, other=0)
+        t = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+        keep = in_denominator(ri, rc, rows + row_off, ci, cc, cols, INCLUDE) & col_ok[None, :]
+        t = tl.where(keep, t, float("-inf"))
+        m_new = tl.maximum(m, tl.max(t, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing kept yet: avoid −inf − (−inf)
+        acc = acc * tl.exp2(m - shift) + tl.sum(tl.exp2(t - shift[:, None]), axis=1)
+        m = m_new
+    empty = acc == 0.0  # nothing kept; NaN stays NaN
+    lse = tl.where(empty, float("-inf"), (m + tl.log2(tl.where(empty, 1.0, acc))) * 0.6931471805599453)
+    tl.store(LSE + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def lse_bwd_kernel(
+    X, Y, OUT, XI, XC, YI, YC, W_X, L_X, W_Y, L_Y, n_x, n_y, d, x_off, y_off, scale_log2, scale,
+    INCLUDE: tl.constexpr, USE_ROW_TERM: tl.constexpr, USE_COL_TERM: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """OUT[a] = scale·Σ_b P_ab·Y[b], P_ab = [b ∈ D(a)]·(w_x[a]·2^{t_ab − L_x[a]} + w_y[b]·2^{t_ab − L_y[b]});
+
+    t_ab = scale_log2·⟨x_a, y_b⟩; L = lse·log2(e) (+inf with w = 0 for empty rows, so their terms vanish).
+    The row term is used if USE_ROW_TERM, the column term if USE_COL_TERM; row a is self of column b when
+    a + x_off == b + y_off.
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_x
+    dim_ok = dims[None, :] < d
+    x = tl.load(X + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & dim_ok, other=0.0)
+    xi = tl.load(XI + rows, mask=row_ok, other=0)
+    xc = tl.load(XC + rows, mask=row_ok, other=0)
+    if USE_ROW_TERM:
+        w_x = tl.load(W_X + rows, mask=row_ok, other=0.0)
+        l_x = tl.load(L_X + rows, mask=row_ok, other=float("inf"))
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, n_y, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_y
+        y = tl.load(Y + cols.to(tl.int64)[:, None] * d + dims[None, :], mask=col_ok[:, None] & dim_ok, other=0.0)
+        yi = tl.load(YI + cols, mask=col_ok, other=0)
+        yc = tl.load(YC + cols, mask=col_ok, other=0)
+        t = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * scale_log2
+        p = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        if USE_ROW_TERM:
+            p += w_x[:, None] * tl.exp2(t - l_x[:, None])
+        if USE_COL_TERM:
+            w_y = tl.load(W_Y + cols, mask=col_ok, other=0.0)
+            l_y = tl.load(L_Y + cols, mask=col_ok, other=float("inf"))
+            p += w_y[None, :] * tl.exp2(t - l_y[None, :])
+        keep = in_denominator(xi, xc, rows + x_off, yi, yc, cols + y_off, INCLUDE) & col_ok[None, :]
+        p = tl.where(keep, p, 0.0)
+        acc += tl.dot(p.to(y.dtype), y, input_precision=DOT_PREC)
+    tl.store(OUT + rows.to(tl.int64)[:, None] * d + dims[None, :], (acc * scale).to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & dim_ok)

@@ -1,0 +1,139 @@
+"""The pairwise engine from Python, and the metrics' backends: what Gram statistics cannot give, from passes over
+the pairs i < j.
+
+Passes (C++/CUDA ops `clnscl::pairwise_*`, float64, O(N + bins) memory): moments (RDM sums, min/max, RBF kernel
+sums and row sums, max |cos_x − cos_y|); histograms of the RDM values; the sum of products of binned ranks.
+
+Spearman RSA: every RDM value is ranked by its histogram bin (2^16 equal-width bins between the smallest and
+largest value; a bin's values get the bin's average rank). Let u be the exact average ranks, ũ the binned
+ones; ũ is u averaged within each bin, so with ε_x² = Σ_b n_b(n_b² − 1)/12 / (M·Var ũ) over the bins b whose
+values are not all equal (n_b values, M pairs), |ρ − ρ̃| ≤ ε_x + ε_y + ε_x² + ε_y² (Cauchy–Schwarz on the
+within-bin parts). The bound is computed from the histograms; above 1e-3 the pass is repeated with 2^20 bins; a bound
+still above 1e-3 (values crowded into few bins, e.g. near-ties of discrete data) makes N ≤ 4096 fall back to
+exact ranks and larger N report the bound with a warning.
+The bins span bounds known without a pass: [0, 2] for 1 − cos, [0, 2·max‖x_i − x̄‖] for distances.
+The RBF bandwidth σ = None is the median of ‖x_i − x_j‖ over i < j, located in a 2^16-bin histogram of the
+distances and interpolated linearly inside its bin (|error| ≤ bin width = 2·max‖x_i − x̄‖/2^16).
+
+Backends (the rule of clnscl/dispatch.py): "cpu" and "cuda" run the engine on that device (the inputs are moved
+there), "reference" materialises the N×N matrices (metrics/reference.py); "auto" takes the engine of the
+inputs' device, else the CPU one, else the reference with a warning.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .. import extension
+from ..dispatch import Backend, Registry
+from . import reference
+
+COSINE, EUCLIDEAN = 0, 1
+BINS, FINE_BINS = 1 << 16, 1 << 20
+SPEARMAN_BOUND = 1e-3
+EXACT_MAX_N = 4096  # up to 8.4M pairs: materialising and sorting them is cheaper than failing the bound
+
+
+class Engine(Backend):
+    """The engine on one device ("cpu" or "cuda"); it takes inputs from any device."""
+
+    def __init__(self, device: str):
+        self.name = device
+
+    def unavailable(self) -> str | None:
+        if self.name == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device"
+        return extension.reason(self.name)
+
+
+class Materialised(Backend):
+    name = "reference"
+
+
+BACKENDS = Registry("metrics", (Materialised(), Engine("cpu"), Engine("cuda")),
+                    auto={"cuda": ("cuda", "cpu"), "cpu": ("cpu",)}, fallback="reference")
+
+
+def _ops(x: torch.Tensor):
+    """The engine's ops, built and loaded for x's device on first use."""
+    extension.load("cuda" if x.is_cuda else "cpu")
+    return torch.ops.clnscl
+
+
+def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0):
+    """(scalars, row sums of K_x, row sums of K_y) on the CPU; clnscl/csrc/schemas.cpp gives the layout of scalars.
+    Runs where x and y are (CPU or CUDA)."""
+    return tuple(t.cpu() for t in _ops(x).pairwise_moments(x, y, rdm, gamma_x, gamma_y))
+
+
+def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins):
+    """(counts_x, counts_y, range_x, range_y) on the CPU."""
+    return tuple(t.cpu() for t in _ops(x).pairwise_histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins))
+
+
+def _binned_ranks(counts: torch.Tensor) -> torch.Tensor:
+    """Average rank (1-based) of the values of every bin."""
+    c = counts.double()
+    return torch.cumsum(c, 0) - c + (c + 1) / 2
+
+
+def value_range(x: torch.Tensor, rdm: int) -> tuple[float, float]:
+    """Bounds on the RDM values of x without a pass over the pairs: [0, 2] for 1 − cos, and
+    [0, 2·max‖x_i − x̄‖] for distances (triangle inequality through the mean)."""
+    if rdm == COSINE:
+        return 0.0, 2.0
+    radius = float((x.double() - x.double().mean(0)).norm(dim=1).max())
+    return 0.0, 2.0 * radius * (1 + 1e-12) + 1e-300
+
+
+def _median_in(counts, ranges) -> float:
+    """Lower median of the values behind a histogram, interpolated inside its bin (exact for a tied bin)."""
+    k = (int(counts.sum()) + 1) // 2
+    cum = torch.cumsum(counts, 0)
+    b = int(torch.searchsorted(cum, torch.tensor(k)))
+    before, inside = int(cum[b] - counts[b]), max(int(counts[b]), 1)
+    low, high = float(ranges[b, 0]), float(ranges[b, 1])
+    return low + (high - low) * (k - before - 0.5) / inside if high > low else low
+
+
+def median_distances(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Medians of ‖x_i − x_j‖ and of ‖y_i − y_j‖ over i < j, from one histogram pass."""
+    limits = value_range(x, EUCLIDEAN) + value_range(y, EUCLIDEAN)
+    cx, cy, rx, ry = histograms(x, y, EUCLIDEAN, *limits, BINS)
+    return _median_in(cx, rx), _median_in(cy, ry)
+
+
+def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]:
+    cx, cy, range_x, range_y = histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins)
+    rx, ry = _binned_ranks(cx), _binned_ranks(cy)
+    pairs = float(cx.sum())
+    mean = (pairs + 1) / 2
+    var_x = float((cx.double() * rx.square()).sum()) / pairs - mean**2
+    var_y = float((cy.double() * ry.square()).sum()) / pairs - mean**2
+    cross = float(_ops(x).pairwise_rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry))
+    rho = (cross / pairs - mean**2) / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan
+
+    def eps(counts, ranges, var):
+        spread = ranges[:, 1] > ranges[:, 0]
+        c = counts.double()[spread]
+        return math.sqrt(float((c * (c.square() - 1) / 12).sum()) / pairs / var) if var > 0 else math.inf
+
+    ex, ey = eps(cx, range_x, var_x), eps(cy, range_y, var_y)
+    return rho, ex + ey + ex * ex + ey * ey
+
+
+def spearman(x, y, rdm: int) -> tuple[float, float]:
+    """(Spearman correlation of the two RDMs over i < j, bound on its error)."""
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        return math.nan, 0.0
+    limits = value_range(x, rdm) + value_range(y, rdm)
+    rho, bound = _spearman_at(x, y, rdm, *limits, BINS)
+    if bound > SPEARMAN_BOUND:
+        rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS)
+    if bound > SPEARMAN_BOUND and x.shape[0] <= EXACT_MAX_N:  # few pairs: rank them exactly instead
+        return reference.rsa(x.cpu(), y.cpu(), "cosine" if rdm == COSINE else "euclidean", "spearman"), 0.0
+    if bound > SPEARMAN_BOUND:
+        warnings.warn(f"rsa spearman: binned ranks guarantee only |error| <= {bound:.2g} on this data")
+    return rho, bound

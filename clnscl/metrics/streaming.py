@@ -1,0 +1,281 @@
+"""Streaming Gram statistics: exact linear/cosine CKA (biased and unbiased), Pearson RSA on the cosine RDM and
+the Frobenius gap between cosine-similarity matrices, in O((p+q)²) float64 memory for any N.
+
+With K = XXᵀ and L = YYᵀ every quantity is a function of sums over the rows:
+  biased HSIC ∝ ‖XᵀY − sₓs_yᵀ/n‖²_F (sₓ = Σ x_i), and with K̃, L̃ the kernels with zeroed diagonals
+  tr(K̃L̃) = ‖XᵀY‖²_F − Σ‖x_i‖²‖y_i‖²,  1ᵀK̃1 = ‖sₓ‖² − Σ‖x_i‖²,
+  1ᵀK̃L̃1 = sₓᵀ(XᵀY)s_y − sₓ·Σx_i‖y_i‖² − s_y·Σy_i‖x_i‖² + Σ‖x_i‖²‖y_i‖²   (Song et al.'s unbiased HSIC);
+  over the pairs i < j of a = cos(x_i, x_j), b = cos(y_i, y_j) (rows x̂ normalised):
+  Σa = (‖ŝₓ‖² − Σ‖x̂_i‖²)/2,  Σa² = (‖X̂ᵀX̂‖²_F − Σ‖x̂_i‖⁴)/2,  Σab = (‖X̂ᵀŶ‖²_F − Σ‖x̂_i‖²‖ŷ_i‖²)/2;
+  ‖Σ_X − Σ_Y‖²_F = ‖X̂ᵀX̂‖²_F + ‖ŶᵀŶ‖²_F − 2‖X̂ᵀŶ‖²_F.
+The sums for linear CKA are taken over rows minus a shift (the first chunk's means): CKA is
+translation-invariant, and centred sums keep float64 precision when features share a large offset; `merge`
+and `all_reduce` move sums to a common shift exactly (every sum expanded algebraically).
+Undefined results (fewer than 2 samples, 4 for unbiased; a constant representation) are NaN with a warning.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..checks import check_matrix
+
+# A centred Gram matrix this small relative to the raw one is a constant representation (HSIC(K, K) = 0).
+_CONSTANT_RTOL = 1e-10
+# Rows converted to float64 at a time: bounds the temporary memory of an update to O(chunk·(p+q)).
+_CHUNK_ROWS = 8192
+
+
+def _norms2(a: torch.Tensor) -> torch.Tensor:
+    """Squared row norms ‖a_i‖² (a reduction: no temporary the size of a)."""
+    return torch.linalg.vector_norm(a, dim=1).square()
+
+
+def _own_stats(a: torch.Tensor, n2: torch.Tensor, p: str) -> dict[str, torch.Tensor]:
+    """One side's row sums of a batch (float64; n2 its squared row norms), keys prefixed by `p` ("x" or "y")."""
+    return {f"s{p}": a.sum(0), f"{p}{p}": a.T @ a, f"n{p}2": n2.sum(), f"n{p}4": n2.square().sum(),
+            f"{p}_n{p}2": a.T @ n2}
+
+
+def _cross_stats(a: torch.Tensor, na2: torch.Tensor, bs: list[torch.Tensor],
+                 nb2s: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The mixed row sums of a against each b of bs (aᵀ‖b‖² for all of them in one product)."""
+    x_ny2 = a.T @ torch.stack(nb2s, dim=1)
+    return [{"xy": a.T @ b, "nxy": na2 @ nb2, "x_ny2": x_ny2[:, i], "y_nx2": b.T @ na2}
+            for i, (b, nb2) in enumerate(zip(bs, nb2s))]
+
+
+def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The statistics of rows a paired with each b of bs (float64), those of a computed once."""
+    n = torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device)
+    na2, nb2s = _norms2(a), [_norms2(b) for b in bs]
+    own_x = _own_stats(a, na2, "x")
+    return [{"n": n, **own_x, **_own_stats(b, nb2, "y"), **cross}
+            for b, nb2, cross in zip(bs, nb2s, _cross_stats(a, na2, bs, nb2s))]
+
+
+def _reshift(st: dict[str, torch.Tensor], dx: torch.Tensor, dy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The statistics of rows u + dx, t + dy from those of rows u, t (every sum expanded; exact algebra)."""
+    n, sx, sy, gxx, gyy, gxy = st["n"], st["sx"], st["sy"], st["xx"], st["yy"], st["xy"]
+    dsx, dsy, ddx, ddy = dx @ sx, dy @ sy, dx @ dx, dy @ dy
+    return {
+        "n": n, "sx": sx + n * dx, "sy": sy + n * dy,
+        "xx": gxx + torch.outer(sx, dx) + torch.outer(dx, sx) + n * torch.outer(dx, dx),
+        "yy": gyy + torch.outer(sy, dy) + torch.outer(dy, sy) + n * torch.outer(dy, dy),
+        "xy": gxy + torch.outer(sx, dy) + torch.outer(dx, sy) + n * torch.outer(dx, dy),
+        "nx2": st["nx2"] + 2 * dsx + n * ddx, "ny2": st["ny2"] + 2 * dsy + n * ddy,
+        "nx4": st["nx4"] + 4 * dx @ gxx @ dx + n * ddx**2 + 4 * dx @ st["x_nx2"] + 2 * ddx * st["nx2"] + 4 * ddx * dsx,
+        "ny4": st["ny4"] + 4 * dy @ gyy @ dy + n * ddy**2 + 4 * dy @ st["y_ny2"] + 2 * ddy * st["ny2"] + 4 * ddy * dsy,
+        "nxy": (st["nxy"] + 2 * dy @ st["y_nx2"] + ddy * st["nx2"] + 2 * dx @ st["x_ny2"] + 4 * dx @ gxy @ dy
+                + 2 * ddy * dsx + ddx * st["ny2"] + 2 * ddx * dsy + n * ddx * ddy),
+        "x_nx2": st["x_nx2"] + 2 * gxx @ dx + ddx * sx + dx * st["nx2"] + 2 * dx * dsx + n * ddx * dx,
+        "y_ny2": st["y_ny2"] + 2 * gyy @ dy + ddy * sy + dy * st["ny2"] + 2 * dy * dsy + n * ddy * dy,
+        "x_ny2": st["x_ny2"] + 2 * gxy @ dy + ddy * sx + dx * st["ny2"] + 2 * dx * dsy + n * ddy * dx,
+        "y_nx2": st["y_nx2"] + 2 * gxy.T @ dx + ddx * sy + dy * st["nx2"] + 2 * dy * dsx + n * ddx * dy,
+    }
+
+
+def _hsic_biased(g_ab, s_a, s_b, n):
+    """‖(A − mean)ᵀ(B − mean)‖²_F = (n−1)²·HSIC_biased(K_A, K_B) for linear kernels."""
+    return (g_ab - torch.outer(s_a, s_b) / n).square().sum()
+
+
+def _hsic_unbiased(g_ab, s_a, s_b, na2, nb2, nab, a_nb2, b_na2, n):
+    trace = g_ab.square().sum() - nab
+    ones_a, ones_b = s_a.square().sum() - na2, s_b.square().sum() - nb2
+    cross = s_a @ g_ab @ s_b - s_a @ a_nb2 - s_b @ b_na2 + nab
+    return (trace + ones_a * ones_b / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross) / (n * (n - 3))
+
+
+def _is_constant(g_aa, s_a, n) -> bool:
+    centred = (g_aa - torch.outer(s_a, s_a) / n).norm()
+    return bool(centred <= _CONSTANT_RTOL * g_aa.norm())
+
+
+class StreamingAlignment:
+    """Accumulates x (N, p) and y (N, q), rows paired, batch by batch; `compute()` gives
+    cka_linear, cka_cosine (biased HSIC, Kornblith et al.), their `_unbiased` forms (Song et al.), rsa_pearson
+    (Pearson correlation of the cosine RDMs over i < j), gap_frobenius ‖Σ_X − Σ_Y‖_F and gap_relative
+    (÷ ‖Σ_X‖_F), Σ the cosine-similarity matrices. Exact: float64 sums, O((p+q)²) memory whatever N.
+    """
+
+    KEYS = ("cka_linear", "cka_cosine", "cka_linear_unbiased", "cka_cosine_unbiased", "rsa_pearson",
+            "gap_frobenius", "gap_relative")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        # statistics of the rows minus a shift (the first chunk's means): linear CKA is translation-invariant,
+        # and sums of centred rows keep their precision when the features share a large offset
+        self._raw: dict[str, torch.Tensor] | None = None
+        self._shift: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._unit: dict[str, torch.Tensor] | None = None  # statistics of the L2-normalised rows
+
+    @property
+    def n(self) -> int:
+        return 0 if self._raw is None else int(self._raw["n"])
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a batch of paired rows (any float dtype; accumulated in float64)."""
+        self.update_shared([self], x, [y])
+
+    @staticmethod
+    def update_shared(accumulators: "list[StreamingAlignment]", x: torch.Tensor, ys: list[torch.Tensor]) -> None:
+        """`accumulators[i].update(x, ys[i])` for every i, with the statistics of x computed once: one anchor
+        against k models costs 1 + 2k Gram products (for the shifted rows, likewise for the normalised ones)
+        instead of 3k. The same sums as separate updates up to float64 rounding; accumulators whose x rows
+        were shifted differently (by earlier separate updates) are updated separately."""
+        if len(accumulators) != len(ys):
+            raise ValueError(f"ys: one batch per accumulator expected, got {len(ys)} for {len(accumulators)}")
+        if not accumulators:
+            return
+        for acc, y in zip(accumulators, ys):
+            acc._check_batch(x, y)
+        shifts = [acc._shift[0] for acc in accumulators if acc._shift is not None]
+        if any(s is not shifts[0] and not torch.equal(s.to(shifts[0].device), shifts[0]) for s in shifts):
+            for acc, y in zip(accumulators, ys):
+                acc.update(x, y)
+            return
+        for start in range(0, x.shape[0], _CHUNK_ROWS):
+            a = x[start : start + _CHUNK_ROWS].detach().double()
+            bs = [y[start : start + _CHUNK_ROWS].detach().double() for y in ys]
+            shift_x = shifts[0].to(a.device) if shifts else a.mean(0)
+            for acc, b in zip(accumulators, bs):
+                if acc._shift is None:
+                    acc._shift = (shift_x, b.mean(0))
+            shifted = [b - acc._shift[1].to(b.device) for acc, b in zip(accumulators, bs)]
+            raw = _batch_stats(a - shift_x, shifted)
+            unit = _batch_stats(F.normalize(a, dim=1), [F.normalize(b, dim=1) for b in bs])
+            for acc, r, u in zip(accumulators, raw, unit):
+                acc._add(r, u)
+            shifts = [shift_x]
+
+    def _check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        check_pair(x, y)
+        if self._raw is not None and (x.shape[1], y.shape[1]) != (self._raw["sx"].numel(), self._raw["sy"].numel()):
+            raise ValueError(
+                f"x, y: feature sizes ({x.shape[1]}, {y.shape[1]}) differ from the earlier batches' "
+                f"({self._raw['sx'].numel()}, {self._raw['sy'].numel()})"
+            )
+
+    def _add(self, raw: dict[str, torch.Tensor], unit: dict[str, torch.Tensor]) -> None:
+        """Add one chunk's statistics (those of the shifted rows, those of the normalised rows)."""
+        if self._raw is None:  # copies: a shared update hands the same x statistics to several accumulators
+            self._raw = {k: v.clone() for k, v in raw.items()}
+            self._unit = {k: v.clone() for k, v in unit.items()}
+            return
+        for mine, new in ((self._raw, raw), (self._unit, unit)):
+            for key, value in new.items():
+                mine[key] += value.to(mine[key].device)
+
+    def merge(self, other: "StreamingAlignment") -> "StreamingAlignment":
+        """Add another accumulator's rows to this one (as if its batches had been given here)."""
+        if other._raw is None:
+            return self
+        if self._raw is None:
+            self._raw = {k: v.clone() for k, v in other._raw.items()}
+            self._unit = {k: v.clone() for k, v in other._unit.items()}
+            self._shift = tuple(c.clone() for c in other._shift)
+            return self
+        if self._raw["xy"].shape != other._raw["xy"].shape:
+            raise ValueError(f"other: feature sizes {tuple(other._raw['xy'].shape)} differ from "
+                             f"{tuple(self._raw['xy'].shape)}")
+        dev = self._raw["n"].device
+        theirs_raw = _reshift({k: v.to(dev) for k, v in other._raw.items()},
+                              other._shift[0].to(dev) - self._shift[0], other._shift[1].to(dev) - self._shift[1])
+        for mine, theirs in ((self._raw, theirs_raw), (self._unit, other._unit)):
+            if mine["xy"].shape != theirs["xy"].shape:
+                raise ValueError(f"other: feature sizes {tuple(theirs['xy'].shape)} differ from {tuple(mine['xy'].shape)}")
+            for key in mine:
+                mine[key] += theirs[key].to(mine[key].device)
+        return self
+
+    def all_reduce(self, group=None) -> "StreamingAlignment":
+        """Sum the statistics over the ranks of `group` (one collective); every rank must hold some rows."""
+        import torch.distributed as dist
+
+        if self._raw is None:
+            raise RuntimeError("all_reduce: this rank has no rows; call update() first on every rank")
+        shift = torch.cat(self._shift)  # every rank moves its sums to rank 0's shift, then they add up
+        dist.broadcast(shift, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+        common = (shift[: self._shift[0].numel()], shift[self._shift[0].numel():])
+        self._raw = _reshift(self._raw, self._shift[0] - common[0], self._shift[1] - common[1])
+        self._shift = common
+        parts = [v.reshape(-1) for stats in (self._raw, self._unit) for v in stats.values()]
+        flat = torch.cat(parts)
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for stats in (self._raw, self._unit):
+            for key, value in stats.items():
+                stats[key] = flat[offset : offset + value.numel()].view_as(value)
+                offset += value.numel()
+        return self
+
+    def compute(self, keys=None) -> dict[str, float]:
+        """The metrics over all rows so far; NaN where undefined, with a warning saying why for each of `keys`
+        (default: all) that is undefined."""
+        out = dict.fromkeys(self.KEYS, math.nan)
+        why: dict[str, str] = {}
+        self._fill(out, why)
+        for key in self.KEYS if keys is None else keys:
+            if key in why:
+                warnings.warn(f"{key}: {why[key]}: NaN")
+        return out
+
+    def _fill(self, out: dict, why: dict) -> None:
+        n = self.n
+        if n < 2:
+            why.update(dict.fromkeys(self.KEYS, f"needs at least 2 samples, got {n}"))
+            return
+        for name, st in (("linear", self._raw), ("cosine", self._unit)):
+            if _is_constant(st["xx"], st["sx"], st["n"]) or _is_constant(st["yy"], st["sy"], st["n"]):
+                reason = "a representation is constant (HSIC(K, K) = 0)"
+                why[f"cka_{name}"] = why[f"cka_{name}_unbiased"] = reason
+                continue
+            hxy = _hsic_biased(st["xy"], st["sx"], st["sy"], st["n"])
+            hxx = _hsic_biased(st["xx"], st["sx"], st["sx"], st["n"])
+            hyy = _hsic_biased(st["yy"], st["sy"], st["sy"], st["n"])
+            out[f"cka_{name}"] = float(hxy / torch.sqrt(hxx * hyy))
+            if n < 4:
+                why[f"cka_{name}_unbiased"] = f"needs at least 4 samples, got {n}"
+                continue
+            uxy = _hsic_unbiased(st["xy"], st["sx"], st["sy"], st["nx2"], st["ny2"], st["nxy"], st["x_ny2"],
+                                 st["y_nx2"], st["n"])
+            uxx = _hsic_unbiased(st["xx"], st["sx"], st["sx"], st["nx2"], st["nx2"], st["nx4"], st["x_nx2"],
+                                 st["x_nx2"], st["n"])
+            uyy = _hsic_unbiased(st["yy"], st["sy"], st["sy"], st["ny2"], st["ny2"], st["ny4"], st["y_ny2"],
+                                 st["y_ny2"], st["n"])
+            out[f"cka_{name}_unbiased"] = float(uxy / torch.sqrt(uxx * uyy))
+        u = self._unit
+        pairs = n * (n - 1) / 2
+        sum_a = (u["sx"].square().sum() - u["nx2"]) / 2
+        sum_b = (u["sy"].square().sum() - u["ny2"]) / 2
+        fxx, fyy, fxy = u["xx"].square().sum(), u["yy"].square().sum(), u["xy"].square().sum()
+        sum_aa, sum_bb, sum_ab = (fxx - u["nx4"]) / 2, (fyy - u["ny4"]) / 2, (fxy - u["nxy"]) / 2
+        var_a, var_b = pairs * sum_aa - sum_a**2, pairs * sum_bb - sum_b**2
+        if n < 3:
+            why["rsa_pearson"] = f"needs at least 3 samples (2 pairs), got {n}"
+        elif var_a <= _CONSTANT_RTOL * pairs * sum_aa or var_b <= _CONSTANT_RTOL * pairs * sum_bb:
+            why["rsa_pearson"] = ("an RDM is constant over the pairs (a constant representation), or too close to "
+                                  "constant (relative variance < 1e-10) for Gram statistics; rsa() then uses the "
+                                  "pairwise engine")
+        else:
+            out["rsa_pearson"] = float((pairs * sum_ab - sum_a * sum_b) / torch.sqrt(var_a * var_b))
+        gap = torch.sqrt((fxx + fyy - 2 * fxy).clamp_min(0))
+        out["gap_frobenius"] = float(gap)
+        if fxx > 0:
+            out["gap_relative"] = float(gap / torch.sqrt(fxx))
+        else:
+            why["gap_relative"] = "Σ_X is zero (all rows of x are zero)"
+
+
+def check_pair(x, y) -> None:
+    """x (N, p) and y (N, q): floating, 2-D, rows paired."""
+    check_matrix(x, "x")
+    check_matrix(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows (paired samples): {x.shape[0]} != {y.shape[0]}")

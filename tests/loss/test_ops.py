@@ -1,0 +1,82 @@
+"""The C++ op as a torch custom op: build, opcheck, gradcheck, and torch.compile(fullgraph=True) through it."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.library import opcheck
+
+import clnscl
+from clnscl import extension
+from clnscl.loss.ops import load_cpp
+
+load_cpp("cpu")
+OP = torch.ops.clnscl.masked_lse.default
+
+
+def _problem(n_inst, views, d, classes, seed, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(n_inst * views, d, generator=gen, dtype=dtype), dim=1)
+    inst = torch.arange(n_inst).repeat_interleave(views)
+    cls = torch.randint(0, classes, (n_inst,), generator=gen).repeat_interleave(views)
+    return x, inst, cls
+
+
+def test_cuda_ops_compile_and_link_where_a_toolkit_exists():
+    why = extension.cuda_toolkit_reason()
+    if why is not None:
+        pytest.skip(f"no CUDA toolchain here: {why}")
+    extension.load("cuda")  # raises with the compiler's first error if the .cu does not build or link
+
+
+@pytest.mark.parametrize("include", [1 | 2 | 4, 1 | 4, 2 | 4, 4])
+@pytest.mark.parametrize("unit_rows,scale", [(True, 10.0), (False, 10.0), (True, 100.0)])
+def test_opcheck_self_similarity(include, unit_rows, scale):
+    x, inst, cls = _problem(35, 2, 19, 4, seed=include)
+    opcheck(OP, (x.requires_grad_(), None, inst, cls, None, None, 0, scale, include, unit_rows))
+
+
+def test_opcheck_cross_rows_with_offset():
+    x, inst, cls = _problem(50, 2, 19, 4, seed=1)
+    q = x[20:60].clone().requires_grad_()
+    opcheck(OP, (q, x.clone().requires_grad_(), inst[20:60], cls[20:60], inst, cls, 20, 10.0, 1 | 4, True))
+
+
+@pytest.mark.parametrize("unit_rows,scale", [(True, 5.0), (False, 5.0)])
+def test_gradcheck_both_schedules(unit_rows, scale):
+    """float64 finite differences; N = 300 rows crosses the 256-row tile."""
+    x, inst, cls = _problem(150, 2, 7, 3, seed=2)
+    x = (x * 0.9).requires_grad_()
+    w = torch.randn(300, dtype=torch.float64)
+
+    def f(x):
+        return (OP(x, None, inst, cls, None, None, 0, scale, 1 | 4, unit_rows) * w).sum()
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_gradcheck_cross():
+    x, inst, cls = _problem(20, 3, 5, 3, seed=3)
+    q = x[9:30].clone().requires_grad_()
+    k = x.clone().requires_grad_()
+
+    def f(q, k):
+        return OP(q, k, inst[9:30], cls[9:30], inst, cls, 9, 3.0, 2 | 4, False).sum()
+
+    assert torch.autograd.gradcheck(f, (q, k), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("objective,decoupled", [("nscl", False), ("supcon", True), ("cl", False)])
+def test_torch_compile_fullgraph_forward_and_backward(objective, decoupled):
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(61, 2, 24, generator=gen, requires_grad=True)
+    y = torch.randint(0, 5, (61,), generator=gen)
+
+    def f(z, y):
+        return clnscl.contrastive_loss(z, y, objective=objective, decoupled=decoupled, backend="cpu")
+
+    eager = f(z, y)
+    (g_eager,) = torch.autograd.grad(eager, z)
+    compiled = torch.compile(f, fullgraph=True)(z, y)
+    (g_compiled,) = torch.autograd.grad(compiled, z)
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-7)

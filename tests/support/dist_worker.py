@@ -1,0 +1,274 @@
+"""One rank of the multi-process tests (tests/loss/test_distributed.py runs it as a subprocess).
+
+    python tests/support/dist_worker.py --rank R --world W --init FILE --out DIR --sizes 5,7,4 --modes loss,ddp \
+        --backends reference,cpu
+
+Every rank builds the same seeded global batch, takes its own rows (rank order), calls the distributed loss
+on the gloo group and checks the result against the single-process reference on the global batch, computed
+right here. Checks never run collectives, so a mismatch on one rank cannot desynchronise the group; results
+go to DIR/rank{R}.json after each configuration (so a killed worker still leaves its messages). The process
+ends with barrier, destroy_process_group and os._exit: exit code 0 if every check passed, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+
+T0 = time.monotonic()
+
+import torch
+import torch.distributed as dist
+
+VALUE_TOL = dict(rtol=1e-9, atol=1e-12)  # float64 values
+GRAD_TOL = dict(rtol=1e-9, atol=1e-11)  # float64 gradients (entries are O(1/N))
+F32_TOL = dict(rtol=2e-5, atol=2e-6)  # float32 run against the float64 oracle
+TAU = 0.2
+
+
+def _dims(v: int) -> int:
+    return 13 if v == 2 else 7  # d not a power of two
+
+
+def global_batch(seed: int, n: int, v: int, d: int, objective: str):
+    """Seeded global (N, V, d) float64 features and labels with few classes, so Same(a) spans ranks.
+
+    Labels: classes 0..2 in turn over the rows, so they recur on every rank, plus one singleton class with a
+    large id on the last row (its sample has no Same(a): P(a) = Pos(a) for SupCon).
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, v, d, generator=g, dtype=torch.float64)
+    shift = int(torch.randint(0, 3, (), generator=g))
+    labels = (torch.arange(n) + shift) % 3  # cyclic: every class on every rank with >= 3 samples
+    labels[-1] = 10**9 + 7
+    return z, (None if objective == "cl" else labels)
+
+
+def _mismatch(name: str, got: torch.Tensor, want: torch.Tensor, tol: dict) -> str | None:
+    got, want = got.detach().to(torch.float64), want.detach().to(torch.float64)
+    if got.shape != want.shape:
+        return f"{name}: shape {tuple(got.shape)} != expected {tuple(want.shape)}"
+    if not torch.isfinite(got).all():
+        return f"{name}: non-finite values {got.flatten()[:6].tolist()}"
+    if torch.allclose(got, want, **tol):
+        return None
+    err = (got - want).abs()
+    i = int(err.flatten().argmax())
+    return (
+        f"{name}: max |err| {err.max().item():.3e} at flat index {i} "
+        f"(got {got.flatten()[i].item():.12g}, expected {want.flatten()[i].item():.12g}; "
+        f"max |expected| {want.abs().max().item():.3e})"
+    )
+
+
+class Recorder:
+    def __init__(self, path: str, rank: int, sizes: list[int]):
+        self.path, self.data = path, {"rank": rank, "sizes": sizes, "done": False, "results": []}
+
+    def add(self, **entry):
+        entry["t"] = round(time.monotonic() - T0, 2)  # seconds since start, for slow-CI diagnosis
+        self.data["results"].append(entry)
+        self.flush()
+
+    def flush(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f)
+        os.replace(tmp, self.path)
+
+    @property
+    def ok(self) -> bool:
+        return all(r["ok"] for r in self.data["results"])
+
+
+def run_loss(rank: int, sizes: list[int], backends: list[str], rec: Recorder, group) -> None:
+    from clnscl import contrastive_loss
+
+    world, n_glob = len(sizes), sum(sizes)
+    offsets = [sum(sizes[:r]) for r in range(world)]
+    off, n = offsets[rank], sizes[rank]
+    equal = len(set(sizes)) == 1
+    configs = [
+        (obj, dec, v, be, torch.float64)
+        for obj in ("cl", "nscl", "supcon")
+        for dec in (False, True)
+        for v in (2, 3)
+        for be in backends
+    ]
+    configs += [(obj, False, 2, be, torch.float32) for obj in ("cl", "nscl", "supcon") for be in backends]
+    for i, (obj, dec, v, be, dtype) in enumerate(configs):
+        name = f"{obj} decoupled={dec} V={v} backend={be} {str(dtype).replace('torch.', '')}"
+        seed = 1000 * i + 17 * n_glob + world
+        msgs: list[str] = []
+        entry = dict(kind="loss", name=name, objective=obj, decoupled=dec, v=v, backend=be, dtype=str(dtype), n=n)
+        try:
+            zg64, labels = global_batch(seed, n_glob, v, _dims(v), obj)
+            kw = dict(objective=obj, decoupled=dec, temperature=TAU)
+            if labels is not None:
+                mine = set(labels[off : off + n].tolist())
+                others = set(labels[:off].tolist()) | set(labels[off + n :].tolist())
+                if not mine & others:
+                    msgs.append("test setup: no label of this rank is shared with another rank")
+
+            # Oracle: single process, reference backend, global batch, float64.
+            zg = zg64.clone().requires_grad_(True)
+            rows = contrastive_loss(zg, labels, reduction="none", backend="reference", **kw)
+            want_rows = rows[off : off + n].detach()
+            want_val = want_rows.mean()
+            # Σ_r mean over rank r's rows: what the ranks' losses add up to (DDP sums before averaging).
+            total = sum(rows[o : o + m].mean() for o, m in zip(offsets, sizes))
+            (want_grad,) = torch.autograd.grad(total, zg)
+            want_grad = want_grad[off : off + n]
+            if equal:
+                zg2 = zg64.clone().requires_grad_(True)
+                (g_mean,) = torch.autograd.grad(
+                    contrastive_loss(zg2, labels, backend="reference", **kw), zg2
+                )
+                want_grad_ws = world * g_mean[off : off + n]
+            entry["global_sum"] = rows.sum().item()
+
+            # Distributed, this rank's rows only.
+            zl = zg64[off : off + n].to(dtype).clone().requires_grad_(True)
+            ll = None if labels is None else labels[off : off + n]
+            loss = contrastive_loss(zl, ll, backend=be, process_group=group, **kw)
+            loss.backward()
+            with torch.no_grad():
+                none = contrastive_loss(zl, ll, backend=be, process_group=group, reduction="none", **kw)
+                ssum = contrastive_loss(zl, ll, backend=be, process_group=group, reduction="sum", **kw)
+            entry["local_loss"] = loss.item()
+
+            vt, gt = (VALUE_TOL, GRAD_TOL) if dtype == torch.float64 else (F32_TOL, F32_TOL)
+            if loss.dtype != dtype:
+                msgs.append(f"loss dtype {loss.dtype} != input dtype {dtype}")
+            if loss.shape != ():
+                msgs.append(f"loss shape {tuple(loss.shape)} is not a scalar")
+            for m in (
+                _mismatch("loss (mean over local rows)", loss, want_val, vt),
+                _mismatch("reduction='none'", none, want_rows, vt),
+                _mismatch("reduction='sum'", ssum, want_rows.sum(), vt),
+                _mismatch("z.grad vs grad of sum over ranks of local means", zl.grad, want_grad, gt),
+                _mismatch("z.grad vs world_size x grad of global mean", zl.grad, want_grad_ws, gt)
+                if equal
+                else None,
+            ):
+                if m:
+                    msgs.append(m)
+        except Exception:  # noqa: BLE001 - reported to the parent
+            msgs.append("exception:\n" + traceback.format_exc())
+            rec.add(ok=False, msg="; ".join(msgs), **entry)
+            raise  # the group may be out of step now: stop this rank
+        rec.add(ok=not msgs, msg="; ".join(msgs), **entry)
+
+
+def run_ddp(rank: int, sizes: list[int], backends: list[str], rec: Recorder, group) -> None:
+    """DDP-averaged parameter gradients equal those of one process on the concatenated batch.
+
+    DDP averages Σ_r ∇loss_r / world_size; with equal local sizes that is the gradient of the global mean
+    (checked literally), in general that of (1/world_size) Σ_r mean over rank r's rows.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from clnscl import contrastive_loss
+
+    world, n_glob = len(sizes), sum(sizes)
+    offsets = [sum(sizes[:r]) for r in range(world)]
+    off, n = offsets[rank], sizes[rank]
+    equal = len(set(sizes)) == 1
+    d_in, d_out, v = 11, 6, 2
+    configs = [(obj, dec, be) for obj in ("cl", "nscl", "supcon") for dec in (False, True) for be in backends]
+    for i, (obj, dec, be) in enumerate(configs):
+        name = f"DDP {obj} decoupled={dec} V={v} backend={be}"
+        entry = dict(kind="ddp", name=name, objective=obj, decoupled=dec, v=v, backend=be, n=n)
+        msgs: list[str] = []
+        try:
+            x, labels = global_batch(500 + i + 31 * n_glob, n_glob, v, d_in, obj)
+            kw = dict(objective=obj, decoupled=dec, temperature=TAU)
+            torch.manual_seed(1234 + i)
+            net = torch.nn.Sequential(torch.nn.Linear(d_in, 9), torch.nn.Tanh(), torch.nn.Linear(9, d_out))
+            net = net.double()
+
+            def oracle_grads(objective_fn):
+                params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+                z = torch.tanh(x @ params[0].T + params[1]) @ params[2].T + params[3]
+                return torch.autograd.grad(objective_fn(z), params)
+
+            def averaged(z):
+                rows = contrastive_loss(z, labels, reduction="none", backend="reference", **kw)
+                return sum(rows[o : o + m].mean() for o, m in zip(offsets, sizes)) / world
+
+            want = oracle_grads(averaged)
+            if equal:
+                want_mean = oracle_grads(lambda z: contrastive_loss(z, labels, backend="reference", **kw))
+            ddp = DDP(net, process_group=group)
+            ll = None if labels is None else labels[off : off + n]
+            loss = contrastive_loss(ddp(x[off : off + n]), ll, backend=be, process_group=group, **kw)
+            loss.backward()
+            for j, (pname, p) in enumerate(net.named_parameters()):
+                m = _mismatch(f"DDP grad of {pname}", p.grad, want[j], GRAD_TOL)
+                if m is None and equal:
+                    m = _mismatch(f"DDP grad of {pname} vs global mean", p.grad, want_mean[j], GRAD_TOL)
+                if m:
+                    msgs.append(m)
+            entry["local_loss"] = loss.item()
+        except Exception:  # noqa: BLE001
+            msgs.append("exception:\n" + traceback.format_exc())
+            rec.add(ok=False, msg="; ".join(msgs), **entry)
+            raise
+        rec.add(ok=not msgs, msg="; ".join(msgs), **entry)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--world", type=int, required=True)
+    p.add_argument("--init", required=True, help="FileStore path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--sizes", required=True)
+    p.add_argument("--modes", required=True, help="comma-separated: loss, ddp")
+    p.add_argument("--backends", default="reference,cpu")
+    p.add_argument("--timeout", type=float, default=60.0, help="gloo collective timeout, seconds")
+    a = p.parse_args(argv)
+    sizes = [int(s) for s in a.sizes.split(",")]
+    assert len(sizes) == a.world
+    torch.set_num_threads(1)
+    rec = Recorder(os.path.join(a.out, f"rank{a.rank}.json"), a.rank, sizes)
+    rec.flush()
+    code = 0
+    try:
+        backends = [b for b in a.backends.split(",") if b]
+        if "cpu" in backends:  # a compile (stale cache) happens here, before any gloo timeout runs
+            from clnscl.loss.backends import BACKENDS
+
+            BACKENDS["cpu"].unavailable()
+        dist.init_process_group(
+            "gloo", init_method=f"file://{a.init}", rank=a.rank, world_size=a.world,
+            timeout=datetime.timedelta(seconds=a.timeout),
+        )
+        group = dist.group.WORLD
+        rec.data["seconds_to_init"] = round(time.monotonic() - T0, 2)
+        open(os.path.join(a.out, f"rank{a.rank}.ready"), "w").close()  # the parent's check timeout starts
+        for mode in a.modes.split(","):
+            run = {"loss": run_loss, "ddp": run_ddp}[mode]
+            run(a.rank, sizes, backends, rec, group)
+        rec.data["done"] = True
+        rec.data["seconds"] = round(time.monotonic() - T0, 2)
+        rec.flush()
+        code = 0 if rec.ok else 1
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001
+        rec.data["error"] = traceback.format_exc()
+        rec.flush()
+        traceback.print_exc()
+        code = code or 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Generator-driven augmentations: deterministic given the generator, shards equal to rows of the whole batch,
+per-sample randomness, geometry conventions, input errors."""
+
+import pytest
+import torch
+
+from clnscl.train.augment import Augment
+from tests.support.seeds import seeded
+
+
+def test_augment_deterministic_given_generator_state(digits):
+    x = digits[0][:64]
+    aug = Augment()
+    g = seeded(7)
+    state = g.get_state()
+    v1 = aug(x, g)
+    v2 = aug(x, g)  # same generator, advanced: a fresh view
+    g2 = torch.Generator()
+    g2.set_state(state)
+    assert torch.equal(aug(x, g2), v1) and torch.equal(aug(x, g2), v2)
+    assert not torch.equal(v1, v2)
+    assert not torch.equal(aug(x, seeded(8)), v1)
+    # the consumption depends only on the batch shape and on whether there is noise
+    g3, g4 = seeded(1), seeded(1)
+    Augment()(x, g3)
+    Augment(rotation=0, jitter_p=0, noise_std=0.5, crop_scale=(1, 1))(x, g4)
+    assert torch.equal(g3.get_state(), g4.get_state())
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.05])
+def test_augment_shards_are_rows_of_the_whole_batch(digits, noise_std):
+    """Under torchrun each process transforms its shard of the global batch: the same pixels as the
+    corresponding rows of the whole batch, and the generator ends in the same state on every process."""
+    x = digits[0][:50]
+    aug = Augment(noise_std=noise_std, hflip_p=0.5)
+    g = seeded(3)
+    whole = aug.views(x, g)
+    for offset, size in ((0, 25), (25, 25), (7, 13), (50, 0)):
+        gs = seeded(3)
+        part = aug.views(x[offset : offset + size], gs, batch_size=50, offset=offset)
+        for v, w in zip(part, whole):
+            torch.testing.assert_close(v, w[offset : offset + size], rtol=0, atol=1e-6)
+        assert torch.equal(gs.get_state(), g.get_state())
+    with pytest.raises(ValueError, match="batch_size=50"):
+        aug(x[:10], seeded(0), batch_size=50, offset=45)
+
+
+def test_augment_shape_range_and_per_sample_randomness(digits):
+    x = digits[0][:1].expand(32, 1, 8, 8).contiguous()  # the same image 32 times
+    out = Augment()(x, seeded(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    flat = out.flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(32) * 1e9).min() > 1e-4  # every sample got its own parameters
+    assert (out - x).abs().mean() > 0.02  # it does change the images
+    wide = torch.rand(5, 3, 12, 20, generator=seeded(1))
+    assert Augment(hflip_p=0.5, padding_mode="reflection")(wide, seeded(2)).shape == (5, 3, 12, 20)
+    assert Augment()(wide.double(), seeded(2)).dtype == torch.float64
+
+
+def test_augment_geometry_conventions():
+    x = torch.rand(6, 2, 8, 8, generator=seeded(3))
+    still = dict(crop_scale=(1, 1), crop_ratio=(1, 1), rotation=0, jitter_p=0, noise_std=0)
+    assert torch.allclose(Augment(**still)(x, seeded(0)), x, atol=1e-6)  # full window, no rotation: identity
+    assert torch.allclose(Augment(**still, hflip_p=1.0)(x, seeded(0)), x.flip(-1), atol=1e-6)
+    # a quarter-area window is a 2x zoom: a constant image stays constant inside
+    const = torch.full((4, 1, 8, 8), 0.5)
+    assert torch.allclose(Augment(crop_scale=(0.25, 0.25), crop_ratio=(1, 1), rotation=0, jitter_p=0,
+                                  noise_std=0)(const, seeded(0)), const, atol=1e-6)
+
+
+def test_augment_rotation_is_rigid_on_non_square_images():
+    # a blob 10 pixels right of the centre of a 33x65 image: a full-window rotation keeps it 10 pixels away
+    h, w = 33, 65
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    x = torch.exp(-((xx - cx - 10) ** 2 + (yy - cy) ** 2) / 4).expand(16, 1, h, w).contiguous()
+    out = Augment(crop_scale=(1, 1), crop_ratio=(1, 1), rotation=60, jitter_p=0, noise_std=0)(x, seeded(3))
+    mass = out[:, 0].sum(dim=(1, 2))
+    px = (out[:, 0] * xx).sum(dim=(1, 2)) / mass - cx
+    py = (out[:, 0] * yy).sum(dim=(1, 2)) / mass - cy
+    assert torch.allclose(torch.hypot(px, py), torch.full((16,), 10.0), atol=0.1)
+    angles = torch.rad2deg(torch.atan2(py, px)).abs()
+    assert angles.max() <= 60.5 and angles.max() > 20  # rotated, within the range
+
+
+def test_augment_input_errors():
+    aug = Augment()
+    with pytest.raises(TypeError, match="Generator"):
+        aug(torch.rand(2, 1, 8, 8), None)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        aug(torch.rand(1, 8, 8), seeded(0))
+    with pytest.raises(TypeError, match="floating"):
+        aug(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), seeded(0))
+    with pytest.raises(ValueError, match="crop_scale"):
+        Augment(crop_scale=(0.0, 1.0))

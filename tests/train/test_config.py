@@ -1,0 +1,197 @@
+"""Trainer configuration: defaults, YAML + --set overrides of every field type, clear errors naming the key,
+round trip through config.yaml, help text."""
+import dataclasses
+
+import pytest
+
+from clnscl.train.config import AugmentConfig, Config, ConfigError, describe, load_config
+from tests.support.processes import REPO
+
+yaml = pytest.importorskip("yaml")
+
+
+def test_defaults():
+    c = load_config()
+    assert c == Config()
+    assert c.objectives == ["cl", "nscl", "supcon", "ce"] and c.anchor == "cl"
+    assert (c.temperature, c.decoupled, c.batch_size, c.epochs) == (0.5, False, 256, 30)
+    assert (c.optimizer, c.lr, c.lr_scaling, c.weight_decay, c.warmup_epochs) == ("sgd", 0.1, "none", 5e-4, 2)
+    assert (c.sampler, c.seed, c.dataset, c.data_root, c.num_classes) == ("uniform", 0, "digits", None, None)
+    assert (c.model, c.projector_dim, c.hidden_dim, c.eval_every, c.reference_size, c.knn_k) == \
+        ("small_cnn", 64, 128, 20, None, 20)
+    assert (c.out, c.device) == ("runs/default", "auto")
+    assert c.augment == AugmentConfig() and c.augment.crop_scale == (0.6, 1.0)
+
+
+def test_overrides_of_every_type():
+    c = load_config(overrides=[
+        "temperature=0.1",          # float
+        "lr=1e-3",                  # float that YAML 1.1 reads as a string
+        "weight_decay=0",           # int given to a float field
+        "batch_size=128",           # int
+        "epochs=2e1",               # integral float given to an int field
+        "decoupled=true",           # bool
+        "optimizer=AdamW",          # choice, case-insensitive
+        "num_classes=4",            # optional int
+        "data_root=/tmp/data dir",  # optional str
+        "out=0x10",                 # str keeps the text as typed
+        "objectives=[cl, nscl]",    # list (YAML)
+        "augment.rotation=5",       # nested
+        "augment.crop_scale=[0.5, 1]",  # nested tuple
+        "augment.padding_mode=border",
+    ])
+    assert c.temperature == 0.1 and c.lr == 1e-3 and c.weight_decay == 0.0 and isinstance(c.weight_decay, float)
+    assert c.batch_size == 128 and c.epochs == 20 and isinstance(c.epochs, int)
+    assert c.decoupled is True and c.optimizer == "adamw" and c.num_classes == 4
+    assert c.data_root == "/tmp/data dir" and c.out == "0x10"
+    assert c.objectives == ["cl", "nscl"]
+    assert c.augment.rotation == 5.0 and c.augment.crop_scale == (0.5, 1.0) and c.augment.padding_mode == "border"
+    # comma-separated lists, clearing an optional key, later overrides win, a whole section as a mapping
+    c = load_config(overrides=["objectives=nscl,cl", "num_classes=5", "num_classes=null", "reference_size=none",
+                               "augment={noise_std: 0, jitter_p: 0.5}", "decoupled=0"])
+    assert c.objectives == ["nscl", "cl"] and c.num_classes is None and c.reference_size is None
+    assert c.augment.noise_std == 0.0 and c.augment.jitter_p == 0.5 and c.decoupled is False
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("temperature: 0.2\nweight_decay: 1e-6\nobjectives: [cl, supcon]\n"
+                    "augment:\n  rotation: 0\n  crop_scale: [0.8, 1.0]\naugment.noise_std: 0.1\n")
+    c = load_config(path, ["temperature=0.3"])
+    assert c.temperature == 0.3 and c.weight_decay == 1e-6 and c.objectives == ["cl", "supcon"]
+    assert c.augment.rotation == 0.0 and c.augment.crop_scale == (0.8, 1.0) and c.augment.noise_std == 0.1
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == Config()
+
+
+def test_save_round_trip_and_to_dict(tmp_path):
+    c = load_config(overrides=["temperature=0.25", "objectives=[cl,ce]", "augment.crop_scale=[0.7,0.9]",
+                               "num_classes=3", "out=runs/x"])
+    written = c.save(tmp_path / "run")
+    assert written == tmp_path / "run" / "config.yaml" and written.exists()
+    assert load_config(written) == c
+    d = c.to_dict()
+    assert d["augment"]["crop_scale"] == [0.7, 0.9] and d["objectives"] == ["cl", "ce"]
+    assert yaml.safe_load(yaml.safe_dump(d)) == d
+    assert c.save(tmp_path / "other.yaml") == tmp_path / "other.yaml"
+
+
+def test_scaled_lr():
+    base = dict(lr=0.1, batch_size=1024)
+    assert Config(**base, lr_scaling="none").scaled_lr() == pytest.approx(0.1)
+    assert Config(**base, lr_scaling="linear").scaled_lr() == pytest.approx(0.4)
+    assert Config(**base, lr_scaling="sqrt").scaled_lr() == pytest.approx(0.2)
+    assert Config(**base, lr_scaling="fourth_root").scaled_lr() == pytest.approx(0.1 * 2 ** 0.5)
+
+
+@pytest.mark.parametrize("override, key, extra", [
+    ("temprature=0.1", "temprature", "did you mean 'temperature'"),
+    ("rotation=3", "rotation", "did you mean 'augment.rotation'"),
+    ("augment.rotaton=3", "augment.rotaton", "did you mean 'augment.rotation'"),
+    ("lr.base=3", "lr.base", "valid keys: objectives"),
+    ("augment=3", "augment", "augment.rotation"),
+    ("optimizer=adam", "optimizer", "valid choices: sgd, adamw, lars"),
+    ("model=vit", "model", "small_cnn, resnet18, resnet50"),
+    ("lr_scaling=cubic", "lr_scaling", "none, linear, sqrt, fourth_root"),
+    ("dataset=mnist", "dataset", "digits, cifar10, cifar100, imagefolder"),
+    ("augment.padding_mode=wrap", "augment.padding_mode", "zeros, border, reflection"),
+    ("objectives=[cl, simclr]", "objectives", "'simclr'"),
+    ("objectives=[]", "objectives", "empty"),
+    ("objectives=[cl, nscl, cl]", "objectives", "duplicate"),
+    ("objectives=[ce, cl]", "objectives", "anchor"),
+    ("batch_size=abc", "batch_size", "'abc'"),
+    ("batch_size=12.5", "batch_size", "integer"),
+    ("batch_size=1", "batch_size", ">= 2"),
+    ("decoupled=maybe", "decoupled", "true or false"),
+    ("temperature=0", "temperature", "> 0"),
+    ("temperature=-1", "temperature", "> 0"),
+    ("temperature=nan", "temperature", "finite"),
+    ("temperature=[1]", "temperature", "number"),
+    ("epochs=0", "epochs", ">= 1"),
+    ("lr=0", "lr", "> 0"),
+    ("weight_decay=-1e-4", "weight_decay", ">= 0"),
+    ("warmup_epochs=40", "warmup_epochs", "epochs=30"),
+    ("momentum=1", "momentum", "[0, 1)"),
+    ("seed=-1", "seed", ">= 0"),
+    ("num_classes=1", "num_classes", ">= 2"),
+    ("num_classes=11", "num_classes", "10 classes"),
+    ("dataset=cifar10", "data_root", "required"),
+    ("reference_fraction=1", "reference_fraction", "(0, 1)"),
+    ("reference_size=2", "reference_size", ">= 4"),
+    ("eval_every=0", "eval_every", ">= 1"),
+    ("knn_k=0", "knn_k", ">= 1"),
+    ("projector_dim=0", "projector_dim", ">= 1"),
+    ("hidden_dim=0", "hidden_dim", ">= 1"),
+    ("device=gpu", "device", "cuda:N"),
+    ("out=", "out", "null"),
+    ("epochs=null", "epochs", "null"),
+    ("augment.crop_scale=[0.5]", "augment.crop_scale", "2 values"),
+    ("augment.crop_scale=[0.9, 0.5]", "augment.crop_scale", "low <= high"),
+    ("augment.rotation=200", "augment.rotation", "[0, 180]"),
+    ("augment.brightness=1", "augment.brightness", "[0, 1)"),
+    ("augment.jitter_p=1.5", "augment.jitter_p", "[0, 1]"),
+    ("augment.noise_std=-0.1", "augment.noise_std", ">= 0"),
+])
+def test_errors_name_the_key(override, key, extra):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = str(info.value)
+    assert f"'{key}'" in message and extra in message, message
+    assert isinstance(info.value, ValueError)
+
+
+def test_stratified_batch_size_must_divide_classes():
+    with pytest.raises(ConfigError, match="'batch_size'.*10 classes.*stratified"):
+        load_config(overrides=["sampler=stratified"])
+    assert load_config(overrides=["sampler=stratified", "batch_size=250"]).batch_size == 250
+    assert load_config(overrides=["sampler=stratified", "num_classes=4"]).sampler == "stratified"
+
+
+def test_other_error_paths(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["temperature"])
+    with pytest.raises(ConfigError, match="no key"):
+        load_config(overrides=["=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    bad.write_text("temperatur: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'temperatur' in .*bad\.yaml.*did you mean 'temperature'"):
+        load_config(bad)
+    bad.write_text("augment:\n  rotate: 3\n")
+    with pytest.raises(ConfigError, match="'augment.rotate'"):
+        load_config(bad)
+    bad.write_text("temperature: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+    # direct construction and dataclasses.replace validate too
+    with pytest.raises(ConfigError, match="'temperature'"):
+        Config(temperature=-0.5)
+    with pytest.raises(ConfigError, match="'batch_size'"):
+        dataclasses.replace(Config(), batch_size=1)
+    with pytest.raises(ConfigError, match="'augment.hue'"):
+        Config(augment={"hue": 0.1})
+
+
+def test_describe_lists_every_key_with_default_and_choices():
+    text = describe()
+    keys = [f.name for f in dataclasses.fields(Config) if f.name != "augment"]
+    keys += [f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig)]
+    for key in keys:
+        assert f"  {key} (" in text, key
+    assert "temperature (float, default 0.5)" in text
+    assert "objectives (list of str, default [cl, nscl, supcon, ce])" in text
+    assert "choices: sgd, adamw, lars" in text and "choices: digits, cifar10, cifar100, imagefolder" in text
+    assert "num_classes (int or null, default null)" in text
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    """Every config in configs/ is valid once data_root is given (the paper's settings: ResNet-50, batch 1024,
+    LARS)."""
+    cfg = load_config(path, ["data_root=/data"])
+    assert cfg.model == "resnet50" and cfg.batch_size == 1024 and cfg.optimizer == "lars"
