@@ -10,7 +10,8 @@ import torch
 
 def report() -> str:
     from . import __version__, extension
-    from .loss.backends import BACKENDS as LOSS, triton_interpret
+    from .loss.backends import BACKENDS as LOSS
+    from .loss.ops import triton_interpret
     from .metrics.pairwise import BACKENDS as METRICS
 
     lines = [

@@ -8,13 +8,11 @@ takes the op's arguments (loss/ops.py) and the input's dtype, and returns lse di
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..dispatch import Backend, Registry
 from . import reference
-from .ops import LseArgs, load_cpp
+from .ops import LseArgs, load_cpp, triton_interpret
 
 
 class Reference(Backend):
@@ -48,10 +46,6 @@ class CppOps(Backend):
         if self.name == "cuda":  # the CUDA kernels read bf16/fp16 and accumulate in fp32
             args = args.cast(io_dtype)
         return torch.ops.clnscl.masked_lse(*args)
-
-
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 class Triton(Backend):

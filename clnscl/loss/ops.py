@@ -8,6 +8,7 @@ get the fake kernels (shapes only, for torch.compile) and the autograd below; th
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -32,6 +33,11 @@ class LseArgs(NamedTuple):
     def cast(self, dtype: torch.dtype) -> "LseArgs":
         """The same problem with q and k in `dtype` (the GPU kernels read bf16/fp16 and accumulate in fp32)."""
         return self._replace(q=self.q.to(dtype), k=None if self.k is None else self.k.to(dtype))
+
+
+def triton_interpret() -> bool:
+    """Whether Triton's CPU interpreter is switched on (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def fake_lse(q, *_):

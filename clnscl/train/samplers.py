@@ -10,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-from ..checks import check_labels
+from ..checks import check_int, check_labels
 
 
 class _ResumableBatches:
@@ -141,9 +141,8 @@ class UniformBatches(_ResumableBatches):
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
         super().__init__(generator)
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if int(batch_size) > int(n):
+        batch_size = check_int(batch_size, "batch_size", 1)
+        if batch_size > int(n):
             raise ValueError(f"batch_size={batch_size} is larger than the {n} samples (the last incomplete batch "
                              "is dropped, so an epoch would be empty)")
         self.n = int(n)
@@ -185,9 +184,7 @@ class StratifiedBatches(_ResumableBatches):
         super().__init__(generator)
         check_labels(labels, "labels")
         labels = labels.detach().cpu().long()
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        batch_size = int(batch_size)
+        batch_size = check_int(batch_size, "batch_size", 1)
         classes, counts = torch.unique(labels, sorted=True, return_counts=True)
         num_classes = classes.numel()
         if num_classes == 0:

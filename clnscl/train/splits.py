@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ..checks import check_labels
+from ..checks import check_int, check_labels, check_real
 from .datasets import load_source
 
 
@@ -35,9 +35,7 @@ def split_indices(labels: torch.Tensor, reference_fraction: float = 0.2,
     class; both index tensors are returned sorted. Vectorised (one sort), so it is cheap for 10^6 labels.
     """
     labels = _cpu_labels(labels)
-    f = float(reference_fraction)
-    if not 0.0 < f < 1.0:
-        raise ValueError(f"reference_fraction must be in (0, 1), got {reference_fraction!r}")
+    f = check_real(reference_fraction, "reference_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
     n = labels.numel()
     if n < 2:
         raise ValueError(f"cannot split {n} sample(s) into a training and a reference set")
@@ -80,8 +78,8 @@ def class_subset(labels: torch.Tensor, num_classes: int | None, seed: int) -> li
     available = classes.numel()
     if num_classes is None:
         return [int(c) for c in classes]
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= available:
-        raise ValueError(f"num_classes must be an int in [1, {available}] (the classes present), got {num_classes!r}")
+    if not 1 <= check_int(num_classes, "num_classes") <= available:
+        raise ValueError(f"num_classes must be in [1, {available}] (the classes present), got {num_classes!r}")
     chosen = classes[torch.randperm(available, generator=_seeded(seed))[:num_classes]]
     return sorted(int(c) for c in chosen)
 

@@ -8,19 +8,18 @@ without atomics. Dots run in the input dtype (fp32, bf16, fp16) with fp32 accumu
 gradients take q's dtype. `unit_rows` is accepted for schema parity and not used (the running max needs no
 bound on the rows). Under TRITON_INTERPRET=1 (read when this module is imported) the kernels run on CPU tensors.
 """
-import os
 from typing import Optional
 
 import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from ..ops import fake_backward, fake_lse, register_autograd
+from ..ops import fake_backward, fake_lse, register_autograd, triton_interpret
 from .kernels import lse_bwd_kernel, lse_fwd_kernel
 
 MAX_D = 1024
 LOG2E = 1.4426950408889634
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = triton_interpret()  # fixed at import, as triton itself reads it
 
 
 def _define(name: str):
