@@ -94,3 +94,23 @@ def test_a_lazy_cycle_is_found(tmp_path):
     assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.a"} and graph["pkg.c"] == {"pkg.a"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
 
+
+
+def test_the_public_names_are_where_users_find_them():
+    import torch
+
+    import clnscl
+    import clnscl.metrics
+    from clnscl.loss.ops import load_cpp
+    from clnscl.train.global_bn import GlobalBatchNorm
+
+    for name in ("contrastive_loss", "NTXentLoss", "DCLLoss", "NSCLLoss", "SupConLoss", "__version__"):
+        assert name in clnscl.__all__ and getattr(clnscl, name) is not None
+    assert clnscl.contrastive_loss is clnscl.loss.contrastive_loss and clnscl.NSCLLoss is clnscl.loss.NSCLLoss
+    for name in clnscl.metrics.__all__:
+        assert callable(getattr(clnscl.metrics, name)), name
+    assert issubclass(GlobalBatchNorm, torch.nn.modules.batchnorm._BatchNorm)
+    load_cpp("cpu")
+    for op in ("masked_lse", "masked_lse_backward", "pairwise_moments", "pairwise_histograms",
+               "pairwise_rank_product"):
+        assert hasattr(torch.ops.clnscl, op), op

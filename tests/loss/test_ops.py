@@ -80,3 +80,43 @@ def test_torch_compile_fullgraph_forward_and_backward(objective, decoupled):
     (g_compiled,) = torch.autograd.grad(compiled, z)
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+@pytest.mark.parametrize("include", [7, 5, 6, 4, 2])
+def test_every_backend_computes_the_same_masked_lse(cross, include):
+    """The backends share one interface (loss/ops.LseArgs): the reference's materialised LSE, the C++ op and
+    (where it runs) the Triton op give the same lse and gradients on the same arguments, including the −inf
+    of a row whose D(a) is empty (a singleton class with include = SAME) and its zero gradient."""
+    from clnscl.loss.backends import BACKENDS
+    from clnscl.loss.ops import LseArgs
+
+    x, inst, cls = _problem(40, 2, 13, 4, seed=include)
+    cls = torch.where(inst == 39, 99, cls)  # a singleton class: empty D(a) for include = SAME only
+    if cross:
+        rows = slice(10, 47)
+        args = LseArgs(x[rows], x, inst[rows], cls[rows], inst, cls, 10, 7.0, include, True)
+    else:
+        args = LseArgs(x, None, inst, cls, None, None, 0, 7.0, include, True)
+    grad = torch.randn(args.q.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    results = {}
+    for name in ("reference", "cpu", "triton"):
+        backend = BACKENDS[name]
+        if backend.unavailable() or backend.unsupported(args.q.float()):
+            continue
+        dtype = torch.float32 if name == "triton" else torch.float64
+        q = args.q.to(dtype).requires_grad_()
+        k = None if args.k is None else args.k.to(dtype).requires_grad_()
+        lse = backend.masked_lse(args._replace(q=q, k=k), dtype)
+        leaves = (q,) if k is None else (q, k)
+        grads = torch.autograd.grad(lse, leaves, grad.to(lse.dtype))
+        results[name] = (lse.double(), [g.double() for g in grads])
+    assert {"reference", "cpu"} <= set(results)
+    want, want_grads = results["reference"]
+    assert bool(torch.isinf(want).any()) == (include == 2 and not cross)  # the singleton's rows, when they are rows
+    for name, (lse, grads) in results.items():
+        tol = 1e-5 if name == "triton" else 1e-12
+        torch.testing.assert_close(lse, want, rtol=tol, atol=tol, msg=lambda m: f"{name} lse: {m}")
+        for g, w in zip(grads, want_grads):
+            assert torch.isfinite(g).all(), name
+            torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m: f"{name} gradient: {m}")

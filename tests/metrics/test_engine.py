@@ -88,3 +88,24 @@ def test_nearly_constant_cosine_rdm_falls_back_to_the_pairs():
     x, y = x + 1000, y + 1000
     want = reference.rsa(x, y, "cosine", "pearson")
     assert metrics.rsa(x, y) == pytest.approx(want, rel=1e-6)
+
+
+def test_the_backend_rule_is_the_losses(monkeypatch):
+    """An explicit engine that cannot run raises with the reason; auto falls back to the materialised
+    reference with a warning that gives the reason, once (clnscl/dispatch.py, as for the loss)."""
+    from clnscl import dispatch
+
+    reason = "the CPU ops failed to build (simulated for the test)"
+    monkeypatch.setattr(pairwise.BACKENDS["cpu"], "unavailable", lambda: reason)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    x, y = _data(61, 6, 4, "random", 7)
+    with pytest.raises(RuntimeError, match=r"backend 'cpu' is unavailable: .*simulated for the test"):
+        metrics.rsa(x, y, "euclidean", "spearman", backend="cpu")
+    with pytest.warns(UserWarning, match=r"clnscl metrics: no fused backend .*simulated for the test.*materialised"):
+        got = metrics.rsa(x, y, "euclidean", "spearman")
+    assert got == reference.rsa(x, y, "euclidean", "spearman")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same reason warns once
+        assert metrics.cka(x, y, "rbf", sigma=1.5) == pytest.approx(reference.cka(x, y, "rbf", 1.5, False), rel=1e-12)

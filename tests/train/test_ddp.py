@@ -99,6 +99,7 @@ def test_two_process_training_equals_one_process_training(tmp_path, sampler):
     import math
     import torch
 
+    from clnscl.train.checkpoint import load_checkpoint
     from clnscl.train.config import Config
     from clnscl.train.loop import CoupledTrainer
 
@@ -117,7 +118,7 @@ def test_two_process_training_equals_one_process_training(tmp_path, sampler):
             if k == "time" or not isinstance(v, float):
                 continue
             assert math.isclose(a[k], v, rel_tol=2e-4, abs_tol=2e-5), f"step {b['step']}: {k}: {a[k]!r} != {v!r}"
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    _, state = load_checkpoint(run)  # weights_only: a distributed run's checkpoint holds no code
     for name, model, sd in zip(config["objectives"], single.models, state["models"]):
         for k, v in model.state_dict().items():
             torch.testing.assert_close(sd[k], v, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}.{k}: {m}")
