@@ -5,6 +5,13 @@ a + row_off) and the relation of (a, b) — same instance, same class other inst
 (1, 2, 4) set in INCLUDE (the loss table, loss/table.py). Base-2 arithmetic throughout: t = s·log2(e).
 The forward is an online (running max) log-sum-exp over column blocks; the backward recomputes each tile from
 the saved lse: OUT = scale·P·Y with P_ab = [b ∈ D(a)]·(row and/or column softmax weights).
+
+Features are taken BLOCK_D at a time: with NUM_D = 1 a program loads its rows' block once and each column
+block once per tile (the fastest path, for small d); with NUM_D > 1 every score tile is a sum over NUM_D
+feature chunks, so large d (or fp32, whose tf32x3 dots need more registers) fits a tile that the tensor cores
+take. The backward writes its output BLOCK_O features at a time (a second grid axis), which bounds its
+accumulator whatever d is; when the output chunk is the whole feature block (SAME_TILE), the column block
+loaded for the scores serves the output product too.
 """
 import triton
 import triton.language as tl
@@ -20,10 +27,26 @@ def in_denominator(ri, rc, rg, ci, cc, cg, INCLUDE: tl.constexpr):
 
 
 @triton.jit
+def chunked_scores(A, B, rows, cols, row_ok, col_ok, d, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_D: tl.constexpr):
+    """⟨A[rows], B[cols]⟩ (BLOCK_M × BLOCK_N, fp32 accumulation) over NUM_D chunks of BLOCK_D features."""
+    dims = tl.arange(0, BLOCK_D)
+    s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for c in range(NUM_D):
+        dc = c * BLOCK_D + dims
+        a = tl.load(A + rows.to(tl.int64)[:, None] * d + dc[None, :], mask=row_ok[:, None] & (dc[None, :] < d),
+                    other=0.0)
+        b = tl.load(B + cols.to(tl.int64)[:, None] * d + dc[None, :], mask=col_ok[:, None] & (dc[None, :] < d),
+                    other=0.0)
+        s = tl.dot(a, tl.trans(b), s, input_precision=DOT_PREC)
+    return s
+
+
+@triton.jit
 def lse_fwd_kernel(
     Q, K, RI, RC, CI, CC, LSE, n_rows, n_cols, d, row_off, scale_log2,
     INCLUDE: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_D: tl.constexpr,
 ):
     """LSE[a] = ln 2 · log2 Σ_{b ∈ D(a)} 2^{t_ab}, t_ab = scale_log2·⟨q_a, k_b⟩, by a running max over columns.
 
@@ -32,8 +55,9 @@ def lse_fwd_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < n_rows
-    q = tl.load(Q + rows.to(tl.int64)[:, None] * d + dims[None, :],
-                mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
+    if NUM_D == 1:
+        q = tl.load(Q + rows.to(tl.int64)[:, None] * d + dims[None, :],
+                    mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
     ri = tl.load(RI + rows, mask=row_ok, other=0)
     rc = tl.load(RC + rows, mask=row_ok, other=0)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -41,11 +65,15 @@ def lse_fwd_kernel(
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n_cols
-        k = tl.load(K + cols.to(tl.int64)[:, None] * d + dims[None, :],
-                    mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
+        if NUM_D == 1:
+            k = tl.load(K + cols.to(tl.int64)[:, None] * d + dims[None, :],
+                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        else:
+            s = chunked_scores(Q, K, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
         ci = tl.load(CI + cols, mask=col_ok, other=0)
         cc = tl.load(CC + cols, mask=col_ok, other=0)
-        t = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+        t = s * scale_log2
         keep = in_denominator(ri, rc, rows + row_off, ci, cc, cols, INCLUDE) & col_ok[None, :]
         t = tl.where(keep, t, float("-inf"))
         m_new = tl.maximum(m, tl.max(t, axis=1))
@@ -61,32 +89,41 @@ def lse_fwd_kernel(
 def lse_bwd_kernel(
     X, Y, OUT, XI, XC, YI, YC, W_X, L_X, W_Y, L_Y, n_x, n_y, d, x_off, y_off, scale_log2, scale,
     INCLUDE: tl.constexpr, USE_ROW_TERM: tl.constexpr, USE_COL_TERM: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_D: tl.constexpr,
+    BLOCK_O: tl.constexpr, SAME_TILE: tl.constexpr,
 ):
-    """OUT[a] = scale·Σ_b P_ab·Y[b], P_ab = [b ∈ D(a)]·(w_x[a]·2^{t_ab − L_x[a]} + w_y[b]·2^{t_ab − L_y[b]});
+    """OUT[a, o] = scale·Σ_b P_ab·Y[b, o] for the BLOCK_O features o of program_id(1), with
+    P_ab = [b ∈ D(a)]·(w_x[a]·2^{t_ab − L_x[a]} + w_y[b]·2^{t_ab − L_y[b]});
 
     t_ab = scale_log2·⟨x_a, y_b⟩; L = lse·log2(e) (+inf with w = 0 for empty rows, so their terms vanish).
     The row term is used if USE_ROW_TERM, the column term if USE_COL_TERM; row a is self of column b when
-    a + x_off == b + y_off.
+    a + x_off == b + y_off. SAME_TILE (NUM_D = 1 and BLOCK_O = BLOCK_D) reuses the scores' column block.
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
+    outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     row_ok = rows < n_x
-    dim_ok = dims[None, :] < d
-    x = tl.load(X + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & dim_ok, other=0.0)
+    if NUM_D == 1:
+        x = tl.load(X + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
+                    other=0.0)
     xi = tl.load(XI + rows, mask=row_ok, other=0)
     xc = tl.load(XC + rows, mask=row_ok, other=0)
     if USE_ROW_TERM:
         w_x = tl.load(W_X + rows, mask=row_ok, other=0.0)
         l_x = tl.load(L_X + rows, mask=row_ok, other=float("inf"))
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_O], tl.float32)
     for start in range(0, n_y, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n_y
-        y = tl.load(Y + cols.to(tl.int64)[:, None] * d + dims[None, :], mask=col_ok[:, None] & dim_ok, other=0.0)
+        if NUM_D == 1:
+            y = tl.load(Y + cols.to(tl.int64)[:, None] * d + dims[None, :],
+                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
+            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
+        else:
+            s = chunked_scores(X, Y, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
         yi = tl.load(YI + cols, mask=col_ok, other=0)
         yc = tl.load(YC + cols, mask=col_ok, other=0)
-        t = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * scale_log2
+        t = s * scale_log2
         p = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         if USE_ROW_TERM:
             p += w_x[:, None] * tl.exp2(t - l_x[:, None])
@@ -96,6 +133,11 @@ def lse_bwd_kernel(
             p += w_y[None, :] * tl.exp2(t - l_y[None, :])
         keep = in_denominator(xi, xc, rows + x_off, yi, yc, cols + y_off, INCLUDE) & col_ok[None, :]
         p = tl.where(keep, p, 0.0)
-        acc += tl.dot(p.to(y.dtype), y, input_precision=DOT_PREC)
-    tl.store(OUT + rows.to(tl.int64)[:, None] * d + dims[None, :], (acc * scale).to(OUT.dtype.element_ty),
-             mask=row_ok[:, None] & dim_ok)
+        if SAME_TILE:
+            yo = y
+        else:
+            yo = tl.load(Y + cols.to(tl.int64)[:, None] * d + outs[None, :],
+                         mask=col_ok[:, None] & (outs[None, :] < d), other=0.0)
+        acc += tl.dot(p.to(yo.dtype), yo, input_precision=DOT_PREC)
+    tl.store(OUT + rows.to(tl.int64)[:, None] * d + outs[None, :], (acc * scale).to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & (outs[None, :] < d))

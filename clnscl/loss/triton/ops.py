@@ -8,7 +8,7 @@ without atomics. Dots run in the input dtype (fp32, bf16, fp16) with fp32 accumu
 gradients take q's dtype. `unit_rows` is accepted for schema parity and not used (the running max needs no
 bound on the rows). Under TRITON_INTERPRET=1 (read when this module is imported) the kernels run on CPU tensors.
 """
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -30,27 +30,111 @@ def _define(name: str):
     return triton_op(name, mutates_args=())
 
 
-def _config(d: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for feature dimension d; small blocks when interpreted."""
-    block_d = max(16, 1 << (int(d) - 1).bit_length())
-    if INTERPRET:
-        return 32, 32, block_d, 4, 1
-    if block_d <= 64:
-        return 128, 64, block_d, 4, 3
-    if block_d == 128:
-        return 128, 64, block_d, 8, 3
-    if block_d == 256:
-        return 64, 32, block_d, 8, 2
-    if block_d == 512:
-        return 32, 32, block_d, 8, 1
-    return 16, 16, block_d, 8, 1
+class Blocks(NamedTuple):
+    """The tiling of one kernel launch: rows and columns per program, features per chunk (and the number of
+    chunks a score tile sums over), output features per program (backward), warps and pipeline stages."""
+
+    m: int
+    n: int
+    d: int
+    num_d: int
+    o: int
+    warps: int
+    stages: int
+
+
+def bucket(d: int) -> int:
+    """The feature block a problem of dimension d is tiled for: the power of two ≥ max(d, 16)."""
+    return max(16, 1 << (int(d) - 1).bit_length())
+
+
+# (kind, dot precision class, feature bucket) -> (m, n, d chunk, o, warps, stages). The precision class is "16"
+# for bf16/fp16 inputs, "tf32x3" for fp32 at torch's default matmul precision, "tf32" for fp32 otherwise.
+# Each entry compiles for sm_90 without spills, within the shared memory of one block, on Hopper's tensor
+# cores (wgmma), with the installed triton and with 3.6 (python -m clnscl.kernels --check).
+_BLOCKS = {
+    ("fwd", "16", 16): (128, 64, 16, 16, 4, 3), ("fwd", "16", 32): (128, 64, 32, 32, 4, 3),
+    ("fwd", "16", 64): (128, 64, 64, 64, 4, 3), ("fwd", "16", 128): (128, 64, 128, 128, 8, 3),
+    ("fwd", "16", 256): (64, 32, 256, 256, 8, 2), ("fwd", "16", 512): (64, 32, 128, 128, 4, 2),
+    ("fwd", "16", 1024): (64, 32, 128, 128, 4, 2),
+    ("bwd", "16", 16): (128, 64, 16, 16, 8, 3), ("bwd", "16", 32): (128, 64, 32, 32, 8, 3),
+    ("bwd", "16", 64): (128, 64, 64, 64, 8, 3), ("bwd", "16", 128): (128, 32, 128, 128, 8, 3),
+    ("bwd", "16", 256): (64, 32, 256, 256, 8, 2), ("bwd", "16", 512): (128, 64, 64, 128, 8, 3),
+    ("bwd", "16", 1024): (128, 64, 64, 128, 8, 3),
+    ("fwd", "tf32x3", 16): (128, 128, 16, 16, 8, 3), ("fwd", "tf32x3", 32): (128, 128, 32, 32, 8, 3),
+    ("fwd", "tf32x3", 64): (128, 128, 64, 64, 8, 3), ("fwd", "tf32x3", 128): (128, 128, 32, 32, 8, 3),
+    ("fwd", "tf32x3", 256): (128, 128, 32, 32, 8, 3), ("fwd", "tf32x3", 512): (128, 128, 32, 32, 8, 3),
+    ("fwd", "tf32x3", 1024): (128, 128, 32, 32, 8, 3),
+    ("bwd", "tf32x3", 16): (128, 64, 16, 16, 8, 3), ("bwd", "tf32x3", 32): (128, 64, 32, 32, 8, 3),
+    ("bwd", "tf32x3", 64): (128, 64, 64, 64, 8, 2), ("bwd", "tf32x3", 128): (128, 64, 32, 64, 8, 3),
+    ("bwd", "tf32x3", 256): (128, 64, 32, 64, 8, 3), ("bwd", "tf32x3", 512): (128, 64, 32, 64, 8, 3),
+    ("bwd", "tf32x3", 1024): (128, 64, 32, 64, 8, 3),
+}
+_BLOCKS.update({(kind, "tf32", d): tiles for (kind, cls, d), tiles in list(_BLOCKS.items()) if cls == "tf32x3"})
+# Before Hopper (mma.sync keeps both operands' fragments in registers) smaller tiles where those spill.
+_AMPERE = {
+    **{("fwd", "tf32x3", 1 << k): (128, 64, 16, 16, 8, 3) for k in range(4, 11)},
+    **{("bwd", "tf32x3", 1 << k): (128, 32, min(32, 1 << k), min(32, 1 << k), 8, 3) for k in range(4, 11)},
+    **{("bwd", "tf32", 1 << k): (128, 32, 32, 64, 8, 3) for k in range(6, 11)},
+    ("bwd", "16", 512): (128, 32, 64, 64, 8, 3), ("bwd", "16", 1024): (128, 32, 64, 64, 8, 3),
+}
+
+
+def blocks(kind: str, dtype: torch.dtype, d: int, sm: int = 90) -> Blocks:
+    """The tiling of the forward ("fwd") or backward ("bwd") kernel for inputs of `dtype` and dimension d on a
+    GPU of compute capability `sm` (90: Hopper and later; below 90 the Ampere tiles)."""
+    full = bucket(d)
+    if INTERPRET:  # small tiles, and chunks from d = 64 up, so that the tests take every code path
+        chunk = min(full, 32)
+        return Blocks(32, 32, chunk, full // chunk, chunk, 4, 1)
+    key = (kind, "16" if dtype != torch.float32 else _dot_precision(dtype), full)
+    m, n, chunk, o, warps, stages = _AMPERE.get(key, _BLOCKS[key]) if sm < 90 else _BLOCKS[key]
+    return Blocks(m, n, chunk, full // chunk, min(o, full), warps, stages)
+
+
+def compute_capability(device: torch.device) -> int:
+    """10·major + minor of a CUDA device (90 for CPU tensors under the interpreter, which ignores it)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    """fp32 dots follow torch's matmul precision setting (full fp32 by default, as torch.mm); else tensor cores."""
+    """fp32 dots follow torch's matmul precision setting: at "highest" (the default, as torch.mm) three tf32
+    products (tf32x3: fp32-class accuracy on the tensor cores), else one tf32 product; 16-bit inputs ignore it."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
+        return "tf32x3"
     return "tf32"
+
+
+def forward_meta(dtype: torch.dtype, d: int, include: int, sm: int) -> dict:
+    """The constexprs and launch options of the forward kernel."""
+    b = blocks("fwd", dtype, d, sm)
+    return dict(INCLUDE=include, DOT_PREC=_dot_precision(dtype), BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_D=b.d,
+                NUM_D=b.num_d, num_warps=b.warps, num_stages=b.stages)
+
+
+def backward_meta(dtype: torch.dtype, d: int, include: int, sm: int, row_term: bool, col_term: bool) -> dict:
+    """The constexprs and launch options of the backward kernel (grid: row blocks × output chunks)."""
+    b = blocks("bwd", dtype, d, sm)
+    return dict(INCLUDE=include, USE_ROW_TERM=row_term, USE_COL_TERM=col_term, DOT_PREC=_dot_precision(dtype),
+                BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_D=b.d, NUM_D=b.num_d, BLOCK_O=b.o,
+                SAME_TILE=b.num_d == 1 and b.o == b.d, num_warps=b.warps, num_stages=b.stages)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t contiguous and starting on a 16-byte boundary (a view may start anywhere): the kernels are compiled
+    for aligned pointers."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _padded(t: torch.Tensor) -> torch.Tensor:
+    """t with zero feature columns up to a multiple of 16 (equal dot products; the kernels are compiled for
+    such widths, which keep their loads vectorised and their registers within the budget)."""
+    extra = -t.shape[1] % 16
+    return _aligned(t) if extra == 0 else _aligned(torch.nn.functional.pad(t, (0, extra)))
 
 
 def _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
@@ -65,7 +149,7 @@ def _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
     def ids(t, n, name):
         if t.dim() != 1 or t.shape[0] != n or t.dtype != torch.int64:
             raise ValueError(f"masked_lse: {name} must be int64 of length {n}")
-        return t.contiguous()
+        return _aligned(t)
 
     row_inst, row_cls = ids(row_inst, q.shape[0], "row_inst"), ids(row_cls, q.shape[0], "row_cls")
     if k is None:
@@ -76,7 +160,7 @@ def _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
         raise ValueError("masked_lse: k must be (M, d) with the dtype and d of q")
     if col_inst is None or col_cls is None:
         raise ValueError("masked_lse: k needs col_inst and col_cls")
-    return k.contiguous(), row_inst, row_cls, ids(col_inst, k.shape[0], "col_inst"), ids(col_cls, k.shape[0], "col_cls")
+    return k, row_inst, row_cls, ids(col_inst, k.shape[0], "col_inst"), ids(col_cls, k.shape[0], "col_cls")
 
 
 @_define("clnscl_triton::masked_lse")
@@ -92,17 +176,17 @@ def masked_lse_op(
     include: int,
     unit_rows: bool,
 ) -> torch.Tensor:
-    q = q.contiguous()
     kk, ri, rc, ci, cc = _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
+    q = _padded(q)
+    kk = q if k is None else _padded(kk)
     n, d = q.shape
     lse = torch.empty(n, dtype=torch.float32, device=q.device)
     if n == 0:
         return lse
-    bm, bn, bd, warps, stages = _config(d)
-    wrap_triton(lse_fwd_kernel)[(triton.cdiv(n, bm),)](
+    sm = compute_capability(q.device)
+    wrap_triton(lse_fwd_kernel)[(triton.cdiv(n, blocks("fwd", q.dtype, d, sm).m),)](
         q, kk, ri, rc, ci, cc, lse, n, kk.shape[0], d, row_offset, scale * LOG2E,
-        INCLUDE=include, DOT_PREC=_dot_precision(q.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-        num_warps=warps, num_stages=stages,
+        **forward_meta(q.dtype, d, include, sm),
     )
     return lse
 
@@ -122,10 +206,12 @@ def masked_lse_backward_op(
     include: int,
     unit_rows: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    q = q.contiguous()
     kk, ri, rc, ci, cc = _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
     if grad.numel() != q.shape[0] or lse.numel() != q.shape[0]:
         raise ValueError("masked_lse_backward: grad and lse must have one entry per row of q")
+    width = q.shape[1]
+    q = _padded(q)
+    kk = q if k is None else _padded(kk)
     n, d = q.shape
     lse = lse.reshape(n).to(torch.float32)
     # Rows with empty D(a) (lse = −inf) carry no gradient: weight 0 and log2-lse +inf make their terms vanish.
@@ -133,30 +219,32 @@ def masked_lse_backward_op(
     w = torch.where(empty_row, 0.0, grad.reshape(n).to(torch.float32)).contiguous()
     l2 = torch.where(empty_row, float("inf"), lse * LOG2E).contiguous()
     dq = torch.empty_like(q)
-    dk = q.new_empty((0, d)) if k is None else torch.empty_like(kk)
-    bm, bn, bd, warps, stages = _config(d)
-    meta = dict(INCLUDE=include, DOT_PREC=_dot_precision(q.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                num_warps=warps, num_stages=stages)
+    dk = torch.empty_like(kk) if k is not None else q.new_empty((0, d))
+    sm = compute_capability(q.device)
+    b = blocks("bwd", q.dtype, d, sm)
     s2 = scale * LOG2E
-    if k is None:
-        if n > 0:
-            wrap_triton(lse_bwd_kernel)[(triton.cdiv(n, bm),)](
-                q, q, dq, ri, rc, ri, rc, w, l2, w, l2, n, n, d, 0, 0, s2, scale,
-                USE_ROW_TERM=True, USE_COL_TERM=True, **meta,
-            )
+
+    def grid(rows: int) -> tuple[int, int]:
+        return triton.cdiv(rows, b.m), triton.cdiv(d, b.o)
+
+    if k is None and n > 0:
+        wrap_triton(lse_bwd_kernel)[grid(n)](
+            q, q, dq, ri, rc, ri, rc, w, l2, w, l2, n, n, d, 0, 0, s2, scale,
+            **backward_meta(q.dtype, d, include, sm, row_term=True, col_term=True),
+        )
+    if k is not None and n > 0:
+        wrap_triton(lse_bwd_kernel)[grid(n)](
+            q, kk, dq, ri, rc, ci, cc, w, l2, w, l2, n, kk.shape[0], d, row_offset, 0, s2, scale,
+            **backward_meta(q.dtype, d, include, sm, row_term=True, col_term=False),
+        )
+    if k is not None and kk.shape[0] > 0:
+        wrap_triton(lse_bwd_kernel)[grid(kk.shape[0])](
+            kk, q, dk, ci, cc, ri, rc, w, l2, w, l2, kk.shape[0], n, d, 0, row_offset, s2, scale,
+            **backward_meta(q.dtype, d, include, sm, row_term=False, col_term=True),
+        )
+    if d == width:
         return dq, dk
-    m = kk.shape[0]
-    if n > 0:
-        wrap_triton(lse_bwd_kernel)[(triton.cdiv(n, bm),)](
-            q, kk, dq, ri, rc, ci, cc, w, l2, w, l2, n, m, d, row_offset, 0, s2, scale,
-            USE_ROW_TERM=True, USE_COL_TERM=False, **meta,
-        )
-    if m > 0:
-        wrap_triton(lse_bwd_kernel)[(triton.cdiv(m, bm),)](
-            kk, q, dk, ci, cc, ri, rc, w, l2, w, l2, m, n, d, 0, row_offset, s2, scale,
-            USE_ROW_TERM=False, USE_COL_TERM=True, **meta,
-        )
-    return dq, dk
+    return dq[:, :width].contiguous(), dk[:, :width].contiguous()  # without the zero columns of the padding
 
 
 if INTERPRET:

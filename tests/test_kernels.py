@@ -1,0 +1,58 @@
+"""The static bar of the GPU kernels, checked without a GPU (`python -m clnscl.kernels`): every launch the
+Triton ops can make on Hopper — fp32 (tf32x3 and tf32 dots), bf16, fp16 × every feature bucket up to the
+ops' limit × the forward and the three backward variants × row counts that are and are not multiples of 16 —
+compiles for sm_90 without spilling registers, within one block's shared memory, on wgmma (HGMMA)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed: there are no Triton kernels to compile")
+
+from clnscl.kernels import DTYPES, KERNELS, SHARED_LIMIT  # noqa: E402
+from clnscl.loss.triton.ops import MAX_D  # noqa: E402  (imported under TRITON_INTERPRET here: constants only)
+from tests.support.processes import REPO, repo_env  # noqa: E402
+
+BUCKETS = [1 << k for k in range(4, MAX_D.bit_length())]
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """The report's rows for sm_90, compiled by two processes at once (each half of the dtypes)."""
+    out = tmp_path_factory.mktemp("kernels")
+    env = repo_env()
+    env.pop("TRITON_INTERPRET", None)  # the interpreter compiles nothing
+    halves = (list(DTYPES)[:2], list(DTYPES)[2:])
+    procs = [subprocess.Popen([sys.executable, "-m", "clnscl.kernels", "--sm", "90", "--json", str(out / f"{i}.json"),
+                               "--dtypes", *half], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, cwd=REPO) for i, half in enumerate(halves)]
+    logs = [p.communicate(timeout=1500)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    return [row for i in range(2) for row in json.loads((out / f"{i}.json").read_text())["triton"]]
+
+
+def test_every_launch_is_compiled(rows):
+    seen = {(r["dtype"], r["d"], r["kernel"], r["n"] % 16 == 0) for r in rows}
+    assert seen == {(t, d, k, aligned) for t in DTYPES for d in BUCKETS for k in KERNELS for aligned in (True, False)}
+
+
+def test_no_launch_spills(rows):
+    assert [r for r in rows if r["stack"] != 0] == []
+
+
+def test_every_launch_fits_one_blocks_shared_memory(rows):
+    assert [r for r in rows if r["shared"] > SHARED_LIMIT[90]] == []
+
+
+def test_every_launch_runs_on_hoppers_tensor_cores(rows):
+    assert [r for r in rows if "HGMMA" not in r["tensor_cores"]] == []
+    assert all(r["problems"] == [] for r in rows)
+
+
+def test_the_16bit_backward_stays_under_the_register_cap_up_to_d_256(rows):
+    """Below the 255-register cap wherever the 16-bit backward keeps a whole feature block (d ≤ 256)."""
+    capped = [r for r in rows if r["kernel"].startswith("backward") and r["dtype"] in ("bf16", "fp16")
+              and r["d"] <= 256 and r["registers"] >= 255]
+    assert capped == []
