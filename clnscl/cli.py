@@ -13,17 +13,16 @@ import os
 import sys
 
 
-def _init_distributed() -> int:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, else gloo); returns the rank."""
+def _init_distributed() -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, else gloo)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
+        return
     import torch
     import torch.distributed as dist
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank()
 
 
 def _finish_distributed(code: int) -> int:

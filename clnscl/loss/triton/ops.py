@@ -134,11 +134,11 @@ def _padded(t: torch.Tensor) -> torch.Tensor:
     """t with zero feature columns up to a multiple of 16 (equal dot products; the kernels are compiled for
     such widths, which keep their loads vectorised and their registers within the budget)."""
     extra = -t.shape[1] % 16
-    return _aligned(t) if extra == 0 else _aligned(torch.nn.functional.pad(t, (0, extra)))
+    return _aligned(torch.nn.functional.pad(t, (0, extra)) if extra else t)
 
 
 def _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
-    """Validate as the C++ op does; return contiguous (k, row_inst, row_cls, col_inst, col_cls), k = None → rows."""
+    """Validate as the C++ op does; return (k, row_inst, row_cls, col_inst, col_cls), ids aligned, k = None → q."""
     if q.dim() != 2:
         raise ValueError(f"masked_lse: q must be 2-D (N, d), got {q.dim()}-D")
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -183,10 +183,9 @@ def masked_lse_op(
     lse = torch.empty(n, dtype=torch.float32, device=q.device)
     if n == 0:
         return lse
-    sm = compute_capability(q.device)
-    wrap_triton(lse_fwd_kernel)[(triton.cdiv(n, blocks("fwd", q.dtype, d, sm).m),)](
-        q, kk, ri, rc, ci, cc, lse, n, kk.shape[0], d, row_offset, scale * LOG2E,
-        **forward_meta(q.dtype, d, include, sm),
+    meta = forward_meta(q.dtype, d, include, compute_capability(q.device))
+    wrap_triton(lse_fwd_kernel)[(triton.cdiv(n, meta["BLOCK_M"]),)](
+        q, kk, ri, rc, ci, cc, lse, n, kk.shape[0], d, row_offset, scale * LOG2E, **meta
     )
     return lse
 
@@ -221,27 +220,20 @@ def masked_lse_backward_op(
     dq = torch.empty_like(q)
     dk = torch.empty_like(kk) if k is not None else q.new_empty((0, d))
     sm = compute_capability(q.device)
-    b = blocks("bwd", q.dtype, d, sm)
     s2 = scale * LOG2E
 
-    def grid(rows: int) -> tuple[int, int]:
-        return triton.cdiv(rows, b.m), triton.cdiv(d, b.o)
+    def launch(x, y, out, xi, xc, yi, yc, x_off, y_off, row_term, col_term):
+        meta = backward_meta(q.dtype, d, include, sm, row_term=row_term, col_term=col_term)
+        grid = (triton.cdiv(x.shape[0], meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_O"]))
+        wrap_triton(lse_bwd_kernel)[grid](x, y, out, xi, xc, yi, yc, w, l2, w, l2, x.shape[0], y.shape[0], d,
+                                          x_off, y_off, s2, scale, **meta)
 
     if k is None and n > 0:
-        wrap_triton(lse_bwd_kernel)[grid(n)](
-            q, q, dq, ri, rc, ri, rc, w, l2, w, l2, n, n, d, 0, 0, s2, scale,
-            **backward_meta(q.dtype, d, include, sm, row_term=True, col_term=True),
-        )
+        launch(q, q, dq, ri, rc, ri, rc, 0, 0, row_term=True, col_term=True)
     if k is not None and n > 0:
-        wrap_triton(lse_bwd_kernel)[grid(n)](
-            q, kk, dq, ri, rc, ci, cc, w, l2, w, l2, n, kk.shape[0], d, row_offset, 0, s2, scale,
-            **backward_meta(q.dtype, d, include, sm, row_term=True, col_term=False),
-        )
+        launch(q, kk, dq, ri, rc, ci, cc, row_offset, 0, row_term=True, col_term=False)
     if k is not None and kk.shape[0] > 0:
-        wrap_triton(lse_bwd_kernel)[grid(kk.shape[0])](
-            kk, q, dk, ci, cc, ri, rc, w, l2, w, l2, kk.shape[0], n, d, 0, row_offset, s2, scale,
-            **backward_meta(q.dtype, d, include, sm, row_term=False, col_term=True),
-        )
+        launch(kk, q, dk, ci, cc, ri, rc, 0, row_offset, row_term=False, col_term=True)
     if d == width:
         return dq, dk
     return dq[:, :width].contiguous(), dk[:, :width].contiguous()  # without the zero columns of the padding
