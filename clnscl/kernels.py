@@ -1,15 +1,17 @@
 """`python -m clnscl.kernels`: what the compiler makes of the GPU kernels, on a machine without a GPU.
 
 Every launch the Triton ops can make — fp32 inputs (tf32x3 dots at torch's default matmul precision, tf32
-below it), bf16 and fp16 × every feature bucket up to the ops' limit × the forward and the three backward
-variants (one set's rows and columns, a cross problem's rows, its columns), each for a row count that is a
-multiple of 16 and for an odd one (the ops pad features to a multiple of 16 and align every pointer, so
-these are all the specialisations they launch) — is compiled for the target (sm_90 = Hopper, sm_80 = Ampere) by triton's
-own compiler and ptxas, not launched, and read back off the cubin with the cuobjdump of the triton wheel:
-registers, stack (spilled registers), shared memory, and the tensor-core instructions in the SASS (HGMMA:
-Hopper's wgmma; HMMA: mma.sync). The CUDA C++ kernels of the built library are read the same way.
+below it), bf16 and fp16 × every feature bucket up to the ops' limit × the general schedule's forward and
+three backward variants (one set's rows and columns, a cross problem's rows, its columns) and the symmetric
+schedule's forward and backward, each for a row count that is a multiple of 16 and for an odd one (the ops
+pad features to a multiple of 16 and align every pointer, so these are all the specialisations they
+launch) — is compiled for the target (sm_90 = Hopper, sm_80 = Ampere) by triton's own compiler and ptxas,
+not launched, and read back off the cubin with the cuobjdump of the triton wheel: registers, stack (spilled
+registers), shared memory, and the tensor-core instructions in the SASS (HGMMA: Hopper's wgmma; HMMA:
+mma.sync). The CUDA C++ kernels of the built library are read the same way.
 
-    python -m clnscl.kernels [--sm 90 80] [--dtypes ...] [--cuda] [--json FILE] [--check]
+    python -m clnscl.kernels [--sm 90 80] [--dtypes ...] [--kernels ...] [--d ...] [--cuda] [--json FILE]
+                             [--check]
 
 --check exits 1 when a Triton launch spills, needs more shared memory than one block of the target gets, or
 on sm_90 does not use wgmma. TRITON_INTERPRET must be unset (the interpreter compiles nothing).
@@ -33,7 +35,10 @@ SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 TENSOR_CORE_OPS = ("HGMMA", "HMMA")
 DTYPES = {"fp32 (tf32x3)": (torch.float32, "highest"), "fp32 (tf32)": (torch.float32, "high"),
           "bf16": (torch.bfloat16, "highest"), "fp16": (torch.float16, "highest")}
-KERNELS = ("forward", "backward", "backward rows", "backward columns")
+# each kernel of the report -> the kind of its tiling in loss/triton/ops.py
+BLOCK_KINDS = {"forward": "fwd", "backward": "bwd", "backward rows": "bwd", "backward columns": "bwd",
+               "symmetric forward": "sym_fwd", "symmetric backward": "sym_bwd"}
+KERNELS = tuple(BLOCK_KINDS)
 
 
 def cuobjdump() -> str:
@@ -99,12 +104,19 @@ def resources(cubin: bytes, tool: str) -> dict:
 def _launch(kind: str, dtype: torch.dtype, d: int, n: int, sm: int):
     """(kernel, arguments, constexprs and options) of one launch of the Triton ops, on CPU tensors of n rows."""
     from .loss.triton import ops
-    from .loss.triton.kernels import lse_bwd_kernel, lse_fwd_kernel
+    from .loss.triton.kernels import lse_bwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel, lse_sym_fwd_kernel
 
     rows = torch.empty(n, d, dtype=dtype)
     ids = torch.zeros(n, dtype=torch.int64)
     f32 = torch.empty(n, dtype=torch.float32)
     include = 5  # POS | NEG: the mask's bits are runtime data in the kernels' loops, any value compiles alike
+    if kind == "symmetric forward":
+        return lse_sym_fwd_kernel, (rows, ids, ids, f32, n, d, 1.0, 1.0), ops.symmetric_meta(
+            "fwd", dtype, d, include, sm)
+    if kind == "symmetric backward":
+        grads = torch.empty(n, d, dtype=torch.float32)
+        return lse_sym_bwd_kernel, (rows, grads, ids, ids, f32, n, d, 1.0, 1.0, 1.0), ops.symmetric_meta(
+            "bwd", dtype, d, include, sm)
     if kind == "forward":
         return lse_fwd_kernel, (rows, rows, ids, ids, ids, ids, f32, n, n, d, 0, 1.0), ops.forward_meta(
             dtype, d, include, sm)
@@ -130,10 +142,12 @@ def triton_rows(sm: int, buckets=None, dtypes=None, kinds=KERNELS, row_counts=(4
             try:
                 for d_bucket in buckets:
                     for kind in kinds:
+                        if not ops.launched(BLOCK_KINDS[kind], dtype, d_bucket, sm):
+                            continue
                         for n in row_counts:
                             kernel, args, meta = _launch(kind, dtype, d_bucket, n, sm)
                             compiled = kernel.warmup(*args, grid=(1,), **meta)
-                            blocks = ops.blocks("fwd" if kind == "forward" else "bwd", dtype, d_bucket, sm)
+                            blocks = ops.blocks(BLOCK_KINDS[kind], dtype, d_bucket, sm)
                             rows.append({"sm": sm, "dtype": label, "d": d_bucket, "n": n, "kernel": kind,
                                          "blocks": blocks._asdict(),
                                          "shared": compiled.metadata.shared,
@@ -210,6 +224,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sm", type=int, nargs="+", default=[90, 80], help="compute capabilities (default 90 80)")
     ap.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES), metavar="DTYPE",
                     help=f"input dtypes (default all: {', '.join(DTYPES)})")
+    ap.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS), metavar="KERNEL",
+                    help=f"which kernels (default all: {', '.join(KERNELS)})")
+    ap.add_argument("--d", type=int, nargs="+", metavar="BUCKET", help="feature buckets (default all: 16 … 1024)")
     ap.add_argument("--cuda", action="store_true", help="also the CUDA C++ kernels of the built library")
     ap.add_argument("--json", metavar="FILE", help="write every row to FILE")
     ap.add_argument("--check", action="store_true", help="exit 1 when a Triton launch misses the static bar")
@@ -221,7 +238,7 @@ def main(argv=None) -> int:
     for sm in a.sm:
         print("\n| sm | dtype | d | rows | kernel | blocks | registers | stack | shared | tensor cores | |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
-        for row in triton_rows(sm, dtypes=a.dtypes):
+        for row in triton_rows(sm, buckets=a.d, dtypes=a.dtypes, kinds=a.kernels):
             issues = problems(row)
             bad += bool(issues)
             every["triton"].append({**row, "problems": issues})

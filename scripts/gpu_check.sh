@@ -4,20 +4,31 @@
 # on first use (clnscl/extension.py, cached under ~/.cache/clnscl or $CLNSCL_BUILD_DIR).
 #
 #   bash scripts/gpu_check.sh            # from anywhere; about 4-7 minutes, never more than GPU_CHECK_BUDGET
+#   bash scripts/gpu_check.sh --dry-run  # every step on the CPU at tiny sizes (the tests collected, not run):
+#                                        # what CI runs so that this script cannot rot; the default without a GPU
 #
 # Steps, each under `timeout` within one overall budget, and a final summary table printed whatever fails:
 #   1. versions, GPU, `python -m clnscl.info` (this compiles the CPU and CUDA ops), and a hard load check;
 #   2. the GPU tests: pytest -k "gpu or cuda or triton" over tests/ (tests/loss/test_triton.py runs its kernels
 #      on the GPU: TRITON_INTERPRET is unset) and benchmarks/loss/test_gpu.py (smoke size);
 #   3. benchmarks.metrics.gpu_metrics: the CUDA pairwise engine and streaming metrics at N = 200,000, d = 512;
-#   4. benchmarks.loss.gpu_bench: correctness of triton/cuda vs the float64 reference at N = 4096 (fp32), and
-#      time, TFLOP/s (8·N²·d / t) and peak memory of triton, cuda, reference at N = 65,536, d = 128, bf16, fp32.
+#   4. benchmarks.loss.gpu_bench: correctness of triton (both schedules) and cuda vs the float64 reference at
+#      N = 4096 (fp32); forward, backward and both at N = 65,536, d = 128, bf16 and fp32: time, TFLOP/s counted
+#      as the bar counts (8N²d for both) and as the work done, peak memory, for triton symmetric and general,
+#      cuda, the reference and the reference under torch.compile; the bars checked.
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET (seconds, default 540), GPU_CHECK_LOGS (folder for
 # the logs and gpu_bench.md; default $OUT when set, else a new temporary folder).
 # Python packages the GPU machine may lack (it has no network): prepare them here and carry the folder,
 #   pip install --target .gpu_deps pytest pytest-benchmark tqdm pyyaml     # then run with carry [".gpu_deps"]
 # .gpu_deps goes on PYTHONPATH after the machine's own packages; step 0 lists what is still missing.
 set -u -o pipefail
+FORCE_DRY=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) FORCE_DRY=1 ;;
+        *) echo "gpu_check.sh: unknown argument $arg (only --dry-run)" >&2; exit 2 ;;
+    esac
+done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT=$PWD
@@ -64,7 +75,7 @@ run_step() {
     fi
     local detail=""
     if [ "$name" = gpu_tests ]; then
-        detail=$(grep -E "(passed|failed|error|skipped|deselected|no tests ran)" "$LOGS/$name.log" | tail -1)
+        detail=$(grep -E "(passed|failed|error|skipped|deselected|collected|no tests ran)" "$LOGS/$name.log" | tail -1)
     fi
     SUMMARY+=("| $name | $status | $((SECONDS - t0)) s | $detail |")
 }
@@ -83,8 +94,12 @@ need = ['torch', 'triton', 'numpy', 'pytest', 'pytest_benchmark', 'tqdm', 'yaml'
 print(', '.join(m for m in need if u.find_spec(m) is None) or 'none')" 2>&1)"
 
 HAVE_CUDA=$(timeout 60 "$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-if [ "$HAVE_CUDA" != 1 ]; then
-    echo "WARNING: torch sees no CUDA device: the GPU tests will skip and the benchmark runs as a CPU dry run"
+DRY=""
+COLLECT=""
+if [ "$HAVE_CUDA" != 1 ] || [ "$FORCE_DRY" = 1 ]; then
+    echo "DRY RUN: tiny sizes on the CPU, the GPU tests only collected (torch sees a CUDA device: $HAVE_CUDA)"
+    DRY="--dry-run"
+    COLLECT="--collect-only"
 fi
 
 # 1. versions, backends, first-use compilation of the ops (the CUDA one takes about a minute)
@@ -99,10 +114,7 @@ if torch.cuda.is_available():
 
 # 2. the GPU tests (kernels on the GPU), and the GPU benchmark module at its smoke size
 run_step gpu_tests 200 150 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=5 --continue-on-collection-errors \
-    tests benchmarks/loss/test_gpu.py -k "gpu or cuda or triton"
-
-DRY=""
-if [ "$HAVE_CUDA" != 1 ]; then DRY="--dry-run"; fi
+    $COLLECT tests benchmarks/loss/test_gpu.py -k "gpu or cuda or triton"
 
 # 3. the metrics on the GPU (pairwise engine and streaming Gram statistics), at most 150 s
 run_step gpu_metrics 150 100 "$PY" -m benchmarks.metrics.gpu_metrics $DRY --budget 120

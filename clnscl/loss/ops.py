@@ -15,6 +15,10 @@ import torch
 
 from .. import extension
 
+# With unit rows |s_ab| ≤ scale, so for scale ≤ MAX_FIXED_SHIFT the fixed shift m = scale keeps every
+# exp(s_ab − m) ≥ e^{−64} a normal float: the kernels' symmetric schedules need no running max (the CPU
+# kernel's kMaxFixedShift, csrc/cpu/masked_lse.cpp, is the same bound).
+MAX_FIXED_SHIFT = 32.0
 
 class LseArgs(NamedTuple):
     """The arguments of every masked-LSE op, in schema order."""
@@ -28,7 +32,7 @@ class LseArgs(NamedTuple):
     row_offset: int  # row a is column a + row_offset ("self", never in D(a))
     scale: float  # s_ab = scale·⟨q_a, k_b⟩
     include: int  # D(a) as bits over POS | SAME | NEG (loss/table.py)
-    unit_rows: bool  # ‖q_a‖, ‖k_b‖ ≤ 1 (normalised rows): the CPU kernel may then use a fixed shift
+    unit_rows: bool  # ‖q_a‖, ‖k_b‖ ≤ 1 (normalised rows): the kernels may then use a fixed shift
 
     def cast(self, dtype: torch.dtype) -> "LseArgs":
         """The same problem with q and k in `dtype` (the GPU kernels read bf16/fp16 and accumulate in fp32)."""

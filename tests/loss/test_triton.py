@@ -1,5 +1,5 @@
 """Triton backend against the float64 reference: loss values and gradients, the cross (distributed) form of the
-op with dq and dk, empty denominators, NaN propagation, torch.compile.
+op with dq and dk, both schedules (general and symmetric), empty denominators, NaN propagation, torch.compile.
 
 Without a CUDA device the kernels run on CPU tensors in Triton's interpreter (fp32, small shapes), switched on
 by conftest.py before anything imports triton; with one they run on the GPU.
@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed: the Triton backend cannot run")
 
 import clnscl  # noqa: E402
-import clnscl.loss.triton.ops  # noqa: E402,F401  (defines torch.ops.clnscl_triton)
+import clnscl.loss.triton.ops as ops  # noqa: E402  (defines torch.ops.clnscl_triton)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RTOL = 1e-4
@@ -61,6 +61,77 @@ def test_loss_matches_reference(objective, labels_kind, decoupled, shape, temper
     assert rows.dtype == torch.float32
     assert_close(rows, rows_ref)
     assert_close(zt.grad, zr.grad)
+
+
+def test_schedule_is_symmetric_exactly_where_the_fixed_shift_holds():
+    """Symmetric for one set of unit rows with scale ≤ 32 on Hopper; the running-max kernels otherwise."""
+    k = torch.zeros(3, 4)
+    assert ops.symmetric(None, True, 10.0, 90) and ops.symmetric(None, True, 32.0, 90)
+    assert not ops.symmetric(None, True, 32.5, 90)  # τ < 1/32: exp(s − scale) could leave the normal floats
+    assert not ops.symmetric(None, False, 10.0, 90)  # rows not promised unit: no bound on s
+    assert not ops.symmetric(k, True, 10.0, 90)  # separate columns
+    assert not ops.symmetric(None, True, 10.0, 80)  # Ampere: the general tiles (the symmetric ones spill)
+
+
+def run_both_schedules(monkeypatch, z, labels, **kw):
+    """(rows, z.grad) of the symmetric and of the general schedule on the same problem."""
+    out = []
+    for schedule in ("auto", "general"):
+        monkeypatch.setattr(ops, "SCHEDULE", schedule)
+        zt = z.clone().requires_grad_()
+        rows = clnscl.contrastive_loss(zt, labels, backend="triton", reduction="none", **kw)
+        rows.sum().backward()
+        out.append((rows.detach(), zt.grad))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(9, 2, 16), (50, 2, 40), (23, 3, 70)], ids=lambda s: "B{}V{}d{}".format(*s))
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("objective,labels_kind", LABELLED)
+def test_symmetric_schedule_matches_reference_and_general(monkeypatch, objective, labels_kind, decoupled, shape):
+    """Under the interpreter's 32-row tiles: one block (N = 18), an even number of blocks (N = 100: the
+    half-way tile), an odd one (N = 69), with features in two and three chunks (d = 40, 70)."""
+    case = repr(("symmetric", objective, labels_kind, decoupled, shape))
+    gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    b, v, d = shape
+    z = torch.randn(b, v, d, generator=gen).to(DEVICE)
+    labels = make_labels(labels_kind, b, gen)
+    kw = dict(objective=objective, temperature=0.1, decoupled=decoupled)
+    (rows_s, grad_s), (rows_g, grad_g) = run_both_schedules(monkeypatch, z, labels, **kw)
+    zr = z.double().requires_grad_()
+    rows_ref = clnscl.contrastive_loss(zr, labels, backend="reference", reduction="none", **kw)
+    rows_ref.sum().backward()
+    for rows, grad in ((rows_s, grad_s), (rows_g, grad_g)):
+        assert_close(rows, rows_ref)
+        assert_close(grad, zr.grad)
+    monkeypatch.setattr(ops, "SCHEDULE", "auto")
+    again = clnscl.contrastive_loss(z, labels, backend="triton", reduction="none", **kw)
+    assert_close(again, rows_s, rtol=1e-6)  # atomics may reorder additions: equal to rounding
+
+
+def test_symmetric_schedule_at_the_fixed_shift_limit(monkeypatch):
+    """τ = 1/32 with antipodal classes: every kept score is −32, the smallest exp(s − shift) the bound allows."""
+    gen = torch.Generator().manual_seed(32)
+    b, v, d = 20, 2, 24
+    axis = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0)
+    labels = torch.arange(b) % 2
+    sign = (1 - 2 * labels.double())[:, None, None]
+    z = sign * axis.double() + 1e-3 * torch.randn(b, v, d, generator=gen, dtype=torch.float64)
+    z, labels = z.float().to(DEVICE), labels.to(DEVICE)
+    kw = dict(objective="nscl", temperature=1 / 32, decoupled=True)
+    (rows_s, grad_s), _ = run_both_schedules(monkeypatch, z, labels, **kw)
+    zr = z.double().requires_grad_()
+    rows_ref = clnscl.contrastive_loss(zr, labels, backend="reference", reduction="none", **kw)
+    rows_ref.sum().backward()
+    assert rows_ref.max() < -20  # the kept scores are near −32: far below the shift
+    assert_close(rows_s, rows_ref)
+    assert_close(grad_s, zr.grad)
+
+
+def test_unknown_schedule_is_refused(monkeypatch):
+    monkeypatch.setattr(ops, "SCHEDULE", "fast")
+    with pytest.raises(ValueError, match="SCHEDULE"):
+        clnscl.contrastive_loss(torch.randn(4, 2, 8).to(DEVICE), backend="triton", objective="cl")
 
 
 def reference_lse(q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include):
@@ -116,14 +187,20 @@ def test_single_class_decoupled_nscl_is_zero():
     assert torch.equal(z.grad, torch.zeros_like(z))
 
 
-def test_nan_propagates():
-    z = torch.randn(20, 2, 16).to(DEVICE)
+@pytest.mark.parametrize("schedule", ["auto", "general"])
+def test_nan_propagates(monkeypatch, schedule):
+    """A NaN row makes its own row loss NaN and those of the rows it is a negative of (N = 80: 3 tiles)."""
+    monkeypatch.setattr(ops, "SCHEDULE", schedule)
+    z = torch.randn(40, 2, 16).to(DEVICE)
     z[3, 1, 5] = float("nan")
     z.requires_grad_()
-    labels = torch.arange(20, device=DEVICE) % 4
-    loss = clnscl.contrastive_loss(z, labels, objective="nscl", backend="triton")
-    loss.backward()
-    assert torch.isnan(loss)
+    labels = torch.arange(40, device=DEVICE) % 4
+    rows = clnscl.contrastive_loss(z, labels, objective="nscl", backend="triton", reduction="none")
+    rows.sum().backward()
+    assert torch.isnan(rows[labels != labels[3]]).all()  # the NaN row is in their denominators
+    assert torch.isnan(rows[3]).all()
+    same_class = (labels == labels[3]) & (torch.arange(40, device=DEVICE) != 3)
+    assert torch.isfinite(rows[same_class]).all()  # excluded from their denominators: the NaN is masked out
     assert torch.isnan(z.grad).any()
 
 

@@ -12,6 +12,12 @@ feature chunks, so large d (or fp32, whose tf32x3 dots need more registers) fits
 take. The backward writes its output BLOCK_O features at a time (a second grid axis), which bounds its
 accumulator whatever d is; when the output chunk is the whole feature block (SAME_TILE), the column block
 loaded for the scores serves the output product too.
+
+The symmetric kernels (k = None, unit rows, a fixed shift) take each unordered pair of row blocks once, in
+the circular schedule: row block I owns the tiles (I, I + j mod nb) for j = 0 … ⌊(nb − 1)/2⌋, and, when nb is
+even, (I, I + nb/2) for I < nb/2 — every pair once, about nb/2 tiles per program. A tile's contributions to
+its own rows stay in registers; those to the column block go to fp32 buffers by atomic adds (so the order of
+the additions, and the last bits of the result, may differ between runs).
 """
 import triton
 import triton.language as tl
@@ -141,3 +147,104 @@ def lse_bwd_kernel(
         acc += tl.dot(p.to(yo.dtype), yo, input_precision=DOT_PREC)
     tl.store(OUT + rows.to(tl.int64)[:, None] * d + outs[None, :], (acc * scale).to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & (outs[None, :] < d))
+
+
+@triton.jit
+def circular_tiles(pid, nb):
+    """How many tiles row block pid owns in the circular schedule of nb blocks (its diagonal tile first)."""
+    return 1 + (nb - 1) // 2 + ((nb % 2 == 0) & (pid < nb // 2)).to(tl.int32)
+
+
+@triton.jit
+def lse_sym_fwd_kernel(
+    Z, ZI, ZC, ACC, n, d, scale_log2, shift,
+    INCLUDE: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_D: tl.constexpr,
+):
+    """ACC[a] += Σ_{b ∈ D(a)} 2^{t_ab − shift}, t_ab = scale_log2·⟨z_a, z_b⟩ ≤ shift for unit rows: each tile
+    (I, J) of the circular schedule once, its row sums to block I, its column sums (J ≠ I) to block J.
+
+    NaN in a kept score propagates to both of its rows' sums.
+    """
+    pid = tl.program_id(0)
+    nb = tl.cdiv(n, BLOCK)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < n
+    if NUM_D == 1:
+        x = tl.load(Z + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
+                    other=0.0)
+    ri = tl.load(ZI + rows, mask=row_ok, other=0)
+    rc = tl.load(ZC + rows, mask=row_ok, other=0)
+    row_acc = tl.zeros([BLOCK], tl.float32)
+    for j in range(0, circular_tiles(pid, nb)):
+        cols = ((pid + j) % nb) * BLOCK + tl.arange(0, BLOCK)
+        col_ok = cols < n
+        if NUM_D == 1:
+            y = tl.load(Z + cols.to(tl.int64)[:, None] * d + dims[None, :],
+                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
+            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
+        else:
+            s = chunked_scores(Z, Z, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK, BLOCK, BLOCK_D, NUM_D)
+        ci = tl.load(ZI + cols, mask=col_ok, other=0)
+        cc = tl.load(ZC + cols, mask=col_ok, other=0)
+        keep = in_denominator(ri, rc, rows, ci, cc, cols, INCLUDE) & row_ok[:, None] & col_ok[None, :]
+        e = tl.where(keep, tl.exp2(s * scale_log2 - shift), 0.0)
+        row_acc += tl.sum(e, axis=1)
+        tl.atomic_add(ACC + cols, tl.sum(e, axis=0), mask=col_ok & (j > 0))
+    tl.atomic_add(ACC + rows, row_acc, mask=row_ok)
+
+
+@triton.jit
+def lse_sym_bwd_kernel(
+    Z, DZ, ZI, ZC, U, n, d, scale_log2, shift, scale,
+    INCLUDE: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_D: tl.constexpr, BLOCK_O: tl.constexpr, SAME_TILE: tl.constexpr,
+):
+    """DZ[a, o] += scale·Σ_b P_ab·Z[b, o] for the BLOCK_O features o of program_id(1), with the symmetric
+    P_ab = [b ∈ D(a)]·2^{t_ab − shift}·(u_a + u_b), u = w·2^{shift − L} (0 for empty rows): each tile (I, J) of
+    the circular schedule once, P·Z_J to the rows of I, Pᵀ·Z_I (J ≠ I) to the rows of J.
+    """
+    pid = tl.program_id(0)
+    nb = tl.cdiv(n, BLOCK)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    dims = tl.arange(0, BLOCK_D)
+    outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    row_ok = rows < n
+    out_ok = outs[None, :] < d
+    if NUM_D == 1:
+        x = tl.load(Z + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
+                    other=0.0)
+    if SAME_TILE:
+        xo = x
+    else:
+        xo = tl.load(Z + rows.to(tl.int64)[:, None] * d + outs[None, :], mask=row_ok[:, None] & out_ok, other=0.0)
+    ri = tl.load(ZI + rows, mask=row_ok, other=0)
+    rc = tl.load(ZC + rows, mask=row_ok, other=0)
+    u_x = tl.load(U + rows, mask=row_ok, other=0.0)
+    acc = tl.zeros([BLOCK, BLOCK_O], tl.float32)
+    for j in range(0, circular_tiles(pid, nb)):
+        cols = ((pid + j) % nb) * BLOCK + tl.arange(0, BLOCK)
+        col_ok = cols < n
+        if NUM_D == 1:
+            y = tl.load(Z + cols.to(tl.int64)[:, None] * d + dims[None, :],
+                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
+            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
+        else:
+            s = chunked_scores(Z, Z, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK, BLOCK, BLOCK_D, NUM_D)
+        ci = tl.load(ZI + cols, mask=col_ok, other=0)
+        cc = tl.load(ZC + cols, mask=col_ok, other=0)
+        u_y = tl.load(U + cols, mask=col_ok, other=0.0)
+        keep = in_denominator(ri, rc, rows, ci, cc, cols, INCLUDE) & row_ok[:, None] & col_ok[None, :]
+        p = tl.where(keep, tl.exp2(s * scale_log2 - shift) * (u_x[:, None] + u_y[None, :]), 0.0)
+        if SAME_TILE:
+            yo = y
+        else:
+            yo = tl.load(Z + cols.to(tl.int64)[:, None] * d + outs[None, :], mask=col_ok[:, None] & out_ok,
+                         other=0.0)
+        p = p.to(yo.dtype)
+        acc += tl.dot(p, yo, input_precision=DOT_PREC)
+        col_part = tl.dot(tl.trans(p), xo, input_precision=DOT_PREC)
+        tl.atomic_add(DZ + cols.to(tl.int64)[:, None] * d + outs[None, :], col_part * scale,
+                      mask=col_ok[:, None] & out_ok & (j > 0))
+    tl.atomic_add(DZ + rows.to(tl.int64)[:, None] * d + outs[None, :], acc * scale, mask=row_ok[:, None] & out_ok)

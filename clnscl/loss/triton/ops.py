@@ -1,12 +1,15 @@
 """The Triton ops `clnscl_triton::masked_lse` and its backward: the schemas and math of the C++ ops
 (loss/ops.py, clnscl/csrc/schemas.cpp), launched on the kernels of loss/triton/kernels.py.
 
-The forward is one program per block of rows, streaming the column blocks; the backward gives
-dq = scale·G·k and dk = scale·Gᵀ·q with G_ab = grad_a·exp(s_ab − lse_a)·[b ∈ D(a)], each tile recomputed from
-the saved lse. With k = None the mask is symmetric and one row-parallel pass gives dz = scale·(G + Gᵀ)·z
-without atomics. Dots run in the input dtype (fp32, bf16, fp16) with fp32 accumulation; lse is fp32,
-gradients take q's dtype. `unit_rows` is accepted for schema parity and not used (the running max needs no
-bound on the rows). Under TRITON_INTERPRET=1 (read when this module is imported) the kernels run on CPU tensors.
+Two schedules. General: one program per block of rows, streaming the column blocks with a running max; the
+backward gives dq = scale·G·k and dk = scale·Gᵀ·q with G_ab = grad_a·exp(s_ab − lse_a)·[b ∈ D(a)], each tile
+recomputed from the saved lse (with k = None the mask is symmetric and one row-parallel pass gives
+dz = scale·(G + Gᵀ)·z without atomics). Symmetric: when k is None, `unit_rows` holds and scale ≤
+MAX_FIXED_SHIFT, |s_ab| ≤ scale, so the fixed shift m = scale replaces the running max (exp(s − m) ≥ e^{−2m}
+stays a normal float) and each off-diagonal tile is computed once for its rows and its columns: half the
+exps, and 4N²d instead of 6N²d FLOPs for forward + backward. Dots run in the input dtype (fp32, bf16, fp16)
+with fp32 accumulation; lse is fp32, gradients take q's dtype. Under TRITON_INTERPRET=1 (read when this
+module is imported) the kernels run on CPU tensors.
 """
 from typing import NamedTuple, Optional
 
@@ -14,11 +17,16 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from ..ops import fake_backward, fake_lse, register_autograd, triton_interpret
-from .kernels import lse_bwd_kernel, lse_fwd_kernel
+from ..ops import MAX_FIXED_SHIFT, fake_backward, fake_lse, register_autograd, triton_interpret
+from .kernels import lse_bwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel, lse_sym_fwd_kernel
 
 MAX_D = 1024
 LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+SCHEDULES = ("auto", "general")
+# "auto": the symmetric kernels wherever they apply; "general": always the running-max kernels (set by the
+# benchmarks and tests that compare the two schedules on the same problem).
+SCHEDULE = "auto"
 INTERPRET = triton_interpret()  # fixed at import, as triton itself reads it
 
 
@@ -70,6 +78,18 @@ _BLOCKS = {
     ("bwd", "tf32x3", 256): (128, 64, 32, 64, 8, 3), ("bwd", "tf32x3", 512): (128, 64, 32, 64, 8, 3),
     ("bwd", "tf32x3", 1024): (128, 64, 32, 64, 8, 3),
 }
+# The symmetric kernels' tiles are square (m = n): a tile's column block is another program's row block.
+_BLOCKS.update({
+    **{("sym_fwd", "16", b): (128, 128, b, b, 8, 3) for b in (16, 32, 64, 128)},
+    ("sym_fwd", "16", 256): (64, 64, 256, 256, 8, 2), ("sym_fwd", "16", 512): (64, 64, 128, 128, 4, 2),
+    ("sym_fwd", "16", 1024): (64, 64, 128, 128, 4, 2),
+    **{("sym_bwd", "16", b): (64, 64, b, b, 4, 3) for b in (16, 32, 64)},
+    ("sym_bwd", "16", 128): (64, 64, 128, 128, 8, 2),
+    **{("sym_bwd", "16", b): (64, 64, 64, 128, 8, 2) for b in (256, 512, 1024)},
+    **{("sym_fwd", "tf32x3", b): (128, 128, min(b, 32), min(b, 32), 8, 3) for b in (16, 32, 64, 128, 256, 512, 1024)},
+    # (no 16-feature entry: min_width pads fp32 rows to 32 for this kernel)
+    **{("sym_bwd", "tf32x3", b): (64, 64, 16, 64, 8, 2) for b in (32, 64, 128, 256, 512, 1024)},
+})
 _BLOCKS.update({(kind, "tf32", d): tiles for (kind, cls, d), tiles in list(_BLOCKS.items()) if cls == "tf32x3"})
 # Before Hopper (mma.sync keeps both operands' fragments in registers) smaller tiles where those spill.
 _AMPERE = {
@@ -81,8 +101,9 @@ _AMPERE = {
 
 
 def blocks(kind: str, dtype: torch.dtype, d: int, sm: int = 90) -> Blocks:
-    """The tiling of the forward ("fwd") or backward ("bwd") kernel for inputs of `dtype` and dimension d on a
-    GPU of compute capability `sm` (90: Hopper and later; below 90 the Ampere tiles)."""
+    """The tiling of the forward ("fwd"), backward ("bwd"), symmetric forward ("sym_fwd") or symmetric backward
+    ("sym_bwd") kernel for inputs of `dtype` and dimension d on a GPU of compute capability `sm` (90: Hopper and
+    later; below 90 the Ampere tiles)."""
     full = bucket(d)
     if INTERPRET:  # small tiles, and chunks from d = 64 up, so that the tests take every code path
         chunk = min(full, 32)
@@ -123,6 +144,37 @@ def backward_meta(dtype: torch.dtype, d: int, include: int, sm: int, row_term: b
                 SAME_TILE=b.num_d == 1 and b.o == b.d, num_warps=b.warps, num_stages=b.stages)
 
 
+def symmetric_meta(kind: str, dtype: torch.dtype, d: int, include: int, sm: int) -> dict:
+    """The constexprs and launch options of the symmetric forward ("fwd") or backward ("bwd") kernel (square
+    tiles; the backward's grid: row blocks × output chunks)."""
+    b = blocks("sym_" + kind, dtype, d, sm)
+    meta = dict(INCLUDE=include, DOT_PREC=_dot_precision(dtype), BLOCK=b.m, BLOCK_D=b.d, NUM_D=b.num_d,
+                num_warps=b.warps, num_stages=b.stages)
+    if kind == "bwd":
+        meta.update(BLOCK_O=b.o, SAME_TILE=b.num_d == 1 and b.o == b.d)
+    return meta
+
+
+def symmetric(k: Optional[torch.Tensor], unit_rows: bool, scale: float, sm: int) -> bool:
+    """Whether the symmetric schedule runs: the columns are the rows, unit rows and scale ≤ MAX_FIXED_SHIFT
+    (the fixed shift), a Hopper GPU (sm ≥ 90: below it the symmetric tiles spill registers and the general
+    schedule runs), and SCHEDULE is "auto"."""
+    if SCHEDULE not in SCHEDULES:
+        raise ValueError(f"clnscl.loss.triton.ops.SCHEDULE must be one of {SCHEDULES}, got {SCHEDULE!r}")
+    return SCHEDULE == "auto" and k is None and unit_rows and scale <= MAX_FIXED_SHIFT and sm >= 90
+
+
+def min_width(kind: str, dtype: torch.dtype) -> int:
+    """The fewest features a launch of `kind` is given: 16, and 32 for the fp32 symmetric backward, whose
+    16-feature tiling spills registers (a zero chunk more costs little at such d)."""
+    return 32 if kind == "sym_bwd" and dtype == torch.float32 else 16
+
+
+def launched(kind: str, dtype: torch.dtype, d_bucket: int, sm: int) -> bool:
+    """Whether the ops ever launch kernel `kind` on rows of `dtype` in this feature bucket on an `sm` GPU."""
+    return d_bucket >= min_width(kind, dtype) and (sm >= 90 or not kind.startswith("sym_"))
+
+
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """t contiguous and starting on a 16-byte boundary (a view may start anywhere): the kernels are compiled
     for aligned pointers."""
@@ -130,10 +182,10 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _padded(t: torch.Tensor) -> torch.Tensor:
-    """t with zero feature columns up to a multiple of 16 (equal dot products; the kernels are compiled for
-    such widths, which keep their loads vectorised and their registers within the budget)."""
-    extra = -t.shape[1] % 16
+def _padded(t: torch.Tensor, width: int = 16) -> torch.Tensor:
+    """t with zero feature columns up to a multiple of 16 and at least `width` (equal dot products; the kernels
+    are compiled for such widths, which keep their loads vectorised and their registers within the budget)."""
+    extra = max(-t.shape[1] % 16, width - t.shape[1])
     return _aligned(torch.nn.functional.pad(t, (0, extra)) if extra else t)
 
 
@@ -183,7 +235,16 @@ def masked_lse_op(
     lse = torch.empty(n, dtype=torch.float32, device=q.device)
     if n == 0:
         return lse
-    meta = forward_meta(q.dtype, d, include, compute_capability(q.device))
+    sm = compute_capability(q.device)
+    if symmetric(k, unit_rows, scale, sm):
+        shift = scale * LOG2E  # the largest t_ab of unit rows, in the kernels' base 2
+        acc = torch.zeros(n, dtype=torch.float32, device=q.device)
+        meta = symmetric_meta("fwd", q.dtype, d, include, sm)
+        wrap_triton(lse_sym_fwd_kernel)[(triton.cdiv(n, meta["BLOCK"]),)](
+            q, ri, rc, acc, n, d, scale * LOG2E, shift, **meta
+        )
+        return torch.where(acc == 0.0, float("-inf"), (torch.log2(acc) + shift) * LN2)  # acc = 0: D(a) empty
+    meta = forward_meta(q.dtype, d, include, sm)
     wrap_triton(lse_fwd_kernel)[(triton.cdiv(n, meta["BLOCK_M"]),)](
         q, kk, ri, rc, ci, cc, lse, n, kk.shape[0], d, row_offset, scale * LOG2E, **meta
     )
@@ -209,7 +270,9 @@ def masked_lse_backward_op(
     if grad.numel() != q.shape[0] or lse.numel() != q.shape[0]:
         raise ValueError("masked_lse_backward: grad and lse must have one entry per row of q")
     width = q.shape[1]
-    q = _padded(q)
+    sm = compute_capability(q.device)
+    sym = q.shape[0] > 0 and symmetric(k, unit_rows, scale, sm)
+    q = _padded(q, min_width("sym_bwd", q.dtype) if sym else 16)
     kk = q if k is None else _padded(kk)
     n, d = q.shape
     lse = lse.reshape(n).to(torch.float32)
@@ -217,9 +280,9 @@ def masked_lse_backward_op(
     empty_row = lse == float("-inf")
     w = torch.where(empty_row, 0.0, grad.reshape(n).to(torch.float32)).contiguous()
     l2 = torch.where(empty_row, float("inf"), lse * LOG2E).contiguous()
-    dq = torch.empty_like(q)
+    # the symmetric kernel adds into fp32 rows (atomics from several programs), cast to q's dtype at the end
+    dq = q.new_zeros((n, d), dtype=torch.float32) if sym else torch.empty_like(q)
     dk = torch.empty_like(kk) if k is not None else q.new_empty((0, d))
-    sm = compute_capability(q.device)
     s2 = scale * LOG2E
 
     def launch(x, y, out, xi, xc, yi, yc, x_off, y_off, row_term, col_term):
@@ -228,7 +291,14 @@ def masked_lse_backward_op(
         wrap_triton(lse_bwd_kernel)[grid](x, y, out, xi, xc, yi, yc, w, l2, w, l2, x.shape[0], y.shape[0], d,
                                           x_off, y_off, s2, scale, **meta)
 
-    if k is None and n > 0:
+    if sym:
+        shift = scale * LOG2E
+        u = w * torch.exp2(shift - l2)  # ≤ w·2^{2·shift}; 0 for empty rows (w = 0, l2 = +inf)
+        meta = symmetric_meta("bwd", q.dtype, d, include, sm)
+        grid = (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["BLOCK_O"]))
+        wrap_triton(lse_sym_bwd_kernel)[grid](q, dq, ri, rc, u, n, d, s2, shift, scale, **meta)
+        dq = dq.to(q.dtype)
+    elif k is None and n > 0:
         launch(q, q, dq, ri, rc, ri, rc, 0, 0, row_term=True, col_term=True)
     if k is not None and n > 0:
         launch(q, kk, dq, ri, rc, ci, cc, row_offset, 0, row_term=True, col_term=False)
