@@ -85,12 +85,22 @@ def check_real(value, name: str, lo: float | None = None, hi: float | None = Non
 
 
 def check_temperature(temperature) -> float:
-    """τ > 0, finite: a real number or a one-element tensor."""
+    """τ > 0, finite: a real number or a one-element floating tensor; its value."""
     if isinstance(temperature, torch.Tensor):
-        if temperature.numel() != 1:
-            raise ValueError("temperature must be a scalar")
+        check_temperature_tensor(temperature)
         temperature = temperature.item()
     return check_real(temperature, "temperature", 0.0, lo_open=True)
+
+
+def check_temperature_tensor(temperature: torch.Tensor) -> None:
+    """A tensor τ: one element, floating; its value finite and > 0 (checked in eager mode only: under
+    torch.compile the value is data, and the ops check it when they run)."""
+    if temperature.numel() != 1:
+        raise ValueError(f"temperature must be a scalar, got a tensor of shape {tuple(temperature.shape)}")
+    if not temperature.is_floating_point():
+        raise TypeError(f"temperature must be a floating tensor, got {temperature.dtype}")
+    if not torch.compiler.is_compiling():
+        check_real(temperature.item(), "temperature", 0.0, lo_open=True)
 
 
 def check_choice(name: str, value, choices) -> None:

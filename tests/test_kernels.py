@@ -36,9 +36,9 @@ def rows(tmp_path_factory):
 
 def test_every_launch_is_compiled(rows):
     seen = {(r["dtype"], r["d"], r["kernel"], r["n"] % 16 == 0) for r in rows}
-    launched = {(t, d, k) for t in DTYPES for d in BUCKETS for k in KERNELS
+    expected = {(t, d, k) for t in DTYPES for d in BUCKETS for k in KERNELS
                 if launched(BLOCK_KINDS[k], DTYPES[t][0], d, 90)}
-    assert seen == {(t, d, k, aligned) for t, d, k in launched for aligned in (True, False)}
+    assert seen == {(t, d, k, aligned) for t, d, k in expected for aligned in (True, False)}
 
 
 def test_no_launch_spills(rows):

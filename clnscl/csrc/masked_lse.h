@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
 
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -64,6 +65,16 @@ inline Problem make_problem(const at::Tensor& q, const std::optional<at::Tensor>
   }
   p.row_offset = row_offset;
   return p;
+}
+
+// The value of the op's `scale` argument: a one-element floating tensor on any device, finite and > 0.
+inline double scale_value(const at::Tensor& scale) {
+  TORCH_CHECK(scale.numel() == 1 && at::isFloatingType(scale.scalar_type()),
+              "masked_lse: scale must be a one-element floating tensor, got ", scale.numel(), " elements of ",
+              scale.scalar_type());
+  const double s = scale.item<double>();
+  TORCH_CHECK(std::isfinite(s) && s > 0, "masked_lse: scale must be finite and > 0, got ", s);
+  return s;
 }
 
 // Per-row weights of the backward: rows with empty D(a) (lse = −inf) carry no gradient, so they get weight 0

@@ -6,18 +6,20 @@
 // The columns are k, or q itself when k is None. D(a) excludes b = a (column a + row_offset) and keeps the
 // relations named by the bits of `include`: 1 = same instance, 2 = same class other instance,
 // 4 = other class (instance and class ids per row and column). Rows with empty D(a) get -inf.
-// `unit_rows` promises ‖q_a‖ ≤ 1, ‖k_b‖ ≤ 1 (normalised rows), which allows a fixed shift.
+// `unit_rows` promises ‖q_a‖ ≤ 1, ‖k_b‖ ≤ 1 (normalised rows), which allows a fixed shift. `scale` is a
+// one-element floating tensor (so that a learnable temperature reaches the op under torch.compile), finite
+// and > 0, read once per call; its gradient is the autograd's (loss/ops.py), from dq.
 #include <torch/library.h>
 
 TORCH_LIBRARY(clnscl, m) {
   m.def(
       "masked_lse(Tensor q, Tensor? k, Tensor row_inst, Tensor row_cls, Tensor? col_inst, "
-      "Tensor? col_cls, int row_offset, float scale, int include, bool unit_rows) -> Tensor");
+      "Tensor? col_cls, int row_offset, Tensor scale, int include, bool unit_rows) -> Tensor");
   // Gradients of Σ_a grad_a · lse_a with respect to q and k (dk is empty when k is None: dq then holds
   // the whole gradient of the shared rows).
   m.def(
       "masked_lse_backward(Tensor grad, Tensor lse, Tensor q, Tensor? k, Tensor row_inst, "
-      "Tensor row_cls, Tensor? col_inst, Tensor? col_cls, int row_offset, float scale, int include, "
+      "Tensor row_cls, Tensor? col_inst, Tensor? col_cls, int row_offset, Tensor scale, int include, "
       "bool unit_rows) -> (Tensor, Tensor)");
 
   // Pairwise engine: statistics over the pairs i < j of two feature sets x (N, p), y (N, q), rows paired, in

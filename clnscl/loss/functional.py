@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_choice, check_float, check_labels, check_temperature, check_tensor
+from ..checks import (check_choice, check_float, check_labels, check_temperature, check_temperature_tensor,
+                      check_tensor)
 from .backends import BACKENDS
 from .columns import columns
 from .ops import LseArgs
@@ -24,7 +25,7 @@ def contrastive_loss(
     labels: torch.Tensor | None = None,
     *,
     objective: str = "nscl",
-    temperature: float = 0.1,
+    temperature: float | torch.Tensor = 0.1,
     decoupled: bool = False,
     normalize: bool = True,
     reduction: str = "mean",
@@ -42,6 +43,7 @@ def contrastive_loss(
     | "nscl"             | Pos        | Pos ∪ Neg            | Neg                  |
     | "supcon" (L_out)   | Pos ∪ Same | all b ≠ a            | Neg                  |
 
+    temperature: a float, or a one-element tensor (an nn.Parameter learns: its exact gradient on every backend).
     "cl" ignores labels (None allowed); "nscl" and "supcon" need them. A row with empty D(a) contributes 0
     and is not counted. reduction "mean" averages over the other rows, "sum" adds, "none" returns (B, V).
     fp32, bf16 and fp16 accumulate in fp32 (the loss is fp32), float64 stays float64. backend: "auto",
@@ -57,7 +59,7 @@ def contrastive_loss(
         raise ValueError(f"objective {objective!r} needs labels; only 'cl'/'dcl' accept labels=None")
     if labels is not None:
         check_labels(labels, "labels", z.shape[0], z.device, against="z", unit="samples")
-    scale = 1.0 / check_temperature(temperature)
+    scale = temperature_scale(temperature)
     impl = BACKENDS.resolve(backend, z)
 
     b, v, d = z.shape
@@ -78,6 +80,15 @@ def contrastive_loss(
     if reduction == "sum":
         return rows.sum()
     return rows.sum() / valid.sum().clamp_min(1).to(rows.dtype)
+
+
+def temperature_scale(temperature) -> torch.Tensor:
+    """scale = 1/τ as a 0-d tensor: from a float a CPU float64 constant (reading it needs no device sync), from
+    a tensor τ (a learnable temperature) differentiable, on τ's device and in its dtype."""
+    if isinstance(temperature, torch.Tensor):
+        check_temperature_tensor(temperature)
+        return (1.0 / temperature).reshape(())
+    return torch.tensor(1.0 / check_temperature(temperature), dtype=torch.float64)
 
 
 def _check_z(z) -> None:

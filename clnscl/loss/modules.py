@@ -1,14 +1,19 @@
 """Drop-in nn.Module wrappers of `contrastive_loss`.
 
 forward accepts either two views `(z_i, z_j, labels=None)`, each (B, d) (the SimCLR/NSCL authors' call), or
-`(features, labels=None)` with features (B, V, d) (SupContrast's call).
+`(features, labels=None)` with features (B, V, d) (SupContrast's call). With learnable_temperature=True the
+module holds CLIP's parametrisation, `logit_scale` = log(1/τ) (an nn.Parameter, initialised from
+`temperature`), and uses scale = exp(logit_scale), capped at `max_scale` when given (CLIP caps it at 100:
+τ ≥ 0.01; at the cap the scale gets no gradient that would push it further).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_temperature
+from ..checks import check_choice, check_real, check_temperature
 from .backends import BACKENDS
 from .functional import contrastive_loss
 from .table import REDUCTIONS
@@ -34,18 +39,32 @@ def _as_views(z_i: torch.Tensor, z_j, labels):
 class _ContrastiveLoss(nn.Module):
     objective = ""
 
-    def __init__(self, temperature=0.1, *, decoupled=False, normalize=True, reduction="mean", backend="auto",
-                 process_group=None):
+    def __init__(self, temperature=0.1, *, learnable_temperature=False, max_scale=None, decoupled=False,
+                 normalize=True, reduction="mean", backend="auto", process_group=None):
         super().__init__()
-        self.temperature = temperature
+        tau = check_temperature(temperature)  # fail at construction, not at the first step
+        if max_scale is not None and not learnable_temperature:
+            raise ValueError("max_scale caps a learnable temperature: pass learnable_temperature=True with it")
+        self.max_scale = None if max_scale is None else check_real(max_scale, "max_scale", 0.0, lo_open=True)
+        if learnable_temperature:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau)))
+        else:
+            self._temperature = temperature
         self.decoupled = decoupled
         self.normalize = normalize
         self.reduction = reduction
         self.backend = backend
         self.process_group = process_group
-        check_temperature(temperature)  # fail at construction, not at the first step
         check_choice("reduction", reduction, REDUCTIONS)
         check_choice("backend", backend, BACKENDS.names)
+
+    @property
+    def temperature(self):
+        """τ: the constant given, or 1/scale of the learnable logit_scale (a tensor carrying its gradient)."""
+        if not hasattr(self, "logit_scale"):
+            return self._temperature
+        scale = self.logit_scale.exp()
+        return 1.0 / (scale if self.max_scale is None else scale.clamp(max=self.max_scale))
 
     def forward(self, z_i, z_j=None, labels=None):
         z, labels = _as_views(z_i, z_j, labels)
@@ -56,7 +75,9 @@ class _ContrastiveLoss(nn.Module):
         )
 
     def extra_repr(self):
-        return f"temperature={self.temperature}, decoupled={self.decoupled}, backend={self.backend!r}"
+        learnable = hasattr(self, "logit_scale")
+        tau = f"{float(self.temperature.detach()):.4g} (learnable)" if learnable else self.temperature
+        return f"temperature={tau}, decoupled={self.decoupled}, backend={self.backend!r}"
 
 
 class NTXentLoss(_ContrastiveLoss):

@@ -3,11 +3,13 @@
 `clnscl::masked_lse` (C++/CUDA, schemas in clnscl/csrc/schemas.cpp) and `clnscl_triton::masked_lse`
 (loss/triton/ops.py) take the same arguments, `LseArgs`, and return lse_a = log Σ_{b∈D(a)} exp(scale·⟨q_a, k_b⟩)
 for every row a of q (−inf where D(a) is empty); their backward ops map (grad, lse, *args) to (dq, dk). Both
-get the fake kernels (shapes only, for torch.compile) and the autograd below; the C++ op's are registered by
-`load_cpp`, which builds and loads the C++ library (clnscl/extension.py) first.
+get the fake kernels (shapes only, for torch.compile) and the autograd below, which also differentiates in
+the scale (a tensor, so that a learnable temperature trains); the C++ op's are registered by `load_cpp`,
+which builds and loads the C++ library (clnscl/extension.py) first.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple, Optional
 
@@ -30,13 +32,24 @@ class LseArgs(NamedTuple):
     col_inst: Optional[torch.Tensor]  # ids of every column (None when k is None)
     col_cls: Optional[torch.Tensor]
     row_offset: int  # row a is column a + row_offset ("self", never in D(a))
-    scale: float  # s_ab = scale·⟨q_a, k_b⟩
+    scale: torch.Tensor  # one-element floating tensor, > 0: s_ab = scale·⟨q_a, k_b⟩
     include: int  # D(a) as bits over POS | SAME | NEG (loss/table.py)
     unit_rows: bool  # ‖q_a‖, ‖k_b‖ ≤ 1 (normalised rows): the kernels may then use a fixed shift
 
     def cast(self, dtype: torch.dtype) -> "LseArgs":
         """The same problem with q and k in `dtype` (the GPU kernels read bf16/fp16 and accumulate in fp32)."""
         return self._replace(q=self.q.to(dtype), k=None if self.k is None else self.k.to(dtype))
+
+
+def scale_value(scale: torch.Tensor) -> float:
+    """The value of an op's `scale`: a one-element floating tensor on any device, finite and > 0 (as the C++
+    ops' scale_value, csrc/masked_lse.h)."""
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1 or not scale.is_floating_point():
+        raise ValueError("masked_lse: scale must be a one-element floating tensor")
+    value = float(scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"masked_lse: scale must be finite and > 0, got {value}")
+    return value
 
 
 def triton_interpret() -> bool:
@@ -54,17 +67,31 @@ def fake_backward(grad, lse, q, k, *_):
     return torch.empty_like(q), q.new_empty((0, q.shape[1])) if k is None else torch.empty_like(k)
 
 
+def scale_gradient(q: torch.Tensor, dq: torch.Tensor, symmetric: bool, scale: torch.Tensor) -> torch.Tensor:
+    """d(Σ_a grad_a·lse_a)/d scale = Σ_ab G_ab·⟨q_a, k_b⟩ from the backward's own dq: with separate columns
+    dq_a = scale·Σ_b G_ab·k_b, so the sum is Σ_a ⟨q_a, dq_a⟩ / scale; with k = None dz = scale·(G + Gᵀ)·z holds
+    every pair twice, so it is Σ_a ⟨z_a, dz_a⟩ / (2·scale)."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    inner = (q.to(acc) * dq.to(acc)).sum()
+    return (inner / (scale.to(acc) * (2.0 if symmetric else 1.0))).to(scale.dtype).reshape(scale.shape)
+
+
 def register_autograd(op_name: str, backward_op) -> None:
-    """Attach autograd to `op_name`: dq and dk from `backward_op(grad, lse, *args)`; no gradient for the rest."""
+    """Attach autograd to `op_name`: dq and dk from `backward_op(grad, lse, *args)`, d scale from dq
+    (scale_gradient); no gradient for the ids and flags."""
+    scale_at = LseArgs._fields.index("scale")
 
     def setup_context(ctx, inputs, output):
         ctx.args = inputs
-        ctx.save_for_backward(inputs[0], inputs[1], *inputs[2:6], output)
+        ctx.save_for_backward(inputs[0], inputs[1], *inputs[2:6], inputs[scale_at], output)
 
     def backward(ctx, grad):
-        q, k, row_inst, row_cls, col_inst, col_cls, lse = ctx.saved_tensors
-        dq, dk = backward_op(grad.contiguous(), lse, q, k, row_inst, row_cls, col_inst, col_cls, *ctx.args[6:])
-        return (dq, None if k is None else dk) + (None,) * (len(LseArgs._fields) - 2)
+        q, k, row_inst, row_cls, col_inst, col_cls, scale, lse = ctx.saved_tensors
+        row_offset, _, include, unit_rows = ctx.args[6:]
+        dq, dk = backward_op(grad.contiguous(), lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale,
+                             include, unit_rows)
+        d_scale = scale_gradient(q, dq, k is None, scale) if ctx.needs_input_grad[scale_at] else None
+        return (dq, None if k is None else dk, None, None, None, None, None, d_scale, None, None)
 
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
 

@@ -81,12 +81,13 @@ def test_rows_past_int32_offsets(backend):
     cls = inst % 1000
     rows = torch.tensor([0, 1, n // 2, n - 2, n - 1], device="cuda")
     k = q  # columns: all rows; the sampled rows are checked against a direct computation
+    args = (q[rows], k, inst[rows], cls[rows], inst, cls, 0, torch.tensor(10.0), 5, True)
     if backend == "cuda":
-        lse = torch.ops.clnscl.masked_lse(q[rows], k, inst[rows], cls[rows], inst, cls, 0, 10.0, 5, True)
+        lse = torch.ops.clnscl.masked_lse(*args)
     else:
         import clnscl.loss.triton.ops  # noqa: F401  (defines torch.ops.clnscl_triton)
 
-        lse = torch.ops.clnscl_triton.masked_lse(q[rows], k, inst[rows], cls[rows], inst, cls, 0, 10.0, 5, True)
+        lse = torch.ops.clnscl_triton.masked_lse(*args)
     s = (q[rows].float() @ k.float().T) * 10.0
     same_inst = inst[rows][:, None] == inst[None, :]
     keep = ~(cls[rows][:, None] == cls[None, :]) | same_inst  # include = POS | NEG

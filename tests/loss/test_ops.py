@@ -12,6 +12,10 @@ load_cpp("cpu")
 OP = torch.ops.clnscl.masked_lse.default
 
 
+def _scale(value, grad=False):
+    return torch.tensor(value, dtype=torch.float64, requires_grad=grad)
+
+
 def _problem(n_inst, views, d, classes, seed, dtype=torch.float64):
     gen = torch.Generator().manual_seed(seed)
     x = F.normalize(torch.randn(n_inst * views, d, generator=gen, dtype=dtype), dim=1)
@@ -31,26 +35,36 @@ def test_cuda_ops_compile_and_link_where_a_toolkit_exists():
 @pytest.mark.parametrize("unit_rows,scale", [(True, 10.0), (False, 10.0), (True, 100.0)])
 def test_opcheck_self_similarity(include, unit_rows, scale):
     x, inst, cls = _problem(35, 2, 19, 4, seed=include)
-    opcheck(OP, (x.requires_grad_(), None, inst, cls, None, None, 0, scale, include, unit_rows))
+    opcheck(OP, (x.requires_grad_(), None, inst, cls, None, None, 0, _scale(scale, grad=include == 7), include,
+                 unit_rows))
 
 
 def test_opcheck_cross_rows_with_offset():
     x, inst, cls = _problem(50, 2, 19, 4, seed=1)
     q = x[20:60].clone().requires_grad_()
-    opcheck(OP, (q, x.clone().requires_grad_(), inst[20:60], cls[20:60], inst, cls, 20, 10.0, 1 | 4, True))
+    opcheck(OP, (q, x.clone().requires_grad_(), inst[20:60], cls[20:60], inst, cls, 20, _scale(10.0, grad=True),
+                 1 | 4, True))
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1.0, 2.0]), torch.tensor(0.0), torch.tensor(-3.0),
+                                 torch.tensor(float("nan")), torch.tensor(4)], ids=["2", "0", "neg", "nan", "int"])
+def test_the_op_refuses_a_scale_it_cannot_use(bad):
+    x, inst, cls = _problem(5, 2, 4, 2, seed=1)
+    with pytest.raises(RuntimeError, match="scale"):
+        OP(x, None, inst, cls, None, None, 0, bad, 5, True)
 
 
 @pytest.mark.parametrize("unit_rows,scale", [(True, 5.0), (False, 5.0)])
 def test_gradcheck_both_schedules(unit_rows, scale):
-    """float64 finite differences; N = 300 rows crosses the 256-row tile."""
+    """float64 finite differences in the rows and the scale; N = 300 rows crosses the 256-row tile."""
     x, inst, cls = _problem(150, 2, 7, 3, seed=2)
     x = (x * 0.9).requires_grad_()
     w = torch.randn(300, dtype=torch.float64)
 
-    def f(x):
-        return (OP(x, None, inst, cls, None, None, 0, scale, 1 | 4, unit_rows) * w).sum()
+    def f(x, s):
+        return (OP(x, None, inst, cls, None, None, 0, s, 1 | 4, unit_rows) * w).sum()
 
-    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
+    assert torch.autograd.gradcheck(f, (x, _scale(scale, grad=True)), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_gradcheck_cross():
@@ -58,10 +72,10 @@ def test_gradcheck_cross():
     q = x[9:30].clone().requires_grad_()
     k = x.clone().requires_grad_()
 
-    def f(q, k):
-        return OP(q, k, inst[9:30], cls[9:30], inst, cls, 9, 3.0, 2 | 4, False).sum()
+    def f(q, k, s):
+        return OP(q, k, inst[9:30], cls[9:30], inst, cls, 9, s, 2 | 4, False).sum()
 
-    assert torch.autograd.gradcheck(f, (q, k), eps=1e-6, atol=1e-6, fast_mode=True)
+    assert torch.autograd.gradcheck(f, (q, k, _scale(3.0, grad=True)), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("objective,decoupled", [("nscl", False), ("supcon", True), ("cl", False)])
@@ -86,7 +100,8 @@ def test_torch_compile_fullgraph_forward_and_backward(objective, decoupled):
 @pytest.mark.parametrize("include", [7, 5, 6, 4, 2])
 def test_every_backend_computes_the_same_masked_lse(cross, include):
     """The backends share one interface (loss/ops.LseArgs): the reference's materialised LSE, the C++ op and
-    (where it runs) the Triton op give the same lse and gradients on the same arguments, including the −inf
+    (where it runs) the Triton op give the same lse and gradients (rows, columns, scale) on the same arguments,
+    including the −inf
     of a row whose D(a) is empty (a singleton class with include = SAME) and its zero gradient."""
     from clnscl.loss.backends import BACKENDS
     from clnscl.loss.ops import LseArgs
@@ -95,9 +110,9 @@ def test_every_backend_computes_the_same_masked_lse(cross, include):
     cls = torch.where(inst == 39, 99, cls)  # a singleton class: empty D(a) for include = SAME only
     if cross:
         rows = slice(10, 47)
-        args = LseArgs(x[rows], x, inst[rows], cls[rows], inst, cls, 10, 7.0, include, True)
+        args = LseArgs(x[rows], x, inst[rows], cls[rows], inst, cls, 10, _scale(7.0), include, True)
     else:
-        args = LseArgs(x, None, inst, cls, None, None, 0, 7.0, include, True)
+        args = LseArgs(x, None, inst, cls, None, None, 0, _scale(7.0), include, True)
     grad = torch.randn(args.q.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     results = {}
     for name in ("reference", "cpu", "triton"):
@@ -107,8 +122,9 @@ def test_every_backend_computes_the_same_masked_lse(cross, include):
         dtype = torch.float32 if name == "triton" else torch.float64
         q = args.q.to(dtype).requires_grad_()
         k = None if args.k is None else args.k.to(dtype).requires_grad_()
-        lse = backend.masked_lse(args._replace(q=q, k=k), dtype)
-        leaves = (q,) if k is None else (q, k)
+        scale = args.scale.clone().requires_grad_()
+        lse = backend.masked_lse(args._replace(q=q, k=k, scale=scale), dtype)
+        leaves = (q, scale) if k is None else (q, k, scale)
         grads = torch.autograd.grad(lse, leaves, grad.to(lse.dtype))
         results[name] = (lse.double(), [g.double() for g in grads])
     assert {"reference", "cpu"} <= set(results)

@@ -163,7 +163,8 @@ def test_op_cross_form(include):
 
     q = z[off : off + nq].clone().requires_grad_()
     k = z.clone().requires_grad_()
-    lse = torch.ops.clnscl_triton.masked_lse(q, k, row_inst, row_cls, inst, cls, off, scale, include, True)
+    lse = torch.ops.clnscl_triton.masked_lse(q, k, row_inst, row_cls, inst, cls, off, torch.tensor(scale), include,
+                                             True)
     dq, dk = torch.autograd.grad(lse, (q, k), grad)
 
     q64 = z[off : off + nq].double().requires_grad_()
@@ -244,7 +245,7 @@ def test_half_precision_gpu(dtype, d):
 
 @pytest.mark.parametrize("cross", [False, True])
 def test_opcheck(cross):
-    """torch.library.opcheck: schema, autograd registration, fake kernel, AOT dispatch (on the GPU, triton_op)."""
+    """torch.library.opcheck: schema, autograd registration (the scale's gradient too), fake kernel, AOT dispatch."""
     from torch.library import opcheck
 
     gen = torch.Generator().manual_seed(11)
@@ -255,7 +256,7 @@ def test_opcheck(cross):
         k = torch.randn(100, 19, generator=gen).to(DEVICE).requires_grad_()
         col_inst = (torch.arange(100) // 2).to(DEVICE)
         col_cls = torch.randint(0, 4, (100,), generator=gen).to(DEVICE)
-        args = (x, k, inst, cls, col_inst, col_cls, 10, 10.0, 7, False)
+        args = (x, k, inst, cls, col_inst, col_cls, 10, torch.tensor(10.0, requires_grad=True), 7, False)
     else:
-        args = (x, None, inst, cls, None, None, 0, 10.0, 5, True)
+        args = (x, None, inst, cls, None, None, 0, torch.tensor(10.0, requires_grad=True), 5, True)
     opcheck(torch.ops.clnscl_triton.masked_lse.default, args)

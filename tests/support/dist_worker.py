@@ -114,15 +114,18 @@ def run_loss(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gr
                 if not mine & others:
                     msgs.append("test setup: no label of this rank is shared with another rank")
 
-            # Oracle: single process, reference backend, global batch, float64.
+            # Oracle: single process, reference backend, global batch, float64; a tensor temperature.
             zg = zg64.clone().requires_grad_(True)
-            rows = contrastive_loss(zg, labels, reduction="none", backend="reference", **kw)
+            tau_g = torch.tensor(TAU, dtype=torch.float64, requires_grad=True)
+            rows = contrastive_loss(zg, labels, reduction="none", backend="reference", **{**kw, "temperature": tau_g})
             want_rows = rows[off : off + n].detach()
             want_val = want_rows.mean()
             # Σ_r mean over rank r's rows: what the ranks' losses add up to (DDP sums before averaging).
             total = sum(rows[o : o + m].mean() for o, m in zip(offsets, sizes))
-            (want_grad,) = torch.autograd.grad(total, zg)
+            (want_grad,) = torch.autograd.grad(total, zg, retain_graph=True)
             want_grad = want_grad[off : off + n]
+            # this rank's loss in τ: its own rows against every rank's columns (DDP then averages the ranks')
+            (want_tau,) = torch.autograd.grad(rows[off : off + n].mean(), tau_g)
             if equal:
                 zg2 = zg64.clone().requires_grad_(True)
                 (g_mean,) = torch.autograd.grad(
@@ -134,7 +137,8 @@ def run_loss(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gr
             # Distributed, this rank's rows only.
             zl = zg64[off : off + n].to(dtype).clone().requires_grad_(True)
             ll = None if labels is None else labels[off : off + n]
-            loss = contrastive_loss(zl, ll, backend=be, process_group=group, **kw)
+            tau = torch.tensor(TAU, dtype=dtype, requires_grad=True)
+            loss = contrastive_loss(zl, ll, backend=be, process_group=group, **{**kw, "temperature": tau})
             loss.backward()
             with torch.no_grad():
                 none = contrastive_loss(zl, ll, backend=be, process_group=group, reduction="none", **kw)
@@ -151,6 +155,7 @@ def run_loss(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gr
                 _mismatch("reduction='none'", none, want_rows, vt),
                 _mismatch("reduction='sum'", ssum, want_rows.sum(), vt),
                 _mismatch("z.grad vs grad of sum over ranks of local means", zl.grad, want_grad, gt),
+                _mismatch("temperature.grad vs grad of the local mean in τ", tau.grad, want_tau, gt),
                 _mismatch("z.grad vs world_size x grad of global mean", zl.grad, want_grad_ws, gt)
                 if equal
                 else None,
@@ -164,8 +169,21 @@ def run_loss(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gr
         rec.add(ok=not msgs, msg="; ".join(msgs), **entry)
 
 
+class LearnedTemperatureNet(torch.nn.Module):
+    """A small MLP with a learnable temperature τ = exp(log_temperature) among its parameters."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(d_in, 9), torch.nn.Tanh(), torch.nn.Linear(9, d_out))
+        self.log_temperature = torch.nn.Parameter(torch.tensor(TAU).log())
+
+    def forward(self, x):
+        return self.body(x)
+
+
 def run_ddp(rank: int, sizes: list[int], backends: list[str], rec: Recorder, group) -> None:
-    """DDP-averaged parameter gradients equal those of one process on the concatenated batch.
+    """DDP-averaged parameter gradients, the learnable temperature's included, equal those of one process on
+    the concatenated batch.
 
     DDP averages Σ_r ∇loss_r / world_size; with equal local sizes that is the gradient of the global mean
     (checked literally), in general that of (1/world_size) Σ_r mean over rank r's rows.
@@ -186,26 +204,28 @@ def run_ddp(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gro
         msgs: list[str] = []
         try:
             x, labels = global_batch(500 + i + 31 * n_glob, n_glob, v, d_in, obj)
-            kw = dict(objective=obj, decoupled=dec, temperature=TAU)
+            kw = dict(objective=obj, decoupled=dec)
             torch.manual_seed(1234 + i)
-            net = torch.nn.Sequential(torch.nn.Linear(d_in, 9), torch.nn.Tanh(), torch.nn.Linear(9, d_out))
-            net = net.double()
+            net = LearnedTemperatureNet(d_in, d_out).double()
 
             def oracle_grads(objective_fn):
-                params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
-                z = torch.tanh(x @ params[0].T + params[1]) @ params[2].T + params[3]
-                return torch.autograd.grad(objective_fn(z), params)
+                params = {name: p.detach().clone().requires_grad_(True) for name, p in net.named_parameters()}
+                w1, b1, w2, b2 = (params[f"body.{k}"] for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
+                z = torch.tanh(x @ w1.T + b1) @ w2.T + b2
+                return torch.autograd.grad(objective_fn(z, params["log_temperature"].exp()), list(params.values()))
 
-            def averaged(z):
-                rows = contrastive_loss(z, labels, reduction="none", backend="reference", **kw)
+            def averaged(z, tau):
+                rows = contrastive_loss(z, labels, reduction="none", backend="reference", **kw, temperature=tau)
                 return sum(rows[o : o + m].mean() for o, m in zip(offsets, sizes)) / world
 
             want = oracle_grads(averaged)
             if equal:
-                want_mean = oracle_grads(lambda z: contrastive_loss(z, labels, backend="reference", **kw))
+                want_mean = oracle_grads(
+                    lambda z, tau: contrastive_loss(z, labels, backend="reference", **kw, temperature=tau))
             ddp = DDP(net, process_group=group)
             ll = None if labels is None else labels[off : off + n]
-            loss = contrastive_loss(ddp(x[off : off + n]), ll, backend=be, process_group=group, **kw)
+            tau = net.log_temperature.exp()
+            loss = contrastive_loss(ddp(x[off : off + n]), ll, backend=be, process_group=group, **kw, temperature=tau)
             loss.backward()
             for j, (pname, p) in enumerate(net.named_parameters()):
                 m = _mismatch(f"DDP grad of {pname}", p.grad, want[j], GRAD_TOL)

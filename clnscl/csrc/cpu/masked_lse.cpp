@@ -251,11 +251,12 @@ bool use_symmetric(const Problem& p, bool unit_rows, double scale, bool backward
 
 at::Tensor masked_lse_cpu(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& row_inst,
                           const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
-                          const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale,
+                          const std::optional<at::Tensor>& col_cls, int64_t row_offset, const at::Tensor& scale_t,
                           int64_t include, bool unit_rows) {
   at::NoGradGuard no_grad;  // the tile GEMMs write into buffers; autograd is the op's own
   check_dtype(q);
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
+  const double scale = scale_value(scale_t);
   at::Tensor lse = at::empty({p.q.size(0)}, p.q.options());
   const Side rs{p.row_inst.data_ptr<int64_t>(), p.row_cls.data_ptr<int64_t>(), p.row_offset};
   const Side cs{p.col_inst.data_ptr<int64_t>(), p.col_cls.data_ptr<int64_t>(), 0};
@@ -272,11 +273,12 @@ at::Tensor masked_lse_cpu(const at::Tensor& q, const std::optional<at::Tensor>& 
 std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cpu(
     const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& q, const std::optional<at::Tensor>& k,
     const at::Tensor& row_inst, const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
-    const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale, int64_t include,
+    const std::optional<at::Tensor>& col_cls, int64_t row_offset, const at::Tensor& scale_t, int64_t include,
     bool unit_rows) {
   at::NoGradGuard no_grad;
   check_dtype(q);
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
+  const double scale = scale_value(scale_t);
   TORCH_CHECK(grad.numel() == p.q.size(0) && lse.numel() == p.q.size(0),
               "masked_lse_backward: grad and lse must have one entry per row of q");
   const auto opts = p.q.options();

@@ -129,9 +129,10 @@ int blocks_for(int64_t n) { return static_cast<int>((n + kRows - 1) / kRows); }
 
 at::Tensor masked_lse_cuda(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& row_inst,
                            const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
-                           const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale,
+                           const std::optional<at::Tensor>& col_cls, int64_t row_offset, const at::Tensor& scale_t,
                            int64_t include, bool unit_rows) {
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
+  const double scale = scale_value(scale_t);
   const c10::cuda::CUDAGuard guard(p.q.device());
   const auto acc_type = p.q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor lse = at::empty({p.q.size(0)}, p.q.options().dtype(acc_type));
@@ -151,9 +152,10 @@ at::Tensor masked_lse_cuda(const at::Tensor& q, const std::optional<at::Tensor>&
 std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cuda(
     const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& q, const std::optional<at::Tensor>& k,
     const at::Tensor& row_inst, const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
-    const std::optional<at::Tensor>& col_cls, int64_t row_offset, double scale, int64_t include,
+    const std::optional<at::Tensor>& col_cls, int64_t row_offset, const at::Tensor& scale_t, int64_t include,
     bool unit_rows) {
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
+  const double scale = scale_value(scale_t);
   const c10::cuda::CUDAGuard guard(p.q.device());
   const auto acc_opts = p.q.options().dtype(p.q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   const auto [w, lse_safe, empty_row] = backward_weights(grad, lse, acc_opts);

@@ -8,16 +8,16 @@ dz = scale·(G + Gᵀ)·z without atomics). Symmetric: when k is None, `unit_row
 MAX_FIXED_SHIFT, |s_ab| ≤ scale, so the fixed shift m = scale replaces the running max (exp(s − m) ≥ e^{−2m}
 stays a normal float) and each off-diagonal tile is computed once for its rows and its columns: half the
 exps, and 4N²d instead of 6N²d FLOPs for forward + backward. Dots run in the input dtype (fp32, bf16, fp16)
-with fp32 accumulation; lse is fp32, gradients take q's dtype. Under TRITON_INTERPRET=1 (read when this
-module is imported) the kernels run on CPU tensors.
+with fp32 accumulation; lse is fp32, gradients take q's dtype. The ops are opaque custom ops for
+torch.compile (their fake kernels give the shapes): a tensor `scale` is read on the host when they run.
+Under TRITON_INTERPRET=1 (read when this module is imported) the kernels run on CPU tensors.
 """
 from typing import NamedTuple, Optional
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
 
-from ..ops import MAX_FIXED_SHIFT, fake_backward, fake_lse, register_autograd, triton_interpret
+from ..ops import MAX_FIXED_SHIFT, fake_backward, fake_lse, register_autograd, scale_value, triton_interpret
 from .kernels import lse_bwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel, lse_sym_fwd_kernel
 
 MAX_D = 1024
@@ -28,14 +28,6 @@ SCHEDULES = ("auto", "general")
 # benchmarks and tests that compare the two schedules on the same problem).
 SCHEDULE = "auto"
 INTERPRET = triton_interpret()  # fixed at import, as triton itself reads it
-
-
-def _define(name: str):
-    """triton_op (torch.compile sees and can fuse the kernels); under the interpreter, whose kernels cannot be
-    traced, an opaque custom_op with the shape-only fake kernels registered below."""
-    if INTERPRET:
-        return torch.library.custom_op(name, mutates_args=())
-    return triton_op(name, mutates_args=())
 
 
 class Blocks(NamedTuple):
@@ -215,7 +207,7 @@ def _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
     return k, row_inst, row_cls, ids(col_inst, k.shape[0], "col_inst"), ids(col_cls, k.shape[0], "col_cls")
 
 
-@_define("clnscl_triton::masked_lse")
+@torch.library.custom_op("clnscl_triton::masked_lse", mutates_args=())
 def masked_lse_op(
     q: torch.Tensor,
     k: Optional[torch.Tensor],
@@ -224,11 +216,12 @@ def masked_lse_op(
     col_inst: Optional[torch.Tensor],
     col_cls: Optional[torch.Tensor],
     row_offset: int,
-    scale: float,
+    scale: torch.Tensor,
     include: int,
     unit_rows: bool,
 ) -> torch.Tensor:
     kk, ri, rc, ci, cc = _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
+    scale = scale_value(scale)
     q = _padded(q)
     kk = q if k is None else _padded(kk)
     n, d = q.shape
@@ -240,18 +233,18 @@ def masked_lse_op(
         shift = scale * LOG2E  # the largest t_ab of unit rows, in the kernels' base 2
         acc = torch.zeros(n, dtype=torch.float32, device=q.device)
         meta = symmetric_meta("fwd", q.dtype, d, include, sm)
-        wrap_triton(lse_sym_fwd_kernel)[(triton.cdiv(n, meta["BLOCK"]),)](
+        lse_sym_fwd_kernel[(triton.cdiv(n, meta["BLOCK"]),)](
             q, ri, rc, acc, n, d, scale * LOG2E, shift, **meta
         )
         return torch.where(acc == 0.0, float("-inf"), (torch.log2(acc) + shift) * LN2)  # acc = 0: D(a) empty
     meta = forward_meta(q.dtype, d, include, sm)
-    wrap_triton(lse_fwd_kernel)[(triton.cdiv(n, meta["BLOCK_M"]),)](
+    lse_fwd_kernel[(triton.cdiv(n, meta["BLOCK_M"]),)](
         q, kk, ri, rc, ci, cc, lse, n, kk.shape[0], d, row_offset, scale * LOG2E, **meta
     )
     return lse
 
 
-@_define("clnscl_triton::masked_lse_backward")
+@torch.library.custom_op("clnscl_triton::masked_lse_backward", mutates_args=())
 def masked_lse_backward_op(
     grad: torch.Tensor,
     lse: torch.Tensor,
@@ -262,11 +255,12 @@ def masked_lse_backward_op(
     col_inst: Optional[torch.Tensor],
     col_cls: Optional[torch.Tensor],
     row_offset: int,
-    scale: float,
+    scale: torch.Tensor,
     include: int,
     unit_rows: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     kk, ri, rc, ci, cc = _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
+    scale = scale_value(scale)
     if grad.numel() != q.shape[0] or lse.numel() != q.shape[0]:
         raise ValueError("masked_lse_backward: grad and lse must have one entry per row of q")
     width = q.shape[1]
@@ -288,7 +282,7 @@ def masked_lse_backward_op(
     def launch(x, y, out, xi, xc, yi, yc, x_off, y_off, row_term, col_term):
         meta = backward_meta(q.dtype, d, include, sm, row_term=row_term, col_term=col_term)
         grid = (triton.cdiv(x.shape[0], meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_O"]))
-        wrap_triton(lse_bwd_kernel)[grid](x, y, out, xi, xc, yi, yc, w, l2, w, l2, x.shape[0], y.shape[0], d,
+        lse_bwd_kernel[grid](x, y, out, xi, xc, yi, yc, w, l2, w, l2, x.shape[0], y.shape[0], d,
                                           x_off, y_off, s2, scale, **meta)
 
     if sym:
@@ -296,7 +290,7 @@ def masked_lse_backward_op(
         u = w * torch.exp2(shift - l2)  # ≤ w·2^{2·shift}; 0 for empty rows (w = 0, l2 = +inf)
         meta = symmetric_meta("bwd", q.dtype, d, include, sm)
         grid = (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["BLOCK_O"]))
-        wrap_triton(lse_sym_bwd_kernel)[grid](q, dq, ri, rc, u, n, d, s2, shift, scale, **meta)
+        lse_sym_bwd_kernel[grid](q, dq, ri, rc, u, n, d, s2, shift, scale, **meta)
         dq = dq.to(q.dtype)
     elif k is None and n > 0:
         launch(q, q, dq, ri, rc, ri, rc, 0, 0, row_term=True, col_term=True)
@@ -309,9 +303,8 @@ def masked_lse_backward_op(
     return dq[:, :width].contiguous(), dk[:, :width].contiguous()  # without the zero columns of the padding
 
 
-if INTERPRET:
-    masked_lse_op.register_fake(fake_lse)
-    masked_lse_backward_op.register_fake(fake_backward)
+masked_lse_op.register_fake(fake_lse)
+masked_lse_backward_op.register_fake(fake_backward)
 
 
 register_autograd("clnscl_triton::masked_lse", torch.ops.clnscl_triton.masked_lse_backward)
