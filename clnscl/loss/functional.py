@@ -7,6 +7,7 @@ reference), and the positive mean from per-instance or per-class sums in O(N·d)
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..checks import (check_choice, check_float, check_labels, check_temperature, check_temperature_tensor,
@@ -45,7 +46,10 @@ def contrastive_loss(
 
     temperature: a float, or a one-element tensor (an nn.Parameter learns: its exact gradient on every backend).
     "cl" ignores labels (None allowed); "nscl" and "supcon" need them. A row with empty D(a) contributes 0
-    and is not counted. reduction "mean" averages over the other rows, "sum" adds, "none" returns (B, V).
+    and is not counted. reduction "mean" averages over the other rows, "sum" adds, "none" returns (B, V);
+    "global_mean" (with process_group; "mean" without) returns world_size·Σ_own ℓ_a / (rows of all ranks),
+    whose average over the ranks — what DDP's gradient averaging takes — is the mean over the whole batch, so
+    DDP's gradients equal one process's for any per-rank sizes.
     fp32, bf16 and fp16 accumulate in fp32 (the loss is fp32), float64 stays float64. backend: "auto",
     "reference", "cpu", "cuda" or "triton" (loss/backends.py). With process_group every rank passes its own
     rows; negatives and positives run over the rows of all ranks, the result reduces this rank's rows, and
@@ -79,7 +83,12 @@ def contrastive_loss(
         return rows.view(b, v)
     if reduction == "sum":
         return rows.sum()
-    return rows.sum() / valid.sum().clamp_min(1).to(rows.dtype)
+    count = valid.sum()
+    if reduction == "global_mean" and process_group is not None:
+        count = count.clone()
+        dist.all_reduce(count, group=process_group)  # the valid rows of every rank (no gradient flows here)
+        return rows.sum() * dist.get_world_size(process_group) / count.clamp_min(1).to(rows.dtype)
+    return rows.sum() / count.clamp_min(1).to(rows.dtype)
 
 
 def temperature_scale(temperature) -> torch.Tensor:

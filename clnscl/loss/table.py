@@ -16,7 +16,7 @@ from typing import NamedTuple
 POS, SAME, NEG = 1, 2, 4
 
 OBJECTIVES = ("cl", "dcl", "nscl", "supcon")
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = ("mean", "sum", "none", "global_mean")
 
 
 class LossSpec(NamedTuple):

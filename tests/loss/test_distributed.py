@@ -9,8 +9,10 @@ the concatenated global batch:
     of the global mean when the local batch sizes are equal (float64, rtol 1e-9);
   - with unequal local batch sizes it works, and Σ_r B_r·V·loss_r is the global sum (checked here);
   - labels with three classes spread over all ranks, so Same(a) spans ranks, plus one singleton class;
-  - under DDP the averaged parameter gradients equal those of one process on the global batch (equal
-    sizes), and in general the gradient of (1/world_size) Σ_ranks (local mean).
+  - a tensor temperature's gradient on each rank is that of its own loss;
+  - under DDP the averaged parameter gradients (a learnable temperature's included) equal those of one
+    process on the global batch (equal sizes), and in general the gradient of (1/world_size) Σ_ranks
+    (local mean); with reduction='global_mean' those of one process for any sizes.
 The C++ op is built once in this process (fixture) before the workers start; the workers run on one thread.
 A group that hangs is killed after a timeout and the test fails with each rank's log.
 """
@@ -190,7 +192,7 @@ def _skip_if_cpu_missing(backends):
 
 # 3 objectives x 2 decoupled x V in (2, 3) in float64, + 3 objectives in float32: per backend
 LOSS_CHECKS = 15
-DDP_CHECKS = 6  # 3 objectives x 2 decoupled
+DDP_CHECKS = 12  # 3 objectives x 2 decoupled x reduction mean / global_mean
 
 
 @pytest.mark.parametrize("sizes", [[4, 4], [3, 3, 3]], ids=["world2", "world3"])

@@ -110,6 +110,12 @@ def test_temperature_tensor():
     torch.testing.assert_close(contrastive_loss(z, Y5, temperature=2), contrastive_loss(z, Y5, temperature=2.0))
 
 
+def test_global_mean_without_a_process_group_is_the_mean():
+    z = torch.randn(7, 2, 5, dtype=torch.float64, generator=gen_for("global_mean"))
+    y = torch.tensor([0, 1, 0, 2, 1, 2, 0])
+    torch.testing.assert_close(contrastive_loss(z, y, reduction="global_mean"), contrastive_loss(z, y))
+
+
 @pytest.mark.parametrize(
     "kwargs,name",
     [

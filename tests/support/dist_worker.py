@@ -186,7 +186,8 @@ def run_ddp(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gro
     the concatenated batch.
 
     DDP averages Σ_r ∇loss_r / world_size; with equal local sizes that is the gradient of the global mean
-    (checked literally), in general that of (1/world_size) Σ_r mean over rank r's rows.
+    (checked literally), in general that of (1/world_size) Σ_r mean over rank r's rows; with
+    reduction="global_mean" the global mean's for any sizes.
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -197,9 +198,10 @@ def run_ddp(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gro
     off, n = offsets[rank], sizes[rank]
     equal = len(set(sizes)) == 1
     d_in, d_out, v = 11, 6, 2
-    configs = [(obj, dec, be) for obj in ("cl", "nscl", "supcon") for dec in (False, True) for be in backends]
-    for i, (obj, dec, be) in enumerate(configs):
-        name = f"DDP {obj} decoupled={dec} V={v} backend={be}"
+    configs = [(obj, dec, be, red) for obj in ("cl", "nscl", "supcon") for dec in (False, True) for be in backends
+               for red in ("mean", "global_mean")]
+    for i, (obj, dec, be, red) in enumerate(configs):
+        name = f"DDP {obj} decoupled={dec} V={v} backend={be} reduction={red}"
         entry = dict(kind="ddp", name=name, objective=obj, decoupled=dec, v=v, backend=be, n=n)
         msgs: list[str] = []
         try:
@@ -218,14 +220,17 @@ def run_ddp(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gro
                 rows = contrastive_loss(z, labels, reduction="none", backend="reference", **kw, temperature=tau)
                 return sum(rows[o : o + m].mean() for o, m in zip(offsets, sizes)) / world
 
-            want = oracle_grads(averaged)
-            if equal:
-                want_mean = oracle_grads(
-                    lambda z, tau: contrastive_loss(z, labels, backend="reference", **kw, temperature=tau))
+            global_mean = oracle_grads(
+                lambda z, tau: contrastive_loss(z, labels, backend="reference", **kw, temperature=tau))
+            # reduction="global_mean": the one-process gradient whatever the sizes; "mean": the mean of the
+            # per-rank means, which is the global mean's only for equal sizes
+            want = global_mean if red == "global_mean" else oracle_grads(averaged)
+            want_mean = global_mean if equal else None
             ddp = DDP(net, process_group=group)
             ll = None if labels is None else labels[off : off + n]
             tau = net.log_temperature.exp()
-            loss = contrastive_loss(ddp(x[off : off + n]), ll, backend=be, process_group=group, **kw, temperature=tau)
+            loss = contrastive_loss(ddp(x[off : off + n]), ll, backend=be, process_group=group, **kw, temperature=tau,
+                                    reduction=red)
             loss.backward()
             for j, (pname, p) in enumerate(net.named_parameters()):
                 m = _mismatch(f"DDP grad of {pname}", p.grad, want[j], GRAD_TOL)
