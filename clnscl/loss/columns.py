@@ -25,6 +25,16 @@ class Columns(NamedTuple):
         """(every column, its class ids), the rows x themselves when k is None."""
         return (x, self.row_cls) if self.k is None else (self.k, self.col_cls)
 
+    def others(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the columns of the other ranks, their instance and class ids): every column but this rank's rows,
+        which are columns row_offset … row_offset + rows − 1 (k must be set)."""
+        lo, hi = self.row_offset, self.row_offset + self.row_inst.shape[0]
+
+        def cut(t):
+            return torch.cat((t[:lo], t[hi:]))
+
+        return cut(self.k), cut(self.col_inst), cut(self.col_cls)
+
 
 def columns(x: torch.Tensor, labels: torch.Tensor | None, views: int, process_group=None) -> Columns:
     """The ids of the rows of x and its columns; labels None: every sample is its own class."""

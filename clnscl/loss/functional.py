@@ -71,8 +71,13 @@ def contrastive_loss(
     if normalize:
         x = F.normalize(x, dim=1, eps=NORM_EPS)
     cols = columns(x, None if spec.objective == "cl" else labels, v, process_group)
-    lse = impl.masked_lse(LseArgs(x, cols.k, cols.row_inst, cols.row_cls, cols.col_inst, cols.col_cls,
-                                  cols.row_offset, scale, spec.include, normalize), z.dtype)
+    # this rank's rows against themselves as one set (the backends' symmetric schedules apply), then, under
+    # a process group, against the other ranks' rows as separate columns
+    own = LseArgs(x, None, cols.row_inst, cols.row_cls, None, None, 0, scale, spec.include, normalize)
+    lse = impl.masked_lse(own, z.dtype)
+    if cols.k is not None and cols.k.shape[0] > x.shape[0]:
+        k, col_inst, col_cls = cols.others()
+        lse = log_add_exp(lse, impl.masked_lse(own._replace(k=k, col_inst=col_inst, col_cls=col_cls), z.dtype))
     if spec.supervised_positives:
         pos = class_positive_mean(x, *cols.all(x), cols.row_offset)
     else:
@@ -89,6 +94,12 @@ def contrastive_loss(
         dist.all_reduce(count, group=process_group)  # the valid rows of every rank (no gradient flows here)
         return rows.sum() * dist.get_world_size(process_group) / count.clamp_min(1).to(rows.dtype)
     return rows.sum() / count.clamp_min(1).to(rows.dtype)
+
+
+def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(e^a + e^b) of two parts of each row's denominator; −inf (with a zero gradient) where both are."""
+    both = torch.isneginf(a) & torch.isneginf(b)
+    return torch.where(both, a.detach(), torch.logaddexp(a.masked_fill(both, 0.0), b.masked_fill(both, 0.0)))
 
 
 def temperature_scale(temperature) -> torch.Tensor:

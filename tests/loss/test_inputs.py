@@ -410,3 +410,18 @@ def test_auto_on_cpu_is_cpu(objective, decoupled, tau):
     # and both agree with the reference to float32 accuracy
     r, _ = value_and_grad(z, y, backend="reference", **kw)
     torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_the_two_parts_of_a_denominator_combine_with_empty_parts():
+    """Under a process group a row's own-rank and other-ranks parts meet in log_add_exp: −inf only where both
+    are empty, with a zero (not NaN) gradient there; NaN stays NaN."""
+    from clnscl.loss.functional import log_add_exp
+
+    inf = float("inf")
+    a = torch.tensor([-inf, -inf, 1.5, float("nan"), 0.3], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([-inf, 2.0, -inf, 0.0, -0.7], dtype=torch.float64, requires_grad=True)
+    out = log_add_exp(a, b)
+    out.sum().backward()
+    assert out[0] == -inf and out[1] == 2.0 and out[2] == 1.5 and torch.isnan(out[3])
+    torch.testing.assert_close(out[4], torch.logaddexp(torch.tensor(0.3), torch.tensor(-0.7)).double())
+    assert a.grad[0] == 0 and b.grad[0] == 0 and a.grad[1] == 0 and b.grad[1] == 1
