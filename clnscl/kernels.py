@@ -79,11 +79,23 @@ def target(sm: int):
             return getattr(real, name)
 
     driver.set_active(Named())
+    _forget_targets()
     try:
         yield
     finally:
+        _forget_targets()
         if real is not None:  # without a GPU there is no driver to go back to
             driver.set_active(real)
+
+
+def _forget_targets() -> None:
+    """Drop the compile target each kernel keeps per device (set at its first compile), so that the next
+    compile is for the target now active."""
+    from .loss.triton import kernels
+
+    for kernel in (kernels.lse_fwd_kernel, kernels.lse_bwd_kernel, kernels.lse_sym_fwd_kernel,
+                   kernels.lse_sym_bwd_kernel):
+        kernel.device_caches.clear()
 
 
 def resources(cubin: bytes, tool: str) -> dict:

@@ -59,3 +59,17 @@ def test_the_16bit_backward_stays_under_the_register_cap_up_to_d_256(rows):
     capped = [r for r in rows if r["kernel"].startswith("backward") and r["dtype"] in ("bf16", "fp16")
               and r["d"] <= 256 and r["registers"] >= 255]
     assert capped == []
+
+
+def test_each_target_is_compiled_for_itself(tmp_path):
+    """One process compiling for sm_90 and then sm_80 gets wgmma for the first and mma.sync for the second
+    (triton keeps a target per kernel and device: the report must not reuse the first)."""
+    env = repo_env()
+    env.pop("TRITON_INTERPRET", None)
+    out = tmp_path / "both.json"
+    done = subprocess.run([sys.executable, "-m", "clnscl.kernels", "--sm", "90", "80", "--dtypes", "bf16",
+                           "--kernels", "forward", "--d", "16", "--json", str(out)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads(out.read_text())["triton"]
+    assert {r["sm"]: r["tensor_cores"] for r in rows} == {90: "HGMMA", 80: "HMMA"}
