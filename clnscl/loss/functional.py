@@ -32,6 +32,8 @@ def contrastive_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    negatives: torch.Tensor | None = None,
+    negative_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Contrastive loss of z (B, V, d): B samples, V ≥ 2 views, with optional integer labels (B,).
 
@@ -53,7 +55,11 @@ def contrastive_loss(
     fp32, bf16 and fp16 accumulate in fp32 (the loss is fp32), float64 stays float64. backend: "auto",
     "reference", "cpu", "cuda" or "triton" (loss/backends.py). With process_group every rank passes its own
     rows; negatives and positives run over the rows of all ranks, the result reduces this rank's rows, and
-    column gradients are summed back to their owners. See docs/design.md for the kernels.
+    column gradients are summed back to their owners. negatives (M, d): extra columns of the denominator only
+    (a memory bank: MoCo's queue, lightly's memory_bank_size), for cl/dcl and nscl (negative_labels (M,) then
+    needed: same-class entries leave nscl's denominator, as same-class samples do), not for supcon (its
+    same-class entries would be positives); they carry no gradient and stay local to the rank. See
+    docs/design.md for the kernels.
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -70,6 +76,7 @@ def contrastive_loss(
     x = z.reshape(b * v, d).to(torch.float64 if z.dtype == torch.float64 else torch.float32)
     if normalize:
         x = F.normalize(x, dim=1, eps=NORM_EPS)
+    bank = _bank(negatives, negative_labels, spec, d, z.device) if negatives is not None else None
     cols = columns(x, None if spec.objective == "cl" else labels, v, process_group)
     # this rank's rows against themselves as one set (the backends' symmetric schedules apply), then, under
     # a process group, against the other ranks' rows as separate columns
@@ -78,6 +85,10 @@ def contrastive_loss(
     if cols.k is not None and cols.k.shape[0] > x.shape[0]:
         k, col_inst, col_cls = cols.others()
         lse = log_add_exp(lse, impl.masked_lse(own._replace(k=k, col_inst=col_inst, col_cls=col_cls), z.dtype))
+    if bank is not None and bank[0].shape[0] > 0:
+        k = bank[0].to(x.dtype)
+        k = F.normalize(k, dim=1, eps=NORM_EPS) if normalize else k
+        lse = log_add_exp(lse, impl.masked_lse(own._replace(k=k, col_inst=bank[1], col_cls=bank[2]), z.dtype))
     if spec.supervised_positives:
         pos = class_positive_mean(x, *cols.all(x), cols.row_offset)
     else:
@@ -94,6 +105,31 @@ def contrastive_loss(
         dist.all_reduce(count, group=process_group)  # the valid rows of every rank (no gradient flows here)
         return rows.sum() * dist.get_world_size(process_group) / count.clamp_min(1).to(rows.dtype)
     return rows.sum() / count.clamp_min(1).to(rows.dtype)
+
+
+def _bank(negatives, negative_labels, spec, d: int, device):
+    """(bank rows, their instance ids, their class ids): ids −1, −2, … that no row has, so that every entry is
+    another instance — a negative, or for nscl with its label in the row's class a same-class sample."""
+    check_tensor(negatives, "negatives", "(M, d)")
+    check_float(negatives, "negatives")
+    if negatives.ndim != 2 or negatives.shape[1] != d:
+        raise ValueError(f"negatives must have shape (M, {d}) (the feature dimension of z), got "
+                         f"{tuple(negatives.shape)}")
+    if negatives.device != device:
+        raise ValueError(f"negatives must be on z's device {device}, got {negatives.device}")
+    if negatives.requires_grad:
+        raise ValueError("negatives carry no gradient (a memory bank): pass negatives.detach()")
+    if spec.supervised_positives:
+        raise ValueError("negatives: supcon's same-class bank entries would be positives; a memory bank holds "
+                         "negatives for cl, dcl and nscl only")
+    m = negatives.shape[0]
+    inst = -1 - torch.arange(m, device=device)
+    if spec.objective == "cl":
+        return negatives, inst, inst
+    if negative_labels is None:
+        raise ValueError(f"objective {spec.objective!r} needs negative_labels (M,) with negatives")
+    check_labels(negative_labels, "negative_labels", m, device, against="negatives", unit="rows")
+    return negatives, inst, negative_labels.to(torch.int64)
 
 
 def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,10 @@
 """Drop-in nn.Module wrappers of `contrastive_loss`.
 
 forward accepts either two views `(z_i, z_j, labels=None)`, each (B, d) (the SimCLR/NSCL authors' call), or
-`(features, labels=None)` with features (B, V, d) (SupContrast's call). With learnable_temperature=True the
+`(features, labels=None)` with features (B, V, d) (SupContrast's call). With memory_bank_size > 0 (cl, dcl,
+nscl) the module keeps a MemoryBank of the last memory_bank_size rows (all views, normalised when normalize is
+set, with their labels): each forward takes the bank's rows as extra negatives, then pushes its own batch.
+With learnable_temperature=True the
 module holds CLIP's parametrisation, `logit_scale` = log(1/τ) (an nn.Parameter, initialised from
 `temperature`), and uses scale = exp(logit_scale), capped at `max_scale` when given (CLIP caps it at 100:
 τ ≥ 0.01; at the cap the scale gets no gradient that would push it further).
@@ -15,7 +18,8 @@ from torch import nn
 
 from ..checks import check_choice, check_real, check_temperature
 from .backends import BACKENDS
-from .functional import contrastive_loss
+from .bank import MemoryBank
+from .functional import NORM_EPS, contrastive_loss
 from .table import REDUCTIONS
 
 
@@ -39,9 +43,14 @@ def _as_views(z_i: torch.Tensor, z_j, labels):
 class _ContrastiveLoss(nn.Module):
     objective = ""
 
-    def __init__(self, temperature=0.1, *, learnable_temperature=False, max_scale=None, decoupled=False,
-                 normalize=True, reduction="mean", backend="auto", process_group=None):
+    def __init__(self, temperature=0.1, *, learnable_temperature=False, max_scale=None, memory_bank_size=0,
+                 decoupled=False, normalize=True, reduction="mean", backend="auto", process_group=None):
         super().__init__()
+        if memory_bank_size:
+            if self.objective == "supcon":
+                raise ValueError("memory_bank_size: supcon's same-class bank entries would be positives; a memory "
+                                 "bank holds negatives for cl, dcl and nscl only")
+            self.memory_bank = MemoryBank(memory_bank_size)
         tau = check_temperature(temperature)  # fail at construction, not at the first step
         if max_scale is not None and not learnable_temperature:
             raise ValueError("max_scale caps a learnable temperature: pass learnable_temperature=True with it")
@@ -68,11 +77,20 @@ class _ContrastiveLoss(nn.Module):
 
     def forward(self, z_i, z_j=None, labels=None):
         z, labels = _as_views(z_i, z_j, labels)
-        return contrastive_loss(
+        bank = getattr(self, "memory_bank", None)
+        negatives, negative_labels = (None, None) if bank is None or int(bank.count) == 0 else bank.negatives()
+        if self.objective == "cl":
+            negative_labels = None
+        loss = contrastive_loss(
             z, labels, objective=self.objective, temperature=self.temperature, decoupled=self.decoupled,
             normalize=self.normalize, reduction=self.reduction, backend=self.backend,
-            process_group=self.process_group,
+            process_group=self.process_group, negatives=negatives, negative_labels=negative_labels,
         )
+        if bank is not None:
+            rows = z.detach().reshape(-1, z.shape[-1])
+            rows = torch.nn.functional.normalize(rows, dim=1, eps=NORM_EPS) if self.normalize else rows
+            bank.push(rows, None if labels is None else labels.repeat_interleave(z.shape[1]))
+        return loss
 
     def extra_repr(self):
         learnable = hasattr(self, "logit_scale")
