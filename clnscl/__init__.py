@@ -4,6 +4,7 @@ Three parts: `clnscl.loss` (the losses; its public names are here too), `clnscl.
 geometry of representations) and `clnscl.train` (the coupled trainer behind the `clnscl` command).
 """
 from ._version import __version__
-from .loss import DCLLoss, MemoryBank, NSCLLoss, NTXentLoss, SupConLoss, contrastive_loss
+from .loss import ClipLoss, DCLLoss, MemoryBank, NSCLLoss, NTXentLoss, SupConLoss, clip_loss, contrastive_loss
 
-__all__ = ["contrastive_loss", "NTXentLoss", "DCLLoss", "NSCLLoss", "SupConLoss", "MemoryBank", "__version__"]
+__all__ = ["contrastive_loss", "NTXentLoss", "DCLLoss", "NSCLLoss", "SupConLoss", "MemoryBank", "clip_loss",
+           "ClipLoss", "__version__"]

@@ -10,6 +10,7 @@ the concatenated global batch:
   - with unequal local batch sizes it works, and Σ_r B_r·V·loss_r is the global sum (checked here);
   - labels with three classes spread over all ranks, so Same(a) spans ranks, plus one singleton class;
   - a tensor temperature's gradient on each rank is that of its own loss;
+  - the two-tower loss (clip_loss) with local rows against every rank's columns, likewise;
   - under DDP the averaged parameter gradients (a learnable temperature's included) equal those of one
     process on the global batch (equal sizes), and in general the gradient of (1/world_size) Σ_ranks
     (local mean); with reduction='global_mean' those of one process for any sizes.
@@ -161,7 +162,7 @@ def group(tmp_path_factory, backends):
         key = tuple(sizes)
         if key not in cache:
             tmp = tmp_path_factory.mktemp("gloo-" + "-".join(map(str, key)))
-            modes = "loss,ddp" if list(key) in DDP_SIZES else "loss"
+            modes = "loss,ddp,clip" if list(key) in DDP_SIZES else "loss"
             cache[key] = launch(tmp, list(key), modes, backends[0])
         return cache[key]
 
@@ -193,6 +194,7 @@ def _skip_if_cpu_missing(backends):
 # 3 objectives x 2 decoupled x V in (2, 3) in float64, + 3 objectives in float32: per backend
 LOSS_CHECKS = 15
 DDP_CHECKS = 12  # 3 objectives x 2 decoupled x reduction mean / global_mean
+CLIP_CHECKS = 3  # cl, nscl, supcon
 
 
 @pytest.mark.parametrize("sizes", [[4, 4], [3, 3, 3]], ids=["world2", "world3"])
@@ -216,4 +218,12 @@ def test_unequal_local_batches(group, sizes, backends):
 @pytest.mark.parametrize("sizes", DDP_SIZES, ids=["world2-equal", "world3-5-7-4"])
 def test_ddp_parameter_gradients(group, sizes, backends):
     group(sizes).check("ddp", DDP_CHECKS * len(backends[0]))
+    _skip_if_cpu_missing(backends)
+
+
+@pytest.mark.parametrize("sizes", DDP_SIZES, ids=["world2-equal", "world3-5-7-4"])
+def test_two_tower_local_rows_against_all_columns(group, sizes, backends):
+    """clip_loss under a process group (open_clip's local_loss with gathered, differentiable columns): each
+    rank's loss, a/b gradients of Σ_r loss_r and its logit_scale gradient, against one process."""
+    group(sizes).check("clip", CLIP_CHECKS * len(backends[0]))
     _skip_if_cpu_missing(backends)

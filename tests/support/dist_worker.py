@@ -169,6 +169,58 @@ def run_loss(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gr
         rec.add(ok=not msgs, msg="; ".join(msgs), **entry)
 
 
+def run_clip(rank: int, sizes: list[int], backends: list[str], rec: Recorder, group) -> None:
+    """clip_loss with local rows × all ranks' columns: this rank's loss is the mean of its rows of both
+    directions in the one-process loss of the concatenated pairs; its a/b gradients those of Σ_r loss_r, its
+    logit_scale gradient that of its own loss."""
+    from clnscl import clip_loss
+
+    world, n_glob = len(sizes), sum(sizes)
+    off, n = sum(sizes[:rank]), sizes[rank]
+    configs = [(obj, dec, be) for obj, dec in (("cl", False), ("nscl", False), ("supcon", False)) for be in backends]
+    for i, (obj, dec, be) in enumerate(configs):
+        name = f"clip {obj} decoupled={dec} backend={be}"
+        entry = dict(kind="clip", name=name, objective=obj, decoupled=dec, backend=be, n=n)
+        msgs: list[str] = []
+        try:
+            g = torch.Generator().manual_seed(700 + i + 13 * n_glob + world)
+            a = torch.randn(n_glob, 9, generator=g, dtype=torch.float64)
+            b = torch.randn(n_glob, 9, generator=g, dtype=torch.float64)
+            labels = None if obj == "cl" else torch.arange(n_glob) % 3
+            kw = dict(objective=obj, decoupled=dec)
+
+            ag, bg = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+            sg = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+            rows = clip_loss(ag, bg, sg, labels=labels, reduction="none", backend="reference", **kw)
+
+            def loss_of(r):
+                o, m = sum(sizes[:r]), sizes[r]
+                return 0.5 * (rows[0, o : o + m].mean() + rows[1, o : o + m].mean())
+
+            want_val = loss_of(rank).detach()
+            want_a, want_b = torch.autograd.grad(sum(loss_of(r) for r in range(world)), (ag, bg), retain_graph=True)
+            (want_s,) = torch.autograd.grad(loss_of(rank), sg)
+
+            al, bl = a[off : off + n].clone().requires_grad_(True), b[off : off + n].clone().requires_grad_(True)
+            sl = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+            ll = None if labels is None else labels[off : off + n]
+            loss = clip_loss(al, bl, sl, labels=ll, backend=be, process_group=group, **kw)
+            loss.backward()
+            for m in (
+                _mismatch("clip loss (this rank's rows)", loss, want_val, VALUE_TOL),
+                _mismatch("a.grad vs grad of Σ_r loss_r", al.grad, want_a[off : off + n], GRAD_TOL),
+                _mismatch("b.grad vs grad of Σ_r loss_r", bl.grad, want_b[off : off + n], GRAD_TOL),
+                _mismatch("logit_scale.grad vs grad of this rank's loss", sl.grad, want_s, GRAD_TOL),
+            ):
+                if m:
+                    msgs.append(m)
+        except Exception:  # noqa: BLE001
+            msgs.append("exception:\n" + traceback.format_exc())
+            rec.add(ok=False, msg="; ".join(msgs), **entry)
+            raise
+        rec.add(ok=not msgs, msg="; ".join(msgs), **entry)
+
+
 class LearnedTemperatureNet(torch.nn.Module):
     """A small MLP with a learnable temperature τ = exp(log_temperature) among its parameters."""
 
@@ -253,7 +305,7 @@ def main(argv=None) -> None:
     p.add_argument("--init", required=True, help="FileStore path")
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", required=True)
-    p.add_argument("--modes", required=True, help="comma-separated: loss, ddp")
+    p.add_argument("--modes", required=True, help="comma-separated: loss, ddp, clip")
     p.add_argument("--backends", default="reference,cpu")
     p.add_argument("--timeout", type=float, default=60.0, help="gloo collective timeout, seconds")
     a = p.parse_args(argv)
@@ -277,7 +329,7 @@ def main(argv=None) -> None:
         rec.data["seconds_to_init"] = round(time.monotonic() - T0, 2)
         open(os.path.join(a.out, f"rank{a.rank}.ready"), "w").close()  # the parent's check timeout starts
         for mode in a.modes.split(","):
-            run = {"loss": run_loss, "ddp": run_ddp}[mode]
+            run = {"loss": run_loss, "ddp": run_ddp, "clip": run_clip}[mode]
             run(a.rank, sizes, backends, rec, group)
         rec.data["done"] = True
         rec.data["seconds"] = round(time.monotonic() - T0, 2)

@@ -1,0 +1,214 @@
+"""The two-tower (CLIP) loss: InfoNCE between two sets of rows, a (image, query) and b (text, key), with
+cross-modal negatives only, through the same masked-LSE op as `contrastive_loss`.
+
+Row a_i's positive is b_{t_i} (t = targets, by default the pairing i ↔ i); s_ij = scale·⟨â_i, b̂_j⟩ with
+scale = logit_scale (CLIP's multiplier, exp of its learnable parameter); ℓ_i = LSE_{j∈D(i)} s_ij −
+mean_{j∈P(i)} s_ij. The loss table applies across the towers, with Pos = the paired column, Same = the other
+columns of a_i's class, Neg = the rest: "cl" (CLIP's InfoNCE: D = every column, P = the pair), "dcl" (D
+without the pair), "nscl" (D = the pair and the other classes), "supcon" (P = every column of a_i's class).
+symmetric=True averages the a→b and b→a directions, as CLIP does. A scalar logit_bias cancels in every
+softmax (LSE(s + β) − (s_pos + β) = LSE(s) − s_pos): accepted, it changes nothing and gets a zero gradient.
+
+With process_group every rank passes its own pairs; its rows meet the columns of every rank (open_clip's
+local_loss=True, gather_with_grad=True), the gathered columns' gradients are summed back to their owners, and
+the result reduces this rank's rows.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..checks import check_choice, check_float, check_labels, check_real, check_tensor
+from ..collectives import all_gather_rows, gather_rows, local_sizes
+from .backends import BACKENDS
+from .functional import NORM_EPS
+from .ops import LseArgs
+from .positives import dense_ids
+from .table import OBJECTIVES, loss_spec
+
+TWO_TOWER_REDUCTIONS = ("mean", "sum", "none")
+
+
+def clip_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    logit_scale: float | torch.Tensor,
+    logit_bias: float | torch.Tensor | None = None,
+    *,
+    targets: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    key_labels: torch.Tensor | None = None,
+    objective: str = "cl",
+    decoupled: bool = False,
+    symmetric: bool = True,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+    process_group=None,
+) -> torch.Tensor:
+    """Two-tower InfoNCE of a (Ba, d) against b (Bb, d); see the module docstring for the definitions.
+
+    targets (Ba,): the index in b of each a row's positive (distinct; default i ↔ i, Ba = Bb); symmetric needs
+    them to pair every row of both (a permutation). labels (Ba,) and key_labels (Bb,) are class ids for
+    "nscl" and "supcon" (key_labels default: labels under the pairing). reduction "mean" averages the rows
+    (of both directions, averaged), "sum" adds, "none" returns (Ba,) rows, or (2, B) for symmetric.
+    process_group: only the default pairing.
+    """
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("reduction", reduction, TWO_TOWER_REDUCTIONS)
+    spec = loss_spec(objective, decoupled)
+    for t, name in ((a, "a"), (b, "b")):
+        check_tensor(t, name, "(B, d)")
+        if t.ndim != 2 or t.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (B, d) with B ≥ 1, got {tuple(t.shape)}")
+        check_float(t, name)
+    if b.shape[1] != a.shape[1] or b.device != a.device:
+        raise ValueError(f"b must have the feature dimension and device of a, got {tuple(b.shape)} on {b.device}")
+    scale = _scale(logit_scale)
+    bias = _bias(logit_bias)
+    targets = _targets(targets, a.shape[0], b.shape[0], a.device, symmetric, process_group)
+    if spec.needs_labels and labels is None:
+        raise ValueError(f"objective {objective!r} needs labels (and key_labels unless the pairing gives them)")
+    if spec.objective == "cl":
+        labels = key_labels = None
+    elif labels is not None:
+        check_labels(labels, "labels", a.shape[0], a.device, against="a")
+        if key_labels is None:
+            if a.shape[0] != b.shape[0]:
+                raise ValueError("key_labels: with Ba ≠ Bb pass the class ids of b's rows")
+            key_labels = torch.empty_like(labels).index_copy_(0, targets, labels)
+        check_labels(key_labels, "key_labels", b.shape[0], b.device, against="b")
+        if spec.supervised_positives and not torch.equal(key_labels[targets], labels):
+            raise ValueError("supcon: a row's paired column must have its class (labels vs key_labels[targets])")
+    impl = BACKENDS.resolve(backend, a)
+
+    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    xa, xb = a.to(dtype), b.to(dtype)
+    if normalize:
+        xa, xb = F.normalize(xa, dim=1, eps=NORM_EPS), F.normalize(xb, dim=1, eps=NORM_EPS)
+    rows_ab = _direction(impl, xa, xb, targets, labels, key_labels, spec, scale, normalize, a.dtype, process_group)
+    if not symmetric:
+        return _reduce(rows_ab, reduction, bias)
+    inverse = torch.empty_like(targets).index_copy_(0, targets, torch.arange(targets.shape[0], device=a.device))
+    rows_ba = _direction(impl, xb, xa, inverse, key_labels, labels, spec, scale, normalize, a.dtype, process_group)
+    if reduction == "none":
+        return torch.stack((rows_ab[0], rows_ba[0])) + 0.0 * bias
+    return 0.5 * (_reduce(rows_ab, reduction, bias) + _reduce(rows_ba, reduction, bias))
+
+
+def _direction(impl, q, k, targets, q_labels, k_labels, spec, scale, unit_rows, io_dtype, group):
+    """Row losses of q against the columns k (all ranks' under a process group)."""
+    n = q.shape[0]
+    offset = 0
+    if group is not None:
+        sizes = local_sizes(n, group, q.device)
+        offset = sum(sizes[: dist.get_rank(group)])
+        k = gather_rows(k, sizes, group)
+        if k_labels is not None:
+            k_labels = all_gather_rows(k_labels.to(torch.int64), sizes, group)
+    m = k.shape[0]
+    cols = offset + targets  # the positive's index among the (gathered) columns
+    row_inst = offset + torch.arange(n, device=q.device)
+    col_inst = -1 - torch.arange(m, device=q.device)  # other instances …
+    col_inst = col_inst.index_copy(0, cols, row_inst)  # … but the positive, which shares its row's instance
+    row_cls = row_inst if q_labels is None else q_labels.to(torch.int64)
+    col_cls = col_inst if k_labels is None else k_labels.to(torch.int64)
+    # row_offset m: no column is a row's "self" (the positive pair belongs in CLIP's denominator)
+    lse = impl.masked_lse(LseArgs(q, k, row_inst, row_cls, col_inst, col_cls, m, scale, spec.include, unit_rows),
+                          io_dtype)
+    if spec.supervised_positives:
+        dense = dense_ids(torch.cat((row_cls, col_cls)))
+        row_dense, col_dense = dense[:n], dense[n:]
+        class_sum = torch.zeros(int(dense.max()) + 1, k.shape[1], dtype=k.dtype, device=k.device)
+        class_sum = class_sum.index_add(0, col_dense, k)
+        count = torch.zeros(class_sum.shape[0], dtype=k.dtype, device=k.device).index_add(
+            0, col_dense, torch.ones_like(k[:, 0]))
+        pos = (q * class_sum.index_select(0, row_dense)).sum(dim=1) / count.index_select(0, row_dense)
+    else:
+        pos = (q * k.index_select(0, cols)).sum(dim=1)
+    valid = lse != float("-inf")
+    return torch.where(valid, lse - scale * pos, torch.zeros_like(lse)), valid
+
+
+def _reduce(direction, reduction: str, bias) -> torch.Tensor:
+    """One direction's rows reduced; rows with an empty denominator (0) are not counted by the mean. The bias
+    enters as 0·bias: it cancels, and its gradient is that zero."""
+    rows, valid = direction
+    rows = rows + 0.0 * bias
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / valid.sum().clamp_min(1).to(rows.dtype)
+
+
+def _scale(logit_scale) -> torch.Tensor:
+    """CLIP's multiplier as the ops' 0-d scale, finite and > 0 (a tensor stays differentiable; its value is
+    checked in eager mode, and by the ops when they run)."""
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1 or not logit_scale.is_floating_point():
+            raise ValueError("logit_scale must be a number or a one-element floating tensor")
+        if not torch.compiler.is_compiling():
+            check_real(logit_scale.item(), "logit_scale", 0.0, lo_open=True)
+        return logit_scale.reshape(())
+    return torch.tensor(check_real(logit_scale, "logit_scale", 0.0, lo_open=True), dtype=torch.float64)
+
+
+def _bias(logit_bias) -> torch.Tensor | float:
+    """The bias as a term that cancels: a tensor (its zero gradient kept) or 0."""
+    if isinstance(logit_bias, torch.Tensor):
+        if logit_bias.numel() != 1 or not logit_bias.is_floating_point():
+            raise ValueError("logit_bias must be a number or a one-element floating tensor")
+        return logit_bias.reshape(())
+    if logit_bias is not None:
+        check_real(logit_bias, "logit_bias")
+    return 0.0
+
+
+def _targets(targets, na: int, nb: int, device, symmetric: bool, group) -> torch.Tensor:
+    if targets is None:
+        if na != nb:
+            raise ValueError(f"a has {na} rows and b {nb}: pass targets (the index in b of each a row's positive)")
+        return torch.arange(na, device=device)
+    if group is not None:
+        raise ValueError("targets: under a process group only the default pairing (row i with row i) is supported")
+    check_labels(targets, "targets", na, device, against="a")
+    if targets.numel() and (targets.min() < 0 or targets.max() >= nb):
+        raise ValueError(f"targets must index b's {nb} rows")
+    if torch.unique(targets).numel() != na:
+        raise ValueError("targets must be distinct: each column is the positive of at most one row")
+    if symmetric and na != nb:
+        raise ValueError("symmetric=True needs targets pairing every row of a and b (Ba = Bb); "
+                         "pass symmetric=False for one-directional InfoNCE")
+    return targets.to(torch.int64)
+
+
+class ClipLoss(nn.Module):
+    """clip_loss as a module: forward(a, b, logit_scale=None, labels=None). With learnable_scale=True it holds
+    CLIP's logit_scale parameter (log of the multiplier, initialised to log(1/init_temperature)), capped at
+    max_scale (CLIP: 100) in the forward."""
+
+    def __init__(self, *, objective="cl", decoupled=False, symmetric=True, learnable_scale=False,
+                 init_temperature=0.07, max_scale=100.0, normalize=True, reduction="mean", backend="auto",
+                 process_group=None):
+        super().__init__()
+        check_choice("objective", objective, OBJECTIVES)
+        check_choice("reduction", reduction, TWO_TOWER_REDUCTIONS)
+        check_choice("backend", backend, BACKENDS.names)
+        self.kw = dict(objective=objective, decoupled=decoupled, symmetric=symmetric, normalize=normalize,
+                       reduction=reduction, backend=backend, process_group=process_group)
+        self.max_scale = max_scale
+        if learnable_scale:
+            self.logit_scale = nn.Parameter(torch.tensor(1.0 / init_temperature).log())
+
+    def forward(self, a, b, logit_scale=None, labels=None):
+        learnable = hasattr(self, "logit_scale")
+        if (logit_scale is None) == (not learnable):
+            raise ValueError("logit_scale: pass it to forward, or build the module with learnable_scale=True "
+                             "(not both)")
+        if learnable:
+            logit_scale = self.logit_scale.exp()
+            logit_scale = logit_scale if self.max_scale is None else logit_scale.clamp(max=self.max_scale)
+        return clip_loss(a, b, logit_scale, labels=labels, **self.kw)
