@@ -76,7 +76,7 @@ def contrastive_loss(
     x = z.reshape(b * v, d).to(torch.float64 if z.dtype == torch.float64 else torch.float32)
     if normalize:
         x = F.normalize(x, dim=1, eps=NORM_EPS)
-    bank = _bank(negatives, negative_labels, spec, d, z.device) if negatives is not None else None
+    bank = bank_columns(negatives, negative_labels, spec, d, z.device) if negatives is not None else None
     cols = columns(x, None if spec.objective == "cl" else labels, v, process_group)
     # this rank's rows against themselves as one set (the backends' symmetric schedules apply), then, under
     # a process group, against the other ranks' rows as separate columns
@@ -85,10 +85,8 @@ def contrastive_loss(
     if cols.k is not None and cols.k.shape[0] > x.shape[0]:
         k, col_inst, col_cls = cols.others()
         lse = log_add_exp(lse, impl.masked_lse(own._replace(k=k, col_inst=col_inst, col_cls=col_cls), z.dtype))
-    if bank is not None and bank[0].shape[0] > 0:
-        k = bank[0].to(x.dtype)
-        k = F.normalize(k, dim=1, eps=NORM_EPS) if normalize else k
-        lse = log_add_exp(lse, impl.masked_lse(own._replace(k=k, col_inst=bank[1], col_cls=bank[2]), z.dtype))
+    if bank is not None:
+        lse = with_bank(impl, own, lse, bank, normalize, z.dtype)
     if spec.supervised_positives:
         pos = class_positive_mean(x, *cols.all(x), cols.row_offset)
     else:
@@ -107,13 +105,23 @@ def contrastive_loss(
     return rows.sum() / count.clamp_min(1).to(rows.dtype)
 
 
-def _bank(negatives, negative_labels, spec, d: int, device):
+def with_bank(impl, args: LseArgs, lse: torch.Tensor, bank, normalize: bool, io_dtype) -> torch.Tensor:
+    """lse with the bank's rows (bank_columns) as one more part of each row's denominator."""
+    k, inst, cls = bank
+    if k.shape[0] == 0:
+        return lse
+    k = k.to(args.q.dtype)
+    k = F.normalize(k, dim=1, eps=NORM_EPS) if normalize else k
+    return log_add_exp(lse, impl.masked_lse(args._replace(k=k, col_inst=inst, col_cls=cls, row_offset=0), io_dtype))
+
+
+def bank_columns(negatives, negative_labels, spec, d: int, device):
     """(bank rows, their instance ids, their class ids): ids −1, −2, … that no row has, so that every entry is
     another instance — a negative, or for nscl with its label in the row's class a same-class sample."""
     check_tensor(negatives, "negatives", "(M, d)")
     check_float(negatives, "negatives")
     if negatives.ndim != 2 or negatives.shape[1] != d:
-        raise ValueError(f"negatives must have shape (M, {d}) (the feature dimension of z), got "
+        raise ValueError(f"negatives must have shape (M, {d}) (the rows' feature dimension), got "
                          f"{tuple(negatives.shape)}")
     if negatives.device != device:
         raise ValueError(f"negatives must be on z's device {device}, got {negatives.device}")

@@ -23,7 +23,7 @@ from torch import nn
 from ..checks import check_choice, check_float, check_labels, check_real, check_tensor
 from ..collectives import all_gather_rows, gather_rows, local_sizes
 from .backends import BACKENDS
-from .functional import NORM_EPS
+from .functional import NORM_EPS, bank_columns, with_bank
 from .ops import LseArgs
 from .positives import dense_ids
 from .table import OBJECTIVES, loss_spec
@@ -47,6 +47,8 @@ def clip_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    negatives: torch.Tensor | None = None,
+    negative_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Two-tower InfoNCE of a (Ba, d) against b (Bb, d); see the module docstring for the definitions.
 
@@ -54,7 +56,9 @@ def clip_loss(
     them to pair every row of both (a permutation). labels (Ba,) and key_labels (Bb,) are class ids for
     "nscl" and "supcon" (key_labels default: labels under the pairing). reduction "mean" averages the rows
     (of both directions, averaged), "sum" adds, "none" returns (Ba,) rows, or (2, B) for symmetric.
-    process_group: only the default pairing.
+    process_group: only the default pairing. negatives (M, d): extra key columns of the a→b direction only (a
+    queue of past b rows: no gradient; negative_labels (M,) for "nscl"; not for "supcon"), as in
+    contrastive_loss.
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("reduction", reduction, TWO_TOWER_REDUCTIONS)
@@ -82,13 +86,15 @@ def clip_loss(
         check_labels(key_labels, "key_labels", b.shape[0], b.device, against="b")
         if spec.supervised_positives and not torch.equal(key_labels[targets], labels):
             raise ValueError("supcon: a row's paired column must have its class (labels vs key_labels[targets])")
+    bank = None if negatives is None else bank_columns(negatives, negative_labels, spec, a.shape[1], a.device)
     impl = BACKENDS.resolve(backend, a)
 
     dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
     xa, xb = a.to(dtype), b.to(dtype)
     if normalize:
         xa, xb = F.normalize(xa, dim=1, eps=NORM_EPS), F.normalize(xb, dim=1, eps=NORM_EPS)
-    rows_ab = _direction(impl, xa, xb, targets, labels, key_labels, spec, scale, normalize, a.dtype, process_group)
+    rows_ab = _direction(impl, xa, xb, targets, labels, key_labels, spec, scale, normalize, a.dtype, process_group,
+                         bank)
     if not symmetric:
         return _reduce(rows_ab, reduction, bias)
     inverse = torch.empty_like(targets).index_copy_(0, targets, torch.arange(targets.shape[0], device=a.device))
@@ -98,8 +104,8 @@ def clip_loss(
     return 0.5 * (_reduce(rows_ab, reduction, bias) + _reduce(rows_ba, reduction, bias))
 
 
-def _direction(impl, q, k, targets, q_labels, k_labels, spec, scale, unit_rows, io_dtype, group):
-    """Row losses of q against the columns k (all ranks' under a process group)."""
+def _direction(impl, q, k, targets, q_labels, k_labels, spec, scale, unit_rows, io_dtype, group, bank=None):
+    """Row losses of q against the columns k (all ranks' under a process group) and the bank's, if any."""
     n = q.shape[0]
     offset = 0
     if group is not None:
@@ -116,8 +122,10 @@ def _direction(impl, q, k, targets, q_labels, k_labels, spec, scale, unit_rows, 
     row_cls = row_inst if q_labels is None else q_labels.to(torch.int64)
     col_cls = col_inst if k_labels is None else k_labels.to(torch.int64)
     # row_offset m: no column is a row's "self" (the positive pair belongs in CLIP's denominator)
-    lse = impl.masked_lse(LseArgs(q, k, row_inst, row_cls, col_inst, col_cls, m, scale, spec.include, unit_rows),
-                          io_dtype)
+    args = LseArgs(q, k, row_inst, row_cls, col_inst, col_cls, m, scale, spec.include, unit_rows)
+    lse = impl.masked_lse(args, io_dtype)
+    if bank is not None:
+        lse = with_bank(impl, args, lse, bank, unit_rows, io_dtype)
     if spec.supervised_positives:
         dense = dense_ids(torch.cat((row_cls, col_cls)))
         row_dense, col_dense = dense[:n], dense[n:]

@@ -116,6 +116,26 @@ def test_one_directional_infonce_with_more_keys_than_queries(backend):
     torch.testing.assert_close(rows, F.cross_entropy(logits, targets, reduction="none"), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_a_queue_of_keys_joins_the_a_to_b_denominator(backend):
+    """MoCo: queries against their keys and a queue of past keys (no gradient): CE over [keys, queue]."""
+    runnable(backend)
+    gen = gen_for("queue", backend)
+    q, k, queue = randn(7, 12, gen=gen), randn(7, 12, gen=gen), randn(30, 12, gen=gen)
+    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    qt = q.to(DEVICE, dtype).detach().clone().requires_grad_()
+    rows = clnscl.clip_loss(qt, k.to(DEVICE, dtype), 1 / 0.2, symmetric=False, reduction="none", backend=backend,
+                            negatives=queue.to(DEVICE, dtype))
+    q64 = q.detach().clone().requires_grad_()
+    logits = F.normalize(q64, dim=1) @ F.normalize(torch.cat((k, queue)), dim=1).T / 0.2
+    want = F.cross_entropy(logits, torch.arange(7), reduction="none")
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(rows.double().cpu(), want, rtol=tol, atol=tol)
+    rows.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(qt.grad.double().cpu(), q64.grad, rtol=tol, atol=tol * q64.grad.abs().max().item())
+
+
 def test_the_bias_cancels_and_gets_a_zero_gradient():
     gen = gen_for("bias")
     a, b = randn(9, 6, gen=gen), randn(9, 6, gen=gen)
