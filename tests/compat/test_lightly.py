@@ -1,0 +1,51 @@
+"""clnscl.compat.lightly against the installed lightly: NTXentLoss, DCLLoss (with and without a weight_fn) and
+DCLWLoss, their defaults and other temperatures, values and gradients on every backend; what the shim refuses."""
+import pytest
+import torch
+
+from clnscl.compat import lightly as shim
+from tests.support.seeds import gen_for
+
+peer = pytest.importorskip("lightly.loss", reason="lightly is not installed (pip install lightly)")
+
+BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CASES = [
+    ("NTXentLoss", {}), ("NTXentLoss", dict(temperature=0.2)),
+    ("DCLLoss", {}), ("DCLLoss", dict(temperature=0.3)),
+    ("DCLLoss", dict(weight_fn=lambda a, b: (a * b).sum(dim=1) + 1.5)),
+    ("DCLWLoss", {}), ("DCLWLoss", dict(temperature=0.5, sigma=0.2)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=lambda c: c if isinstance(c, str) else "-".join(map(str, c)))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shim_matches_lightly(backend, name, kwargs):
+    from clnscl.loss.backends import BACKENDS as REGISTRY
+
+    why = REGISTRY[backend].unavailable() or REGISTRY[backend].unsupported(torch.empty(2, 2, 4, device=DEVICE))
+    if why:
+        pytest.skip(why)
+    gen = gen_for("lightly-shim", backend, name, tuple(sorted(kwargs)))
+    b = int(torch.randint(5, 30, (), generator=gen))
+    out0, out1 = (torch.randn(b, 13, generator=gen, dtype=torch.float64) for _ in range(2))
+    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    x0, x1 = (t.to(DEVICE, dtype).detach().clone().requires_grad_() for t in (out0, out1))
+    loss = getattr(shim, name)(**kwargs, backend=backend)(x0, x1)
+    loss.backward()
+    r0, r1 = (t.detach().clone().requires_grad_() for t in (out0, out1))
+    want = getattr(peer, name)(**kwargs)(r0, r1)
+    want.backward()
+    tol = 1e-6 if dtype == torch.float64 else 5e-5
+    torch.testing.assert_close(loss.double().cpu(), want.double(), rtol=tol, atol=tol)
+    for got, ref in ((x0.grad, r0.grad), (x1.grad, r1.grad)):
+        torch.testing.assert_close(got.double().cpu(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_what_the_shim_cannot_honour_raises():
+    with pytest.raises(ValueError, match="memory_bank_size"):
+        shim.NTXentLoss(memory_bank_size=4096)
+    with pytest.raises(ValueError, match="sigma"):
+        shim.DCLWLoss(sigma=0.0)
+    with pytest.raises(ValueError, match="out1"):
+        shim.NTXentLoss(backend="reference")(torch.randn(4, 8), torch.randn(5, 8))
