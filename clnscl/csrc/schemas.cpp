@@ -16,11 +16,12 @@ TORCH_LIBRARY(clnscl, m) {
       "masked_lse(Tensor q, Tensor? k, Tensor row_inst, Tensor row_cls, Tensor? col_inst, "
       "Tensor? col_cls, int row_offset, Tensor scale, int include, bool unit_rows) -> Tensor");
   // Gradients of Σ_a grad_a · lse_a with respect to q and k (dk is empty when k is None: dq then holds
-  // the whole gradient of the shared rows).
+  // the whole gradient of the shared rows; and when need_dk is false: columns without gradient, such as a
+  // memory bank, cost no backward pass of their own).
   m.def(
       "masked_lse_backward(Tensor grad, Tensor lse, Tensor q, Tensor? k, Tensor row_inst, "
       "Tensor row_cls, Tensor? col_inst, Tensor? col_cls, int row_offset, Tensor scale, int include, "
-      "bool unit_rows) -> (Tensor, Tensor)");
+      "bool unit_rows, bool need_dk=True) -> (Tensor, Tensor)");
 
   // Pairwise engine: statistics over the pairs i < j of two feature sets x (N, p), y (N, q), rows paired, in
   // O(N + bins) memory. rdm: 0 = cosine (1 − cos), 1 = euclidean (‖x_i − x_j‖); computed in float64.

@@ -62,9 +62,11 @@ def fake_lse(q, *_):
     return q.new_empty(q.shape[0], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
 
 
-def fake_backward(grad, lse, q, k, *_):
-    """Shapes of (dq, dk); dk is empty (0, d) when k is None."""
-    return torch.empty_like(q), q.new_empty((0, q.shape[1])) if k is None else torch.empty_like(k)
+def fake_backward(grad, lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows,
+                  need_dk=True):
+    """Shapes of (dq, dk); dk is empty (0, d) when k is None or need_dk is false."""
+    empty = k is None or not need_dk
+    return torch.empty_like(q), q.new_empty((0, q.shape[1])) if empty else torch.empty_like(k)
 
 
 def scale_gradient(q: torch.Tensor, dq: torch.Tensor, symmetric: bool, scale: torch.Tensor) -> torch.Tensor:
@@ -88,10 +90,11 @@ def register_autograd(op_name: str, backward_op) -> None:
     def backward(ctx, grad):
         q, k, row_inst, row_cls, col_inst, col_cls, scale, lse = ctx.saved_tensors
         row_offset, _, include, unit_rows = ctx.args[6:]
+        need_dk = k is not None and ctx.needs_input_grad[1]  # a bank's columns: no pass over them
         dq, dk = backward_op(grad.contiguous(), lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale,
-                             include, unit_rows)
+                             include, unit_rows, need_dk)
         d_scale = scale_gradient(q, dq, k is None, scale) if ctx.needs_input_grad[scale_at] else None
-        return (dq, None if k is None else dk, None, None, None, None, None, d_scale, None, None)
+        return (dq, dk if need_dk else None, None, None, None, None, None, d_scale, None, None)
 
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
 

@@ -136,3 +136,29 @@ def test_every_backend_computes_the_same_masked_lse(cross, include):
         for g, w in zip(grads, want_grads):
             assert torch.isfinite(g).all(), name
             torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m: f"{name} gradient: {m}")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_columns_without_gradient_get_no_backward_pass(backend):
+    """need_dk=False (what autograd asks when k needs no gradient, e.g. a memory bank): the same dq, an empty
+    dk; and autograd leaves such a k's gradient None."""
+    from clnscl.loss.backends import BACKENDS
+
+    if BACKENDS[backend].unavailable() or BACKENDS[backend].unsupported(torch.empty(2, 2, 4)):
+        pytest.skip(f"{backend} does not run here")
+    if backend == "triton":
+        import clnscl.loss.triton.ops  # noqa: F401  (defines torch.ops.clnscl_triton)
+    ns = torch.ops.clnscl if backend == "cpu" else torch.ops.clnscl_triton
+    dtype = torch.float64 if backend == "cpu" else torch.float32
+    x, inst, cls = _problem(30, 2, 11, 4, seed=9, dtype=dtype)
+    q, k = x[:25].clone(), x.clone()
+    args = (q, k, inst[:25], cls[:25], inst, cls, 0, _scale(6.0), 1 | 4, True)
+    lse = ns.masked_lse(*args)
+    grad = torch.randn(25, dtype=lse.dtype, generator=torch.Generator().manual_seed(3))
+    dq_all, dk_all = ns.masked_lse_backward(grad, lse, *args)
+    dq, dk = ns.masked_lse_backward(grad, lse, *args, need_dk=False)
+    assert dk.shape == (0, 11) and dk_all.shape == k.shape
+    torch.testing.assert_close(dq, dq_all, rtol=0, atol=0)
+    qq = q.clone().requires_grad_()
+    ns.masked_lse(qq, *args[1:]).sum().backward()
+    assert qq.grad is not None and k.grad is None

@@ -274,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cpu(
     const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& q, const std::optional<at::Tensor>& k,
     const at::Tensor& row_inst, const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
     const std::optional<at::Tensor>& col_cls, int64_t row_offset, const at::Tensor& scale_t, int64_t include,
-    bool unit_rows) {
+    bool unit_rows, bool need_dk) {
   at::NoGradGuard no_grad;
   check_dtype(q);
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
@@ -287,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cpu(
   const Side cs{p.col_inst.data_ptr<int64_t>(), p.col_cls.data_ptr<int64_t>(), 0};
   const Mask mask(include);
   at::Tensor dq = at::zeros_like(p.q);
-  at::Tensor dk = p.self_similarity ? at::empty({0, p.q.size(1)}, opts) : at::zeros_like(p.k);
+  at::Tensor dk = p.self_similarity || !need_dk ? at::empty({0, p.q.size(1)}, opts) : at::zeros_like(p.k);
   AT_DISPATCH_FLOATING_TYPES(p.q.scalar_type(), "masked_lse_backward_cpu", [&] {
     const auto sc = static_cast<scalar_t>(scale);
     const scalar_t* wp = w.data_ptr<scalar_t>();
@@ -301,8 +301,9 @@ std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cpu(
     } else {
       accumulate<scalar_t, true, false>(p.q, p.k, rs, cs, mask, sc, wp, lp, nullptr, nullptr,
                                         dq.data_ptr<scalar_t>());
-      accumulate<scalar_t, false, true>(p.k, p.q, cs, rs, mask, sc, nullptr, nullptr, wp, lp,
-                                        dk.data_ptr<scalar_t>());
+      if (need_dk)
+        accumulate<scalar_t, false, true>(p.k, p.q, cs, rs, mask, sc, nullptr, nullptr, wp, lp,
+                                          dk.data_ptr<scalar_t>());
     }
   });
   return {dq, dk};

@@ -153,14 +153,15 @@ std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cuda(
     const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& q, const std::optional<at::Tensor>& k,
     const at::Tensor& row_inst, const at::Tensor& row_cls, const std::optional<at::Tensor>& col_inst,
     const std::optional<at::Tensor>& col_cls, int64_t row_offset, const at::Tensor& scale_t, int64_t include,
-    bool unit_rows) {
+    bool unit_rows, bool need_dk) {
   const Problem p = make_problem(q, k, row_inst, row_cls, col_inst, col_cls, row_offset);
   const double scale = scale_value(scale_t);
   const c10::cuda::CUDAGuard guard(p.q.device());
   const auto acc_opts = p.q.options().dtype(p.q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   const auto [w, lse_safe, empty_row] = backward_weights(grad, lse, acc_opts);
   at::Tensor dq = at::zeros(p.q.sizes(), acc_opts);
-  at::Tensor dk = p.self_similarity ? at::zeros({0, p.q.size(1)}, acc_opts) : at::zeros(p.k.sizes(), acc_opts);
+  at::Tensor dk = p.self_similarity || !need_dk ? at::zeros({0, p.q.size(1)}, acc_opts)
+                                              : at::zeros(p.k.sizes(), acc_opts);
   const Side rs = side_of(p.row_inst, p.row_cls, p.row_offset), cs = side_of(p.col_inst, p.col_cls, 0);
   const Mask mask(include);
   const int64_t d = p.q.size(1);
@@ -178,8 +179,9 @@ std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cuda(
     } else {
       accumulate_kernel<scalar_t, acc_t, true, false><<<blocks_for(nq), kThreads, 0, stream>>>(
           qp, kp, nq, nk, d, rs, cs, mask, sc, wp, lp, nullptr, nullptr, dq.data_ptr<acc_t>());
-      accumulate_kernel<scalar_t, acc_t, false, true><<<blocks_for(nk), kThreads, 0, stream>>>(
-          kp, qp, nk, nq, d, cs, rs, mask, sc, nullptr, nullptr, wp, lp, dk.data_ptr<acc_t>());
+      if (need_dk)
+        accumulate_kernel<scalar_t, acc_t, false, true><<<blocks_for(nk), kThreads, 0, stream>>>(
+            kp, qp, nk, nq, d, cs, rs, mask, sc, nullptr, nullptr, wp, lp, dk.data_ptr<acc_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -258,6 +258,7 @@ def masked_lse_backward_op(
     scale: torch.Tensor,
     include: int,
     unit_rows: bool,
+    need_dk: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     kk, ri, rc, ci, cc = _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
     scale = scale_value(scale)
@@ -276,7 +277,7 @@ def masked_lse_backward_op(
     l2 = torch.where(empty_row, float("inf"), lse * LOG2E).contiguous()
     # the symmetric kernel adds into fp32 rows (atomics from several programs), cast to q's dtype at the end
     dq = q.new_zeros((n, d), dtype=torch.float32) if sym else torch.empty_like(q)
-    dk = torch.empty_like(kk) if k is not None else q.new_empty((0, d))
+    dk = torch.empty_like(kk) if k is not None and need_dk else q.new_empty((0, d))
     s2 = scale * LOG2E
 
     def launch(x, y, out, xi, xc, yi, yc, x_off, y_off, row_term, col_term):
@@ -296,7 +297,7 @@ def masked_lse_backward_op(
         launch(q, q, dq, ri, rc, ri, rc, 0, 0, row_term=True, col_term=True)
     if k is not None and n > 0:
         launch(q, kk, dq, ri, rc, ci, cc, row_offset, 0, row_term=True, col_term=False)
-    if k is not None and kk.shape[0] > 0:
+    if k is not None and need_dk and kk.shape[0] > 0:
         launch(kk, q, dk, ci, cc, ri, rc, 0, row_offset, row_term=False, col_term=True)
     if d == width:
         return dq, dk
