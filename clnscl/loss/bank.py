@@ -24,7 +24,8 @@ class MemoryBank(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))  # rows filled, ≤ size
 
     def negatives(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, labels) filled so far, in storage order (an empty (0, 0) before the first push)."""
+        """(rows, labels) filled so far, in storage order (an empty (0, 0) before the first push): views of the
+        buffers, which the next push rewrites — clone them to keep them past it."""
         n = int(self.count)
         return self.features[:n], self.labels[:n]
 

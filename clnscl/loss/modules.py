@@ -78,7 +78,9 @@ class _ContrastiveLoss(nn.Module):
     def forward(self, z_i, z_j=None, labels=None):
         z, labels = _as_views(z_i, z_j, labels)
         bank = getattr(self, "memory_bank", None)
-        negatives, negative_labels = (None, None) if bank is None or int(bank.count) == 0 else bank.negatives()
+        negatives = negative_labels = None
+        if bank is not None and int(bank.count) > 0:  # copies: the push below rewrites the buffers in place
+            negatives, negative_labels = (t.clone() for t in bank.negatives())
         if self.objective == "cl":
             negative_labels = None
         loss = contrastive_loss(

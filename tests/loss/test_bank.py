@@ -121,3 +121,22 @@ def test_module_takes_its_bank_as_negatives_then_pushes_the_batch():
     assert {"memory_bank.features", "memory_bank.labels"} <= set(crit.state_dict())
     with pytest.raises(ValueError, match="memory_bank_size"):
         clnscl.SupConLoss(memory_bank_size=10)
+
+
+def test_a_bank_of_unnormalised_rows_trains_across_steps():
+    """normalize=False: the bank's rows enter the op as they are, and the push after the loss must not change
+    what the backward reads (the module hands the op a copy)."""
+    gen = gen_for("bank-raw")
+    crit = clnscl.NTXentLoss(temperature=0.5, memory_bank_size=40, normalize=False, backend="cpu")
+    for step in range(3):
+        z = (0.3 * torch.randn(8, 2, 6, generator=gen, dtype=torch.float64)).requires_grad_()
+        before = crit.memory_bank.negatives()[0].clone()
+        loss = crit(z)
+        loss.backward()
+        want_z = z.detach().clone().requires_grad_()
+        negatives = before if before.shape[0] else None
+        want = clnscl.contrastive_loss(want_z, objective="cl", temperature=0.5, normalize=False, backend="reference",
+                                       negatives=negatives)
+        want.backward()
+        torch.testing.assert_close(loss, want)
+        torch.testing.assert_close(z.grad, want_z.grad)
