@@ -178,3 +178,24 @@ def test_module_with_a_learnable_scale():
         crit(a, b, logit_scale=10.0)
     with pytest.raises(ValueError, match="logit_scale"):
         clnscl.ClipLoss()(a, b)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_clip_loss_with_a_learnable_scale_under_torch_compile_fullgraph(backend):
+    runnable(backend)
+    torch._dynamo.reset()
+    gen = gen_for("clip-compile", backend)
+    a, b = torch.randn(13, 10, generator=gen).to(DEVICE), torch.randn(13, 10, generator=gen).to(DEVICE)
+    grads = []
+    for compiled in (False, True):
+        log_scale = torch.nn.Parameter(torch.tensor(2.5, device=DEVICE))
+        at = a.clone().requires_grad_()
+
+        def f(x, y, s):
+            return clnscl.clip_loss(x, y, s.exp(), backend=backend)
+
+        fn = torch.compile(f, fullgraph=True, backend="aot_eager") if compiled else f
+        fn(at, b, log_scale).backward()
+        grads.append((log_scale.grad.clone(), at.grad.clone()))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
