@@ -106,3 +106,15 @@ def check_temperature_tensor(temperature: torch.Tensor) -> None:
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def stack_views(first: torch.Tensor, second: torch.Tensor, names: tuple[str, str], shape: str = "(B, d)"):
+    """Two views of the same rows, each 2-D and of one shape, as one (B, 2, d) tensor."""
+    for t, name in zip((first, second), names):
+        check_tensor(t, name, shape)
+        if t.ndim != 2:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if second.shape != first.shape:
+        raise ValueError(f"{names[1]} must have the shape of {names[0]} {tuple(first.shape)}, got "
+                         f"{tuple(second.shape)}")
+    return torch.stack((first, second), dim=1)

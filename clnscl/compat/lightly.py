@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_real, check_tensor
+from ..checks import check_real, stack_views
 from ..loss.functional import NORM_EPS, contrastive_loss
 
 
@@ -50,13 +50,8 @@ class _LightlyLoss(nn.Module):
 
     def _rows(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
         """The (B, 2) row losses of clnscl's objective on the two views."""
-        for t, name in ((out0, "out0"), (out1, "out1")):
-            check_tensor(t, name, "(batch_size, embedding_size)")
-            if t.ndim != 2:
-                raise ValueError(f"{name} must have shape (batch_size, embedding_size), got {tuple(t.shape)}")
-        if out1.shape != out0.shape:
-            raise ValueError(f"out1 must have the shape of out0 {tuple(out0.shape)}, got {tuple(out1.shape)}")
-        return contrastive_loss(torch.stack((out0, out1), dim=1), objective=self.objective,
+        views = stack_views(out0, out1, ("out0", "out1"), "(batch_size, embedding_size)")
+        return contrastive_loss(views, objective=self.objective,
                                 temperature=self.temperature, reduction="none", backend=self.backend,
                                 process_group=self._group())
 

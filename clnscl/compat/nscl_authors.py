@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_choice, check_labels, check_real, check_tensor
+from ..checks import check_choice, check_labels, check_real, stack_views
 from ..loss.backends import BACKENDS
 from ..loss.functional import NORM_EPS, contrastive_loss, log_add_exp, temperature_scale
 from ..loss.ops import LseArgs
@@ -46,15 +46,10 @@ class _AuthorsLoss(nn.Module):
             raise RuntimeError(f"{type(self).__name__}: the authors' class gathers every rank's views under "
                                "torch.distributed; this shim does not (use clnscl.contrastive_loss with "
                                "process_group=)")
-        for t, name in ((z_i, "z_i"), (z_j, "z_j")):
-            check_tensor(t, name, "(B, d)")
-            if t.ndim != 2:
-                raise ValueError(f"{name} must have shape (B, d), got {tuple(t.shape)}")
-        if z_j.shape != z_i.shape:
-            raise ValueError(f"z_j must have the shape of z_i {tuple(z_i.shape)}, got {tuple(z_j.shape)}")
+        views = stack_views(z_i, z_j, ("z_i", "z_j"))
         if labels is not None:
             check_labels(labels, "labels", z_i.shape[0], z_i.device, against="z_i", unit="samples")
-        return torch.stack((z_i, z_j), dim=1)
+        return views
 
     def _lse_and_positive(self, z, labels):
         """(lse over D(a) of the include mask, s_pos) for the 2B normalised rows."""

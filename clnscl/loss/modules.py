@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_real, check_temperature
+from ..checks import check_choice, check_real, check_temperature, stack_views
 from .backends import BACKENDS
 from .bank import MemoryBank
 from .functional import NORM_EPS, contrastive_loss
@@ -34,9 +34,7 @@ def _as_views(z_i: torch.Tensor, z_j, labels):
     if z_i.ndim == 2:
         if not isinstance(z_j, torch.Tensor) or z_j.ndim != 2:
             raise ValueError("z_j: with a 2-D z_i (B, d), pass the second view z_j of the same shape")
-        if z_j.shape != z_i.shape:
-            raise ValueError(f"z_j must have the shape of z_i {tuple(z_i.shape)}, got {tuple(z_j.shape)}")
-        return torch.stack((z_i, z_j), dim=1), labels
+        return stack_views(z_i, z_j, ("z_i", "z_j")), labels
     raise ValueError(f"expected z_i of shape (B, d) or features of shape (B, V, d), got {tuple(z_i.shape)}")
 
 

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 from clnscl.compat import lightly as shim
+from tests.support.loss_backends import BACKENDS, DEVICE, io_dtype, skip_unless_runs
 from tests.support.seeds import gen_for
 
 peer = pytest.importorskip("lightly.loss", reason="lightly is not installed (pip install lightly)")
 
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [
     ("NTXentLoss", {}), ("NTXentLoss", dict(temperature=0.2)),
     ("DCLLoss", {}), ("DCLLoss", dict(temperature=0.3)),
@@ -21,15 +20,11 @@ CASES = [
 @pytest.mark.parametrize("name,kwargs", CASES, ids=lambda c: c if isinstance(c, str) else "-".join(map(str, c)))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shim_matches_lightly(backend, name, kwargs):
-    from clnscl.loss.backends import BACKENDS as REGISTRY
-
-    why = REGISTRY[backend].unavailable() or REGISTRY[backend].unsupported(torch.empty(2, 2, 4, device=DEVICE))
-    if why:
-        pytest.skip(why)
+    skip_unless_runs(backend)
     gen = gen_for("lightly-shim", backend, name, tuple(sorted(kwargs)))
     b = int(torch.randint(5, 30, (), generator=gen))
     out0, out1 = (torch.randn(b, 13, generator=gen, dtype=torch.float64) for _ in range(2))
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     x0, x1 = (t.to(DEVICE, dtype).detach().clone().requires_grad_() for t in (out0, out1))
     loss = getattr(shim, name)(**kwargs, backend=backend)(x0, x1)
     loss.backward()

@@ -5,10 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from clnscl.compat import nscl_authors
+from tests.support.loss_backends import BACKENDS, DEVICE, io_dtype, skip_unless_runs
 from tests.support.seeds import gen_for
-
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def authors_formula(name, z_i, z_j, labels, tau):
@@ -38,15 +36,11 @@ def authors_formula(name, z_i, z_j, labels, tau):
 @pytest.mark.parametrize("name", ["NTXentLoss", "DecoupledNTXentLoss", "NegSupConLoss", "SupConLoss"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shims_match_the_authors_definitions(backend, name):
-    from clnscl.loss.backends import BACKENDS as REGISTRY
-
-    why = REGISTRY[backend].unavailable() or REGISTRY[backend].unsupported(torch.empty(2, 2, 4, device=DEVICE))
-    if why:
-        pytest.skip(why)
+    skip_unless_runs(backend)
     gen = gen_for("authors", backend, name)
     z_i, z_j = (torch.randn(14, 9, generator=gen, dtype=torch.float64) for _ in range(2))
     labels = torch.arange(14) % 4
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     a, b = (t.to(DEVICE, dtype).detach().clone().requires_grad_() for t in (z_i, z_j))
     loss = getattr(nscl_authors, name)(0.5, "cuda", backend=backend)(a, b, labels.to(DEVICE))  # their defaults
     loss.backward()

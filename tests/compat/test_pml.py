@@ -5,29 +5,19 @@ import pytest
 import torch
 
 from clnscl.compat import pml as shim
+from tests.support.loss_backends import BACKENDS, DEVICE, io_dtype, skip_unless_runs
 from tests.support.seeds import gen_for
 
 peer = pytest.importorskip("pytorch_metric_learning.losses", reason="pytorch-metric-learning is not installed")
-
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def randn(*shape, gen):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
-def runnable(backend):
-    from clnscl.loss.backends import BACKENDS as REGISTRY
-
-    why = REGISTRY[backend].unavailable() or REGISTRY[backend].unsupported(torch.empty(2, 2, 4, device=DEVICE))
-    if why:
-        pytest.skip(why)
-
-
 def compare(backend, make_shim, make_peer, call, inputs):
     """The shim's and the peer's loss and input gradients on the same float64 inputs."""
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     ours = [t.to(DEVICE, dtype).detach().clone().requires_grad_() if t.is_floating_point() else t.to(DEVICE)
             for t in inputs]
     theirs = [t.detach().clone().requires_grad_() if t.is_floating_point() else t for t in inputs]
@@ -47,7 +37,7 @@ def compare(backend, make_shim, make_peer, call, inputs):
 @pytest.mark.parametrize("labels_kind", ["classes", "instances"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shim_matches_pml_on_one_set(backend, labels_kind, name, kwargs):
-    runnable(backend)
+    skip_unless_runs(backend)
     gen = gen_for("pml", backend, labels_kind, name, tuple(kwargs))
     n = int(torch.randint(10, 40, (), generator=gen))
     emb = torch.randn(n, 11, generator=gen, dtype=torch.float64)
@@ -59,7 +49,7 @@ def test_shim_matches_pml_on_one_set(backend, labels_kind, name, kwargs):
 @pytest.mark.parametrize("name", ["NTXentLoss", "SupConLoss"])
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_shim_matches_pml_with_ref_emb(backend, name):
-    runnable(backend)
+    skip_unless_runs(backend)
     gen = gen_for("pml-ref", backend, name)
     emb, ref = randn(17, 9, gen=gen), randn(29, 9, gen=gen)
     labels, ref_labels = torch.randint(0, 4, (17,), generator=gen), torch.randint(0, 4, (29,), generator=gen)

@@ -6,10 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from clnscl.compat.supcon import SupConLoss
+from tests.support.loss_backends import BACKENDS, DEVICE, io_dtype, skip_unless_runs
 from tests.support.seeds import gen_for
-
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def supcontrast_formula(features, labels=None, mask=None, temperature=0.07, contrast_mode="all",
@@ -30,14 +28,6 @@ def supcontrast_formula(features, labels=None, mask=None, temperature=0.07, cont
     return (-(temperature / base_temperature) * mean_log_prob_pos).mean()
 
 
-def runnable(backend):
-    from clnscl.loss.backends import BACKENDS as REGISTRY
-
-    why = REGISTRY[backend].unavailable() or REGISTRY[backend].unsupported(torch.empty(2, 2, 4, device=DEVICE))
-    if why:
-        pytest.skip(why)
-
-
 # V = 1 has positives only through labels or a mask, and its 'one' mode is 'all' (its refusals are below)
 CASES = [(shape, mode, given) for shape in [(12, 2, 7), (9, 3, 2, 3)] for mode in ("all", "one")
          for given in ("labels", "mask", "neither")] + [((16, 1, 5), "all", "labels"), ((16, 1, 5), "all", "mask")]
@@ -46,14 +36,14 @@ CASES = [(shape, mode, given) for shape in [(12, 2, 7), (9, 3, 2, 3)] for mode i
 @pytest.mark.parametrize("shape,mode,given", CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shim_matches_supcontrast(backend, shape, mode, given):
-    runnable(backend)
+    skip_unless_runs(backend)
     gen = gen_for("supcontrast", backend, shape, mode, given)
     f = F.normalize(torch.randn(*shape, generator=gen, dtype=torch.float64).flatten(2), dim=-1).view(shape)
     labels = torch.arange(shape[0]) % 4  # every class has at least two samples
     kw = dict(temperature=0.1, contrast_mode=mode, base_temperature=0.07)
     call = {"labels": dict(labels=labels), "mask": dict(mask=(labels[:, None] == labels[None, :]).float()),
             "neither": {}}[given]
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     ft = f.to(DEVICE, dtype).detach().clone().requires_grad_()
     loss = SupConLoss(**kw, backend=backend)(ft, **{k: t.to(DEVICE) for k, t in call.items()})
     loss.backward()

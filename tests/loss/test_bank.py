@@ -6,11 +6,9 @@ import torch
 
 import clnscl
 from clnscl import MemoryBank
+from tests.support.loss_backends import BACKENDS, DEVICE, io_dtype, skip_unless_runs
 from tests.support.loss_oracle import anchor_sets
 from tests.support.seeds import gen_for
-
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def oracle_with_bank(z, labels, bank, bank_labels, objective, decoupled, tau):
@@ -33,17 +31,13 @@ def oracle_with_bank(z, labels, bank, bank_labels, objective, decoupled, tau):
 @pytest.mark.parametrize("objective,decoupled", [("cl", False), ("cl", True), ("nscl", False), ("nscl", True)])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bank_negatives_match_the_oracle(backend, objective, decoupled):
-    from clnscl.loss.backends import BACKENDS as REGISTRY
-
-    why = REGISTRY[backend].unavailable() or REGISTRY[backend].unsupported(torch.empty(2, 2, 4, device=DEVICE))
-    if why:
-        pytest.skip(why)
+    skip_unless_runs(backend)
     gen = gen_for("bank", backend, objective, decoupled)
     z = torch.randn(13, 2, 11, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, 4, (13,), generator=gen)
     bank = torch.randn(37, 11, generator=gen, dtype=torch.float64)
     bank_labels = torch.randint(0, 4, (37,), generator=gen)
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     zt = z.to(DEVICE, dtype).detach().clone().requires_grad_()
     loss = clnscl.contrastive_loss(zt, None if objective == "cl" else labels.to(DEVICE), objective=objective,
                                    decoupled=decoupled, temperature=0.2, backend=backend,

@@ -6,22 +6,12 @@ import pytest
 import torch
 
 import clnscl
+from tests.support.loss_backends import BACKENDS, DEVICE, io_dtype, skip_unless_runs
 from tests.support.loss_oracle import oracle_loss
 from tests.support.seeds import gen_for
 
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [("cl", False, None), ("cl", True, None), ("nscl", False, 3), ("nscl", True, 3), ("supcon", False, 4),
          ("supcon", True, 4)]
-
-
-def runnable(backend):
-    from clnscl.loss.backends import BACKENDS as REGISTRY
-
-    b = REGISTRY[backend]
-    why = b.unavailable() or b.unsupported(torch.empty(2, 2, 4, device=DEVICE))
-    if why:
-        pytest.skip(f"{backend}: {why}")
 
 
 def problem(key, b, v, d, classes):
@@ -39,9 +29,9 @@ def problem(key, b, v, d, classes):
 def test_temperature_gradient_matches_the_oracle(backend, objective, decoupled, classes, views, tau):
     """d loss/d τ (and d loss/d z) of every backend against float64 autograd of the anchor-by-anchor oracle;
     N = 3·11 or 2·11 rows with d = 9."""
-    runnable(backend)
+    skip_unless_runs(backend)
     z, labels, weights = problem(("tau", backend, objective, decoupled, views, tau), 11, views, 9, classes)
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     t = torch.tensor(tau, dtype=dtype, device=DEVICE, requires_grad=True)
     zt = z.to(DEVICE, dtype).detach().clone().requires_grad_()
     lab = None if labels is None else labels.to(DEVICE)
@@ -77,7 +67,7 @@ def test_temperature_gradient_equals_finite_differences(backend):
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_learnable_temperature_under_torch_compile_fullgraph(backend):
     """One graph through the fused op with a parameter temperature; τ's gradient equals eager's."""
-    runnable(backend)
+    skip_unless_runs(backend)
     torch._dynamo.reset()
     z, labels, _ = problem(("compile", backend), 13, 2, 10, 3)
     z, labels = z.float().to(DEVICE), labels.to(DEVICE)

@@ -7,22 +7,12 @@ import torch
 import torch.nn.functional as F
 
 import clnscl
+from tests.support.loss_backends import BACKENDS, DEVICE, io_dtype, skip_unless_runs
 from tests.support.seeds import gen_for
-
-BACKENDS = ["reference", "cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def randn(*shape, gen):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-
-def runnable(backend):
-    from clnscl.loss.backends import BACKENDS as REGISTRY
-
-    why = REGISTRY[backend].unavailable() or REGISTRY[backend].unsupported(torch.empty(2, 2, 4, device=DEVICE))
-    if why:
-        pytest.skip(why)
 
 
 def open_clip_formula(a, b, scale):
@@ -58,10 +48,10 @@ def oracle_direction(a, b, scale, targets, labels, key_labels, objective, decoup
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_clip_matches_open_clips_formula(backend):
-    runnable(backend)
+    skip_unless_runs(backend)
     gen = gen_for("clip", backend)
     a, b = randn(29, 19, gen=gen), randn(29, 19, gen=gen)
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     at, bt = (x.to(DEVICE, dtype).detach().clone().requires_grad_() for x in (a, b))
     scale = torch.tensor(14.0, dtype=dtype, device=DEVICE, requires_grad=True)
     loss = clnscl.clip_loss(at, bt, scale, backend=backend)
@@ -81,14 +71,14 @@ def test_clip_matches_open_clips_formula(backend):
                                                  ("supcon", True)])
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_supervised_cross_modal_variants_match_the_oracle(backend, objective, decoupled, symmetric):
-    runnable(backend)
+    skip_unless_runs(backend)
     gen = gen_for("clip-sup", backend, objective, decoupled, symmetric)
     n, d = 23, 10
     a, b = randn(n, d, gen=gen), randn(n, d, gen=gen)
     labels = torch.randint(0, 4, (n,), generator=gen)
     targets = torch.randperm(n, generator=gen)
     key_labels = torch.empty_like(labels).index_copy_(0, targets, labels)
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     at, bt = (x.to(DEVICE, dtype).detach().clone().requires_grad_() for x in (a, b))
     loss = clnscl.clip_loss(at, bt, 5.0, targets=targets.to(DEVICE), labels=labels.to(DEVICE), objective=objective,
                             decoupled=decoupled, symmetric=symmetric, backend=backend)
@@ -119,10 +109,10 @@ def test_one_directional_infonce_with_more_keys_than_queries(backend):
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_a_queue_of_keys_joins_the_a_to_b_denominator(backend):
     """MoCo: queries against their keys and a queue of past keys (no gradient): CE over [keys, queue]."""
-    runnable(backend)
+    skip_unless_runs(backend)
     gen = gen_for("queue", backend)
     q, k, queue = randn(7, 12, gen=gen), randn(7, 12, gen=gen), randn(30, 12, gen=gen)
-    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    dtype = io_dtype(backend)
     qt = q.to(DEVICE, dtype).detach().clone().requires_grad_()
     rows = clnscl.clip_loss(qt, k.to(DEVICE, dtype), 1 / 0.2, symmetric=False, reduction="none", backend=backend,
                             negatives=queue.to(DEVICE, dtype))
@@ -182,7 +172,7 @@ def test_module_with_a_learnable_scale():
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_clip_loss_with_a_learnable_scale_under_torch_compile_fullgraph(backend):
-    runnable(backend)
+    skip_unless_runs(backend)
     torch._dynamo.reset()
     gen = gen_for("clip-compile", backend)
     a, b = torch.randn(13, 10, generator=gen).to(DEVICE), torch.randn(13, 10, generator=gen).to(DEVICE)
