@@ -88,7 +88,7 @@ def check_temperature(temperature) -> float:
     """τ > 0, finite: a real number or a one-element floating tensor; its value."""
     if isinstance(temperature, torch.Tensor):
         check_temperature_tensor(temperature)
-        temperature = temperature.item()
+        temperature = temperature.detach().item()
     return check_real(temperature, "temperature", 0.0, lo_open=True)
 
 
@@ -100,7 +100,7 @@ def check_temperature_tensor(temperature: torch.Tensor) -> None:
     if not temperature.is_floating_point():
         raise TypeError(f"temperature must be a floating tensor, got {temperature.dtype}")
     if not torch.compiler.is_compiling():
-        check_real(temperature.item(), "temperature", 0.0, lo_open=True)
+        check_real(temperature.detach().item(), "temperature", 0.0, lo_open=True)
 
 
 def check_choice(name: str, value, choices) -> None:

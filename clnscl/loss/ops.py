@@ -46,7 +46,7 @@ def scale_value(scale: torch.Tensor) -> float:
     ops' scale_value, csrc/masked_lse.h)."""
     if not isinstance(scale, torch.Tensor) or scale.numel() != 1 or not scale.is_floating_point():
         raise ValueError("masked_lse: scale must be a one-element floating tensor")
-    value = float(scale)
+    value = float(scale.detach())
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"masked_lse: scale must be finite and > 0, got {value}")
     return value

@@ -159,7 +159,7 @@ def _scale(logit_scale) -> torch.Tensor:
         if logit_scale.numel() != 1 or not logit_scale.is_floating_point():
             raise ValueError("logit_scale must be a number or a one-element floating tensor")
         if not torch.compiler.is_compiling():
-            check_real(logit_scale.item(), "logit_scale", 0.0, lo_open=True)
+            check_real(logit_scale.detach().item(), "logit_scale", 0.0, lo_open=True)
         return logit_scale.reshape(())
     return torch.tensor(check_real(logit_scale, "logit_scale", 0.0, lo_open=True), dtype=torch.float64)
 
