@@ -20,7 +20,7 @@ from ..checks import check_choice, check_labels, check_real, check_tensor
 from ..loss.backends import BACKENDS
 from ..loss.functional import temperature_scale
 from ..loss.ops import LseArgs
-from ..loss.positives import dense_ids
+from ..loss.positives import class_positive_mean, dense_ids
 from ..loss.table import NEG, POS, SAME
 
 CONTRAST_MODES = ("all", "one")
@@ -67,9 +67,7 @@ class SupConLoss(nn.Module):
         lse = impl.masked_lse(LseArgs(q, None if n == v * b else k, inst[:n], cls[:n],
                                       None if n == v * b else inst, None if n == v * b else cls, 0, scale,
                                       POS | SAME | NEG, False), f.dtype)
-        class_sum = torch.zeros(count.shape[0], k.shape[1], dtype=k.dtype, device=k.device).index_add(0, dense, k)
-        mine = dense[:n]
-        pos = (q * (class_sum.index_select(0, mine) - q)).sum(dim=1) / (count.index_select(0, mine) - 1).to(k.dtype)
+        pos = class_positive_mean(q, k, cls, 0)  # the anchors are the first n columns
         # −mean log p = lse − scale·mean⟨f_a, f_p⟩, times τ/τ_base, averaged over the anchors
         return (self.temperature / self.base_temperature) * (lse - scale * pos).mean()
 
