@@ -92,15 +92,15 @@ def check_temperature(temperature) -> float:
     return check_real(temperature, "temperature", 0.0, lo_open=True)
 
 
-def check_temperature_tensor(temperature: torch.Tensor) -> None:
-    """A tensor τ: one element, floating; its value finite and > 0 (checked in eager mode only: under
-    torch.compile the value is data, and the ops check it when they run)."""
+def check_temperature_tensor(temperature: torch.Tensor, name: str = "temperature") -> None:
+    """A tensor τ (or scale): one element, floating; its value finite and > 0 (checked in eager mode only:
+    under torch.compile the value is data, and the ops check it when they run)."""
     if temperature.numel() != 1:
-        raise ValueError(f"temperature must be a scalar, got a tensor of shape {tuple(temperature.shape)}")
+        raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(temperature.shape)}")
     if not temperature.is_floating_point():
-        raise TypeError(f"temperature must be a floating tensor, got {temperature.dtype}")
+        raise TypeError(f"{name} must be a floating tensor, got {temperature.dtype}")
     if not torch.compiler.is_compiling():
-        check_real(temperature.detach().item(), "temperature", 0.0, lo_open=True)
+        check_real(temperature.detach().item(), name, 0.0, lo_open=True)
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_choice, check_float, check_labels, check_real, check_tensor
+from ..checks import check_choice, check_float, check_labels, check_real, check_temperature_tensor, check_tensor
 from ..collectives import all_gather_rows, gather_rows, local_sizes
 from .backends import BACKENDS
 from .functional import NORM_EPS, bank_columns, with_bank
@@ -156,10 +156,7 @@ def _scale(logit_scale) -> torch.Tensor:
     """CLIP's multiplier as the ops' 0-d scale, finite and > 0 (a tensor stays differentiable; its value is
     checked in eager mode, and by the ops when they run)."""
     if isinstance(logit_scale, torch.Tensor):
-        if logit_scale.numel() != 1 or not logit_scale.is_floating_point():
-            raise ValueError("logit_scale must be a number or a one-element floating tensor")
-        if not torch.compiler.is_compiling():
-            check_real(logit_scale.detach().item(), "logit_scale", 0.0, lo_open=True)
+        check_temperature_tensor(logit_scale, "logit_scale")
         return logit_scale.reshape(())
     return torch.tensor(check_real(logit_scale, "logit_scale", 0.0, lo_open=True), dtype=torch.float64)
 
