@@ -49,6 +49,35 @@ def chunked_scores(A, B, rows, cols, row_ok, col_ok, d, DOT_PREC: tl.constexpr, 
 
 
 @triton.jit
+def row_block(A, rows, row_ok, d, BLOCK_D: tl.constexpr, NUM_D: tl.constexpr):
+    """A[rows], loaded once per program when a score tile takes one feature chunk (tile_scores reuses it);
+    with NUM_D > 1 a stand-in (tile_scores loads the chunks itself)."""
+    if NUM_D == 1:
+        dims = tl.arange(0, BLOCK_D)
+        a = tl.load(A + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
+                    other=0.0)
+    else:
+        a = tl.zeros([1], tl.float32)
+    return a
+
+
+@triton.jit
+def tile_scores(A, B, a, rows, cols, row_ok, col_ok, d, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_D: tl.constexpr):
+    """(⟨A[rows], B[cols]⟩, B[cols]): with NUM_D = 1 from the rows' block a (row_block) and the columns' block,
+    which the caller may reuse; with NUM_D > 1 over the chunks (the second value is then the scores again)."""
+    if NUM_D == 1:
+        dims = tl.arange(0, BLOCK_D)
+        b = tl.load(B + cols.to(tl.int64)[:, None] * d + dims[None, :], mask=col_ok[:, None] & (dims[None, :] < d),
+                    other=0.0)
+        s = tl.dot(a, tl.trans(b), input_precision=DOT_PREC)
+    else:
+        s = chunked_scores(A, B, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
+        b = s
+    return s, b
+
+
+@triton.jit
 def lse_fwd_kernel(
     Q, K, RI, RC, CI, CC, LSE, n_rows, n_cols, d, row_off, scale_log2,
     INCLUDE: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -59,11 +88,8 @@ def lse_fwd_kernel(
     NaN in a kept score propagates: 2^{NaN − m} is NaN whatever the running max m makes of it.
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
     row_ok = rows < n_rows
-    if NUM_D == 1:
-        q = tl.load(Q + rows.to(tl.int64)[:, None] * d + dims[None, :],
-                    mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
+    q = row_block(Q, rows, row_ok, d, BLOCK_D, NUM_D)
     ri = tl.load(RI + rows, mask=row_ok, other=0)
     rc = tl.load(RC + rows, mask=row_ok, other=0)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -71,12 +97,7 @@ def lse_fwd_kernel(
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n_cols
-        if NUM_D == 1:
-            k = tl.load(K + cols.to(tl.int64)[:, None] * d + dims[None, :],
-                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        else:
-            s = chunked_scores(Q, K, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
+        s, _ = tile_scores(Q, K, q, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
         ci = tl.load(CI + cols, mask=col_ok, other=0)
         cc = tl.load(CC + cols, mask=col_ok, other=0)
         t = s * scale_log2
@@ -106,12 +127,9 @@ def lse_bwd_kernel(
     a + x_off == b + y_off. SAME_TILE (NUM_D = 1 and BLOCK_O = BLOCK_D) reuses the scores' column block.
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
     outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     row_ok = rows < n_x
-    if NUM_D == 1:
-        x = tl.load(X + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
-                    other=0.0)
+    x = row_block(X, rows, row_ok, d, BLOCK_D, NUM_D)
     xi = tl.load(XI + rows, mask=row_ok, other=0)
     xc = tl.load(XC + rows, mask=row_ok, other=0)
     if USE_ROW_TERM:
@@ -121,12 +139,7 @@ def lse_bwd_kernel(
     for start in range(0, n_y, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n_y
-        if NUM_D == 1:
-            y = tl.load(Y + cols.to(tl.int64)[:, None] * d + dims[None, :],
-                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
-            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
-        else:
-            s = chunked_scores(X, Y, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
+        s, y = tile_scores(X, Y, x, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
         yi = tl.load(YI + cols, mask=col_ok, other=0)
         yc = tl.load(YC + cols, mask=col_ok, other=0)
         t = s * scale_log2
@@ -169,23 +182,15 @@ def lse_sym_fwd_kernel(
     pid = tl.program_id(0)
     nb = tl.cdiv(n, BLOCK)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
-    dims = tl.arange(0, BLOCK_D)
     row_ok = rows < n
-    if NUM_D == 1:
-        x = tl.load(Z + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
-                    other=0.0)
+    x = row_block(Z, rows, row_ok, d, BLOCK_D, NUM_D)
     ri = tl.load(ZI + rows, mask=row_ok, other=0)
     rc = tl.load(ZC + rows, mask=row_ok, other=0)
     row_acc = tl.zeros([BLOCK], tl.float32)
     for j in range(0, circular_tiles(pid, nb)):
         cols = ((pid + j) % nb) * BLOCK + tl.arange(0, BLOCK)
         col_ok = cols < n
-        if NUM_D == 1:
-            y = tl.load(Z + cols.to(tl.int64)[:, None] * d + dims[None, :],
-                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
-            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
-        else:
-            s = chunked_scores(Z, Z, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK, BLOCK, BLOCK_D, NUM_D)
+        s, y = tile_scores(Z, Z, x, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK, BLOCK, BLOCK_D, NUM_D)
         ci = tl.load(ZI + cols, mask=col_ok, other=0)
         cc = tl.load(ZC + cols, mask=col_ok, other=0)
         keep = in_denominator(ri, rc, rows, ci, cc, cols, INCLUDE) & row_ok[:, None] & col_ok[None, :]
@@ -208,13 +213,10 @@ def lse_sym_bwd_kernel(
     pid = tl.program_id(0)
     nb = tl.cdiv(n, BLOCK)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
-    dims = tl.arange(0, BLOCK_D)
     outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     row_ok = rows < n
     out_ok = outs[None, :] < d
-    if NUM_D == 1:
-        x = tl.load(Z + rows.to(tl.int64)[:, None] * d + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
-                    other=0.0)
+    x = row_block(Z, rows, row_ok, d, BLOCK_D, NUM_D)
     if SAME_TILE:
         xo = x
     else:
@@ -226,12 +228,7 @@ def lse_sym_bwd_kernel(
     for j in range(0, circular_tiles(pid, nb)):
         cols = ((pid + j) % nb) * BLOCK + tl.arange(0, BLOCK)
         col_ok = cols < n
-        if NUM_D == 1:
-            y = tl.load(Z + cols.to(tl.int64)[:, None] * d + dims[None, :],
-                        mask=col_ok[:, None] & (dims[None, :] < d), other=0.0)
-            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
-        else:
-            s = chunked_scores(Z, Z, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK, BLOCK, BLOCK_D, NUM_D)
+        s, y = tile_scores(Z, Z, x, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK, BLOCK, BLOCK_D, NUM_D)
         ci = tl.load(ZI + cols, mask=col_ok, other=0)
         cc = tl.load(ZC + cols, mask=col_ok, other=0)
         u_y = tl.load(U + cols, mask=col_ok, other=0.0)
