@@ -2,13 +2,14 @@
 
 Every launch the Triton ops can make — fp32 inputs (tf32x3 dots at torch's default matmul precision, tf32
 below it), bf16 and fp16 × every feature bucket up to the ops' limit × the general schedule's forward and
-three backward variants (one set's rows and columns, a cross problem's rows, its columns) and the symmetric
-schedule's forward and backward, each for a row count that is a multiple of 16 and for an odd one (the ops
-pad features to a multiple of 16 and align every pointer, so these are all the specialisations they
-launch) — is compiled for the target (sm_90 = Hopper, sm_80 = Ampere) by triton's own compiler and ptxas,
-not launched, and read back off the cubin with the cuobjdump of the triton wheel: registers, stack (spilled
-registers), shared memory, and the tensor-core instructions in the SASS (HGMMA: Hopper's wgmma; HMMA:
-mma.sync). The CUDA C++ kernels of the built library are read the same way.
+three backward variants (one set's rows and columns, a cross problem's rows, its columns), the symmetric
+schedule's forward and backward, and the cross op's forward (both sides' sums) and backward (both terms),
+each for a row count that is a multiple of 16 and for an odd one (the ops pad features to a multiple of 16
+and align every pointer, so these are all the specialisations they launch) — is compiled for the target
+(sm_90 = Hopper, sm_80 = Ampere) by triton's own compiler and ptxas, not launched, and read back off the
+cubin with the cuobjdump of the triton wheel: registers, stack (spilled registers), shared memory, and the
+tensor-core instructions in the SASS (HGMMA: Hopper's wgmma; HMMA: mma.sync). The CUDA C++ kernels of the
+built library are read the same way.
 
     python -m clnscl.kernels [--sm 90 80] [--dtypes ...] [--kernels ...] [--d ...] [--cuda] [--json FILE]
                              [--check]
@@ -37,7 +38,8 @@ DTYPES = {"fp32 (tf32x3)": (torch.float32, "highest"), "fp32 (tf32)": (torch.flo
           "bf16": (torch.bfloat16, "highest"), "fp16": (torch.float16, "highest")}
 # each kernel of the report -> the kind of its tiling in loss/triton/ops.py
 BLOCK_KINDS = {"forward": "fwd", "backward": "bwd", "backward rows": "bwd", "backward columns": "bwd",
-               "symmetric forward": "sym_fwd", "symmetric backward": "sym_bwd"}
+               "symmetric forward": "sym_fwd", "symmetric backward": "sym_bwd", "cross forward": "cross_fwd",
+               "cross backward": "bwd"}
 KERNELS = tuple(BLOCK_KINDS)
 
 
@@ -94,7 +96,7 @@ def _forget_targets() -> None:
     from .loss.triton import kernels
 
     for kernel in (kernels.lse_fwd_kernel, kernels.lse_bwd_kernel, kernels.lse_sym_fwd_kernel,
-                   kernels.lse_sym_bwd_kernel):
+                   kernels.lse_sym_bwd_kernel, kernels.lse_cross_fwd_kernel):
         kernel.device_caches.clear()
 
 
@@ -116,7 +118,8 @@ def resources(cubin: bytes, tool: str) -> dict:
 def _launch(kind: str, dtype: torch.dtype, d: int, n: int, sm: int):
     """(kernel, arguments, constexprs and options) of one launch of the Triton ops, on CPU tensors of n rows."""
     from .loss.triton import ops
-    from .loss.triton.kernels import lse_bwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel, lse_sym_fwd_kernel
+    from .loss.triton.kernels import (lse_bwd_kernel, lse_cross_fwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel,
+                                      lse_sym_fwd_kernel)
 
     rows = torch.empty(n, d, dtype=dtype)
     ids = torch.zeros(n, dtype=torch.int64)
@@ -129,11 +132,15 @@ def _launch(kind: str, dtype: torch.dtype, d: int, n: int, sm: int):
         grads = torch.empty(n, d, dtype=torch.float32)
         return lse_sym_bwd_kernel, (rows, grads, ids, ids, f32, n, d, 1.0, 1.0, 1.0), ops.symmetric_meta(
             "bwd", dtype, d, include, sm)
+    if kind == "cross forward":
+        return lse_cross_fwd_kernel, (rows, rows, ids, ids, ids, ids, f32, f32, n, n, d, n, 1.0, 1.0), \
+            ops.cross_meta(dtype, d, include, sm)
     if kind == "forward":
         return lse_fwd_kernel, (rows, rows, ids, ids, ids, ids, f32, n, n, d, 0, 1.0), ops.forward_meta(
             dtype, d, include, sm)
-    terms = {"backward": (True, True), "backward rows": (True, False), "backward columns": (False, True)}[kind]
-    offset = 0 if kind == "backward" else 3  # a cross problem's rows start past the lower ranks'
+    terms = {"backward": (True, True), "backward rows": (True, False), "backward columns": (False, True),
+             "cross backward": (True, True)}[kind]
+    offset = 0 if kind == "backward" else 3  # a cross problem's rows start past the lower ranks' (or the columns)
     args = (rows, rows, rows, ids, ids, ids, ids, f32, f32, f32, f32, n, n, d, offset, 0, 1.0, 1.0)
     return lse_bwd_kernel, args, ops.backward_meta(dtype, d, include, sm, *terms)
 

@@ -1,7 +1,7 @@
 """The static bar of the GPU kernels, checked without a GPU (`python -m clnscl.kernels`): every launch the
 Triton ops can make on Hopper — fp32 (tf32x3 and tf32 dots), bf16, fp16 × every feature bucket up to the
-ops' limit × the general forward and three backward variants and the symmetric forward and backward × row
-counts that are and are not multiples of 16 —
+ops' limit × the general forward and four backward variants, the symmetric forward and backward and the
+cross forward × row counts that are and are not multiples of 16 —
 compiles for sm_90 without spilling registers, within one block's shared memory, on wgmma (HGMMA)."""
 import json
 import subprocess

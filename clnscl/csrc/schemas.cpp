@@ -22,6 +22,18 @@ TORCH_LIBRARY(clnscl, m) {
       "masked_lse_backward(Tensor grad, Tensor lse, Tensor q, Tensor? k, Tensor row_inst, "
       "Tensor row_cls, Tensor? col_inst, Tensor? col_cls, int row_offset, Tensor scale, int include, "
       "bool unit_rows, bool need_dk=True) -> (Tensor, Tensor)");
+  // masked_lse_cross: both log-sum-exps of the same tiles of separate rows q (N, d) and columns k (M, d) — the
+  // rows' lse_a = log Σ_{b ∈ D(a)} exp(s_ab) and the columns' lse_b = log Σ_{a : b ∈ D(a)} exp(s_ab) (the
+  // two directions of a two-tower loss, whose mask is symmetric) — in one pass over q·kᵀ; −inf where empty.
+  m.def(
+      "masked_lse_cross(Tensor q, Tensor k, Tensor row_inst, Tensor row_cls, Tensor col_inst, Tensor col_cls, "
+      "int row_offset, Tensor scale, int include, bool unit_rows) -> (Tensor, Tensor)");
+  // Gradients of Σ_a grad_rows_a · lse_a + Σ_b grad_cols_b · lse_b with respect to q and k (dk empty when
+  // need_dk is false).
+  m.def(
+      "masked_lse_cross_backward(Tensor grad_rows, Tensor grad_cols, Tensor lse_rows, Tensor lse_cols, Tensor q, "
+      "Tensor k, Tensor row_inst, Tensor row_cls, Tensor col_inst, Tensor col_cls, int row_offset, Tensor scale, "
+      "int include, bool unit_rows, bool need_dk=True) -> (Tensor, Tensor)");
 
   // Pairwise engine: statistics over the pairs i < j of two feature sets x (N, p), y (N, q), rows paired, in
   // O(N + bins) memory. rdm: 0 = cosine (1 − cos), 1 = euclidean (‖x_i − x_j‖); computed in float64.

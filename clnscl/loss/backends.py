@@ -4,7 +4,9 @@
 "cuda" the same op's CUDA kernels (a portable GPU fallback), "triton" the Triton kernels on CUDA tensors (or on
 CPU tensors when TRITON_INTERPRET=1). "auto" takes triton, then cuda, for CUDA tensors and cpu otherwise, and
 falls back to the reference with a warning (the rule of clnscl/dispatch.py). Every backend's `masked_lse`
-takes the op's arguments (loss/ops.py) and the input's dtype, and returns lse differentiable in q and k.
+takes the op's arguments (loss/ops.py) and the input's dtype, and returns lse differentiable in q and k; its
+`masked_lse_cross` returns the rows' and the columns' lse of separate q and k, from one fused pass where the
+backend has a cross op (cpu, triton) and from one masked_lse per side elsewhere.
 """
 from __future__ import annotations
 
@@ -15,14 +17,20 @@ from . import reference
 from .ops import LseArgs, load_cpp, triton_interpret
 
 
-class Reference(Backend):
+class LossBackend(Backend):
+    def masked_lse_cross(self, args: LseArgs, io_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lse of q's rows, lse of k's rows) over the same pairs: here one masked_lse per side."""
+        return self.masked_lse(args, io_dtype), self.masked_lse(args.transposed(), io_dtype)
+
+
+class Reference(LossBackend):
     name = "reference"
 
     def masked_lse(self, args: LseArgs, io_dtype: torch.dtype) -> torch.Tensor:
         return reference.masked_lse(args)
 
 
-class CppOps(Backend):
+class CppOps(LossBackend):
     """The C++ op on tensors of one device type: "cpu" (OpenMP kernels) or "cuda" (CUDA kernels)."""
 
     def __init__(self, device: str):
@@ -47,8 +55,13 @@ class CppOps(Backend):
             args = args.cast(io_dtype)
         return torch.ops.clnscl.masked_lse(*args)
 
+    def masked_lse_cross(self, args: LseArgs, io_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.name == "cuda":  # no CUDA cross kernel: one pass per side
+            return super().masked_lse_cross(args, io_dtype)
+        return torch.ops.clnscl.masked_lse_cross(*args)
 
-class Triton(Backend):
+
+class Triton(LossBackend):
     name = "triton"
 
     def unavailable(self):
@@ -77,6 +90,11 @@ class Triton(Backend):
         from .triton import ops  # noqa: F401  defines torch.ops.clnscl_triton
 
         return torch.ops.clnscl_triton.masked_lse(*args.cast(io_dtype))
+
+    def masked_lse_cross(self, args: LseArgs, io_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        from .triton import ops  # noqa: F401
+
+        return torch.ops.clnscl_triton.masked_lse_cross(*args.cast(io_dtype))
 
 
 BACKENDS = Registry("loss", (Reference(), CppOps("cpu"), CppOps("cuda"), Triton()),

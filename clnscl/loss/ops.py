@@ -2,7 +2,9 @@
 
 `clnscl::masked_lse` (C++/CUDA, schemas in clnscl/csrc/schemas.cpp) and `clnscl_triton::masked_lse`
 (loss/triton/ops.py) take the same arguments, `LseArgs`, and return lse_a = log Σ_{b∈D(a)} exp(scale·⟨q_a, k_b⟩)
-for every row a of q (−inf where D(a) is empty); their backward ops map (grad, lse, *args) to (dq, dk). Both
+for every row a of q (−inf where D(a) is empty); their backward ops map (grad, lse, *args) to (dq, dk). The
+cross ops (`masked_lse_cross`, C++ CPU and Triton) take the same arguments with k set and return the rows' and
+the columns' lse of the same tiles in one pass (the two directions of a two-tower loss). Both
 get the fake kernels (shapes only, for torch.compile) and the autograd below, which also differentiates in
 the scale (a tensor, so that a learnable temperature trains); the C++ op's are registered by `load_cpp`,
 which builds and loads the C++ library (clnscl/extension.py) first.
@@ -35,6 +37,12 @@ class LseArgs(NamedTuple):
     scale: torch.Tensor  # one-element floating tensor, > 0: s_ab = scale·⟨q_a, k_b⟩
     include: int  # D(a) as bits over POS | SAME | NEG (loss/table.py)
     unit_rows: bool  # ‖q_a‖, ‖k_b‖ ≤ 1 (normalised rows): the kernels may then use a fixed shift
+
+    def transposed(self) -> "LseArgs":
+        """The same pairs seen from the columns: k's rows against q's (k must be set), row b the "self" of
+        column b − row_offset."""
+        return LseArgs(self.k, self.q, self.col_inst, self.col_cls, self.row_inst, self.row_cls, -self.row_offset,
+                       self.scale, self.include, self.unit_rows)
 
     def cast(self, dtype: torch.dtype) -> "LseArgs":
         """The same problem with q and k in `dtype` (the GPU kernels read bf16/fp16 and accumulate in fp32)."""
@@ -69,6 +77,17 @@ def fake_backward(grad, lse, q, k, row_inst, row_cls, col_inst, col_cls, row_off
     return torch.empty_like(q), q.new_empty((0, q.shape[1])) if empty else torch.empty_like(k)
 
 
+def fake_lse_cross(q, k, *_):
+    """Shapes and dtypes of (lse_rows, lse_cols): one per row of q and of k."""
+    return fake_lse(q), fake_lse(k)
+
+
+def fake_cross_backward(grad_rows, grad_cols, lse_rows, lse_cols, q, k, row_inst, row_cls, col_inst, col_cls,
+                        row_offset, scale, include, unit_rows, need_dk=True):
+    """Shapes of (dq, dk) of the cross op; dk is empty (0, d) when need_dk is false."""
+    return torch.empty_like(q), torch.empty_like(k) if need_dk else q.new_empty((0, q.shape[1]))
+
+
 def scale_gradient(q: torch.Tensor, dq: torch.Tensor, symmetric: bool, scale: torch.Tensor) -> torch.Tensor:
     """d(Σ_a grad_a·lse_a)/d scale = Σ_ab G_ab·⟨q_a, k_b⟩ from the backward's own dq: with separate columns
     dq_a = scale·Σ_b G_ab·k_b, so the sum is Σ_a ⟨q_a, dq_a⟩ / scale; with k = None dz = scale·(G + Gᵀ)·z holds
@@ -99,6 +118,29 @@ def register_autograd(op_name: str, backward_op) -> None:
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
 
 
+def register_cross_autograd(op_name: str, backward_op) -> None:
+    """Attach autograd to the cross op `op_name` (outputs lse_rows, lse_cols): dq and dk from
+    `backward_op(grad_rows, grad_cols, lse_rows, lse_cols, *args)`, d scale from dq, which holds both terms."""
+    scale_at = LseArgs._fields.index("scale")
+
+    def setup_context(ctx, inputs, output):
+        ctx.args = inputs
+        ctx.save_for_backward(*inputs[:6], inputs[scale_at], *output)
+
+    def backward(ctx, grad_rows, grad_cols):
+        q, k, row_inst, row_cls, col_inst, col_cls, scale, lse_rows, lse_cols = ctx.saved_tensors
+        row_offset, _, include, unit_rows = ctx.args[6:]
+        need_dk = ctx.needs_input_grad[1]
+        grad_rows = torch.zeros_like(lse_rows) if grad_rows is None else grad_rows.contiguous()
+        grad_cols = torch.zeros_like(lse_cols) if grad_cols is None else grad_cols.contiguous()
+        dq, dk = backward_op(grad_rows, grad_cols, lse_rows, lse_cols, q, k, row_inst, row_cls, col_inst, col_cls,
+                             row_offset, scale, include, unit_rows, need_dk)
+        d_scale = scale_gradient(q, dq, False, scale) if ctx.needs_input_grad[scale_at] else None
+        return (dq, dk if need_dk else None, None, None, None, None, None, d_scale, None, None)
+
+    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
+
+
 _cpp_registered = False
 
 
@@ -111,4 +153,7 @@ def load_cpp(kind: str) -> None:
         torch.library.register_fake("clnscl::masked_lse")(fake_lse)
         torch.library.register_fake("clnscl::masked_lse_backward")(fake_backward)
         register_autograd("clnscl::masked_lse", torch.ops.clnscl.masked_lse_backward)
+        torch.library.register_fake("clnscl::masked_lse_cross")(fake_lse_cross)
+        torch.library.register_fake("clnscl::masked_lse_cross_backward")(fake_cross_backward)
+        register_cross_autograd("clnscl::masked_lse_cross", torch.ops.clnscl.masked_lse_cross_backward)
         _cpp_registered = True

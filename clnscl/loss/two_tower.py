@@ -93,19 +93,30 @@ def clip_loss(
     xa, xb = a.to(dtype), b.to(dtype)
     if normalize:
         xa, xb = F.normalize(xa, dim=1, eps=NORM_EPS), F.normalize(xb, dim=1, eps=NORM_EPS)
-    rows_ab = _direction(impl, xa, xb, targets, labels, key_labels, spec, scale, normalize, a.dtype, process_group,
-                         bank)
+    args_ab, cols_ab = _pairs(xa, xb, targets, labels, key_labels, spec, scale, normalize, process_group)
+    if symmetric and process_group is None:  # both directions from one pass over the same tiles
+        lse_ab, lse_ba = impl.masked_lse_cross(args_ab, a.dtype)
+        args_ba, cols_ba = args_ab.transposed(), torch.argsort(targets)
+    else:
+        lse_ab = impl.masked_lse(args_ab, a.dtype)
+    if bank is not None:
+        lse_ab = with_bank(impl, args_ab, lse_ab, bank, normalize, a.dtype)
+    rows_ab = _row_losses(args_ab, lse_ab, cols_ab, spec)
     if not symmetric:
         return _reduce(rows_ab, reduction, bias)
-    inverse = torch.empty_like(targets).index_copy_(0, targets, torch.arange(targets.shape[0], device=a.device))
-    rows_ba = _direction(impl, xb, xa, inverse, key_labels, labels, spec, scale, normalize, a.dtype, process_group)
+    if process_group is not None:  # this rank's b rows against every rank's a rows: a pass of their own
+        args_ba, cols_ba = _pairs(xb, xa, torch.argsort(targets), key_labels, labels, spec, scale, normalize,
+                                  process_group)
+        lse_ba = impl.masked_lse(args_ba, a.dtype)
+    rows_ba = _row_losses(args_ba, lse_ba, cols_ba, spec)
     if reduction == "none":
         return torch.stack((rows_ab[0], rows_ba[0])) + 0.0 * bias
     return 0.5 * (_reduce(rows_ab, reduction, bias) + _reduce(rows_ba, reduction, bias))
 
 
-def _direction(impl, q, k, targets, q_labels, k_labels, spec, scale, unit_rows, io_dtype, group, bank=None):
-    """Row losses of q against the columns k (all ranks' under a process group) and the bank's, if any."""
+def _pairs(q, k, targets, q_labels, k_labels, spec, scale, unit_rows, group):
+    """(the op's arguments for the rows q against the columns k — all ranks' under a process group —, the index
+    of each row's positive among those columns)."""
     n = q.shape[0]
     offset = 0
     if group is not None:
@@ -122,11 +133,14 @@ def _direction(impl, q, k, targets, q_labels, k_labels, spec, scale, unit_rows, 
     row_cls = row_inst if q_labels is None else q_labels.to(torch.int64)
     col_cls = col_inst if k_labels is None else k_labels.to(torch.int64)
     # row_offset m: no column is a row's "self" (the positive pair belongs in CLIP's denominator)
-    args = LseArgs(q, k, row_inst, row_cls, col_inst, col_cls, m, scale, spec.include, unit_rows)
-    lse = impl.masked_lse(args, io_dtype)
-    if bank is not None:
-        lse = with_bank(impl, args, lse, bank, unit_rows, io_dtype)
+    return LseArgs(q, k, row_inst, row_cls, col_inst, col_cls, m, scale, spec.include, unit_rows), cols
+
+
+def _row_losses(args: LseArgs, lse, cols, spec):
+    """(ℓ_a = lse_a − scale·mean_{p∈P(a)} s_ap for the rows, 0 where D(a) is empty; which rows count)."""
+    q, k, row_cls, col_cls = args.q, args.k, args.row_cls, args.col_cls
     if spec.supervised_positives:
+        n = q.shape[0]
         dense = dense_ids(torch.cat((row_cls, col_cls)))
         row_dense, col_dense = dense[:n], dense[n:]
         class_sum = torch.zeros(int(dense.max()) + 1, k.shape[1], dtype=k.dtype, device=k.device)
@@ -137,7 +151,7 @@ def _direction(impl, q, k, targets, q_labels, k_labels, spec, scale, unit_rows, 
     else:
         pos = (q * k.index_select(0, cols)).sum(dim=1)
     valid = lse != float("-inf")
-    return torch.where(valid, lse - scale * pos, torch.zeros_like(lse)), valid
+    return torch.where(valid, lse - args.scale * pos, torch.zeros_like(lse)), valid
 
 
 def _reduce(direction, reduction: str, bias) -> torch.Tensor:

@@ -11,6 +11,8 @@ the concatenated global batch:
   - labels with three classes spread over all ranks, so Same(a) spans ranks, plus one singleton class;
   - a tensor temperature's gradient on each rank is that of its own loss;
   - the two-tower loss (clip_loss) with local rows against every rank's columns, likewise;
+  - with equal local batch sizes (2 and 3 ranks), clip_loss's value and a / b / logit_scale gradients equal
+    those of the installed open_clip's ClipLoss(local_loss=True, gather_with_grad=True), normalize on and off;
   - under DDP the averaged parameter gradients (a learnable temperature's included) equal those of one
     process on the global batch (equal sizes), and in general the gradient of (1/world_size) Σ_ranks
     (local mean); with reduction='global_mean' those of one process for any sizes.
@@ -151,6 +153,8 @@ def launch(tmp: Path, sizes: list[int], modes: str, backends: list[str]) -> Grou
 # Local batch sizes whose group also runs the DDP checks (DDP's first use imports torch._dynamo: ~2.5 s of
 # CPU per process, so not every group does).
 DDP_SIZES = [[4, 4], [5, 7, 4]]
+# Equal local sizes (open_clip's local_loss needs them) whose group also checks clip_loss against open_clip.
+OPEN_CLIP_SIZES = [[4, 4], [3, 3, 3]]
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +167,8 @@ def group(tmp_path_factory, backends):
         if key not in cache:
             tmp = tmp_path_factory.mktemp("gloo-" + "-".join(map(str, key)))
             modes = "loss,ddp,clip" if list(key) in DDP_SIZES else "loss"
+            if list(key) in OPEN_CLIP_SIZES:
+                modes += ",open_clip"
             cache[key] = launch(tmp, list(key), modes, backends[0])
         return cache[key]
 
@@ -195,6 +201,7 @@ def _skip_if_cpu_missing(backends):
 LOSS_CHECKS = 15
 DDP_CHECKS = 12  # 3 objectives x 2 decoupled x reduction mean / global_mean
 CLIP_CHECKS = 3  # cl, nscl, supcon
+OPEN_CLIP_CHECKS = 2  # normalize False / True
 
 
 @pytest.mark.parametrize("sizes", [[4, 4], [3, 3, 3]], ids=["world2", "world3"])
@@ -226,4 +233,13 @@ def test_two_tower_local_rows_against_all_columns(group, sizes, backends):
     """clip_loss under a process group (open_clip's local_loss with gathered, differentiable columns): each
     rank's loss, a/b gradients of Σ_r loss_r and its logit_scale gradient, against one process."""
     group(sizes).check("clip", CLIP_CHECKS * len(backends[0]))
+    _skip_if_cpu_missing(backends)
+
+
+@pytest.mark.parametrize("sizes", OPEN_CLIP_SIZES, ids=["world2", "world3"])
+def test_two_tower_matches_open_clip_local_loss(group, sizes, backends):
+    """clip_loss under a process group against the installed open_clip (a declared test dependency: an import
+    failure in the workers fails this test): ClipLoss(local_loss=True, gather_with_grad=True) on each rank's
+    rows gives the same loss and the same a, b and logit_scale gradients, normalize=False and True."""
+    group(sizes).check("open_clip", OPEN_CLIP_CHECKS * len(backends[0]))
     _skip_if_cpu_missing(backends)

@@ -5,7 +5,8 @@
 
 Every rank builds the same seeded global batch, takes its own rows (rank order), calls the distributed loss
 on the gloo group and checks the result against the single-process reference on the global batch, computed
-right here. Checks never run collectives, so a mismatch on one rank cannot desynchronise the group; results
+right here (mode open_clip: against open_clip's ClipLoss, local_loss mode, on the same group). Checks
+never run collectives, so a mismatch on one rank cannot desynchronise the group; results
 go to DIR/rank{R}.json after each configuration (so a killed worker still leaves its messages). The process
 ends with barrier, destroy_process_group and os._exit: exit code 0 if every check passed, 1 otherwise.
 """
@@ -221,6 +222,66 @@ def run_clip(rank: int, sizes: list[int], backends: list[str], rec: Recorder, gr
         rec.add(ok=not msgs, msg="; ".join(msgs), **entry)
 
 
+def run_open_clip(rank: int, sizes: list[int], backends: list[str], rec: Recorder, group) -> None:
+    """clip_loss under a process group against the installed open_clip's ClipLoss(local_loss=True,
+    gather_with_grad=True) on the same rows: the loss, the a/b gradients (open_clip's differentiable all_gather
+    sums every rank's contribution back to the owning rank, as clnscl does) and the logit_scale gradient.
+
+    open_clip expects normalised features: with normalize=True it gets F.normalize of the leaves, clnscl the
+    leaves; with normalize=False both get pre-normalised leaves. local_loss needs equal local batch sizes.
+    Both losses run collectives (forward and backward), on every rank in the same order.
+    """
+    import torch.nn.functional as F
+
+    from clnscl import clip_loss
+
+    world, n_glob = len(sizes), sum(sizes)
+    off, n = sum(sizes[:rank]), sizes[rank]
+    configs = [(be, normalize) for be in backends for normalize in (False, True)]
+    for i, (be, normalize) in enumerate(configs):
+        name = f"open_clip local_loss normalize={normalize} backend={be}"
+        entry = dict(kind="open_clip", name=name, backend=be, normalize=normalize, n=n)
+        msgs: list[str] = []
+        try:
+            if len(set(sizes)) != 1:
+                raise ValueError(f"open_clip's local_loss needs equal local batch sizes, got {sizes}")
+            from open_clip.loss import ClipLoss  # a declared test dependency: an ImportError fails the check
+
+            g = torch.Generator().manual_seed(900 + i + 13 * n_glob + world)
+            a = torch.randn(n_glob, 9, generator=g, dtype=torch.float64)
+            b = torch.randn(n_glob, 9, generator=g, dtype=torch.float64)
+            if not normalize:
+                a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+            a, b = a[off : off + n], b[off : off + n]
+
+            # open_clip, this rank's rows; its labels are arange(n) + n·rank, i.e. the default pairing
+            ao, bo = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+            so = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+            fa, fb = (F.normalize(ao, dim=1), F.normalize(bo, dim=1)) if normalize else (ao, bo)
+            loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
+            want = loss_fn(fa, fb, so)
+            want.backward()
+
+            al, bl = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+            sl = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+            loss = clip_loss(al, bl, sl, backend=be, process_group=group, normalize=normalize)
+            loss.backward()
+            entry["local_loss"], entry["open_clip_loss"] = loss.item(), want.item()
+            for m in (
+                _mismatch("clip loss vs open_clip ClipLoss", loss, want, VALUE_TOL),
+                _mismatch("a.grad vs open_clip's", al.grad, ao.grad, GRAD_TOL),
+                _mismatch("b.grad vs open_clip's", bl.grad, bo.grad, GRAD_TOL),
+                _mismatch("logit_scale.grad vs open_clip's", sl.grad, so.grad, GRAD_TOL),
+            ):
+                if m:
+                    msgs.append(m)
+        except Exception:  # noqa: BLE001
+            msgs.append("exception:\n" + traceback.format_exc())
+            rec.add(ok=False, msg="; ".join(msgs), **entry)
+            raise
+        rec.add(ok=not msgs, msg="; ".join(msgs), **entry)
+
+
 class LearnedTemperatureNet(torch.nn.Module):
     """A small MLP with a learnable temperature τ = exp(log_temperature) among its parameters."""
 
@@ -305,7 +366,7 @@ def main(argv=None) -> None:
     p.add_argument("--init", required=True, help="FileStore path")
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", required=True)
-    p.add_argument("--modes", required=True, help="comma-separated: loss, ddp, clip")
+    p.add_argument("--modes", required=True, help="comma-separated: loss, ddp, clip, open_clip")
     p.add_argument("--backends", default="reference,cpu")
     p.add_argument("--timeout", type=float, default=60.0, help="gloo collective timeout, seconds")
     a = p.parse_args(argv)
@@ -321,6 +382,11 @@ def main(argv=None) -> None:
             from clnscl.loss.backends import BACKENDS
 
             BACKENDS["cpu"].unavailable()
+        if "open_clip" in a.modes.split(","):  # its import takes seconds: before the group's timeouts run
+            try:
+                import open_clip.loss  # noqa: F401
+            except Exception:  # noqa: BLE001 - run_open_clip imports it again and records the failure
+                pass
         dist.init_process_group(
             "gloo", init_method=f"file://{a.init}", rank=a.rank, world_size=a.world,
             timeout=datetime.timedelta(seconds=a.timeout),
@@ -329,7 +395,7 @@ def main(argv=None) -> None:
         rec.data["seconds_to_init"] = round(time.monotonic() - T0, 2)
         open(os.path.join(a.out, f"rank{a.rank}.ready"), "w").close()  # the parent's check timeout starts
         for mode in a.modes.split(","):
-            run = {"loss": run_loss, "ddp": run_ddp, "clip": run_clip}[mode]
+            run = {"loss": run_loss, "ddp": run_ddp, "clip": run_clip, "open_clip": run_open_clip}[mode]
             run(a.rank, sizes, backends, rec, group)
         rec.data["done"] = True
         rec.data["seconds"] = round(time.monotonic() - T0, 2)

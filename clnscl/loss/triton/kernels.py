@@ -17,7 +17,8 @@ The symmetric kernels (k = None, unit rows, a fixed shift) take each unordered p
 the circular schedule: row block I owns the tiles (I, I + j mod nb) for j = 0 … ⌊(nb − 1)/2⌋, and, when nb is
 even, (I, I + nb/2) for I < nb/2 — every pair once, about nb/2 tiles per program. A tile's contributions to
 its own rows stay in registers; those to the column block go to fp32 buffers by atomic adds (so the order of
-the additions, and the last bits of the result, may differ between runs).
+the additions, and the last bits of the result, may differ between runs). The cross forward (separate rows and
+columns, unit rows, the fixed shift) takes every tile of q·kᵀ once for the rows' and the columns' sums alike.
 """
 import triton
 import triton.language as tl
@@ -245,3 +246,32 @@ def lse_sym_bwd_kernel(
         tl.atomic_add(DZ + cols.to(tl.int64)[:, None] * d + outs[None, :], col_part * scale,
                       mask=col_ok[:, None] & out_ok & (j > 0))
     tl.atomic_add(DZ + rows.to(tl.int64)[:, None] * d + outs[None, :], acc * scale, mask=row_ok[:, None] & out_ok)
+
+
+@triton.jit
+def lse_cross_fwd_kernel(
+    Q, K, RI, RC, CI, CC, ROW_ACC, COL_ACC, n_rows, n_cols, d, row_off, scale_log2, shift,
+    INCLUDE: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_D: tl.constexpr,
+):
+    """ROW_ACC[a] = Σ_{b ∈ D(a)} 2^{t_ab − shift} and COL_ACC[b] += Σ_{a : b ∈ D(a)} 2^{t_ab − shift} of separate
+    rows and columns with t_ab = scale_log2·⟨q_a, k_b⟩ ≤ shift (unit rows): every tile once, its row sums in
+    registers, its column sums by atomic adds. NaN in a kept score propagates to its row's and column's sums.
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    q = row_block(Q, rows, row_ok, d, BLOCK_D, NUM_D)
+    ri = tl.load(RI + rows, mask=row_ok, other=0)
+    rc = tl.load(RC + rows, mask=row_ok, other=0)
+    row_acc = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols
+        s, _ = tile_scores(Q, K, q, rows, cols, row_ok, col_ok, d, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_D, NUM_D)
+        ci = tl.load(CI + cols, mask=col_ok, other=0)
+        cc = tl.load(CC + cols, mask=col_ok, other=0)
+        keep = in_denominator(ri, rc, rows + row_off, ci, cc, cols, INCLUDE) & row_ok[:, None] & col_ok[None, :]
+        e = tl.where(keep, tl.exp2(s * scale_log2 - shift), 0.0)
+        row_acc += tl.sum(e, axis=1)
+        tl.atomic_add(COL_ACC + cols, tl.sum(e, axis=0), mask=col_ok)
+    tl.store(ROW_ACC + rows, row_acc, mask=row_ok)

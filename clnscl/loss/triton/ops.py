@@ -17,8 +17,9 @@ from typing import NamedTuple, Optional
 import torch
 import triton
 
-from ..ops import MAX_FIXED_SHIFT, fake_backward, fake_lse, register_autograd, scale_value, triton_interpret
-from .kernels import lse_bwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel, lse_sym_fwd_kernel
+from ..ops import (MAX_FIXED_SHIFT, fake_backward, fake_cross_backward, fake_lse, fake_lse_cross, register_autograd,
+                   register_cross_autograd, scale_value, triton_interpret)
+from .kernels import lse_bwd_kernel, lse_cross_fwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel, lse_sym_fwd_kernel
 
 MAX_D = 1024
 LOG2E = 1.4426950408889634
@@ -82,6 +83,8 @@ _BLOCKS.update({
     # (no 16-feature entry: min_width pads fp32 rows to 32 for this kernel)
     **{("sym_bwd", "tf32x3", b): (64, 64, 16, 64, 8, 2) for b in (32, 64, 128, 256, 512, 1024)},
 })
+# The cross forward does the symmetric forward's work per tile (no output accumulator), on its tiles.
+_BLOCKS.update({("cross_fwd", cls, d): tiles for (kind, cls, d), tiles in list(_BLOCKS.items()) if kind == "sym_fwd"})
 _BLOCKS.update({(kind, "tf32", d): tiles for (kind, cls, d), tiles in list(_BLOCKS.items()) if cls == "tf32x3"})
 # Before Hopper (mma.sync keeps both operands' fragments in registers) smaller tiles where those spill.
 _AMPERE = {
@@ -93,8 +96,8 @@ _AMPERE = {
 
 
 def blocks(kind: str, dtype: torch.dtype, d: int, sm: int = 90) -> Blocks:
-    """The tiling of the forward ("fwd"), backward ("bwd"), symmetric forward ("sym_fwd") or symmetric backward
-    ("sym_bwd") kernel for inputs of `dtype` and dimension d on a GPU of compute capability `sm` (90: Hopper and
+    """The tiling of the forward ("fwd"), backward ("bwd"), symmetric forward ("sym_fwd"), symmetric backward
+    ("sym_bwd") or cross forward ("cross_fwd") kernel for inputs of `dtype` and dimension d on a GPU of compute capability `sm` (90: Hopper and
     later; below 90 the Ampere tiles)."""
     full = bucket(d)
     if INTERPRET:  # small tiles, and chunks from d = 64 up, so that the tests take every code path
@@ -136,6 +139,13 @@ def backward_meta(dtype: torch.dtype, d: int, include: int, sm: int, row_term: b
                 SAME_TILE=b.num_d == 1 and b.o == b.d, num_warps=b.warps, num_stages=b.stages)
 
 
+def cross_meta(dtype: torch.dtype, d: int, include: int, sm: int) -> dict:
+    """The constexprs and launch options of the cross forward kernel."""
+    b = blocks("cross_fwd", dtype, d, sm)
+    return dict(INCLUDE=include, DOT_PREC=_dot_precision(dtype), BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_D=b.d,
+                NUM_D=b.num_d, num_warps=b.warps, num_stages=b.stages)
+
+
 def symmetric_meta(kind: str, dtype: torch.dtype, d: int, include: int, sm: int) -> dict:
     """The constexprs and launch options of the symmetric forward ("fwd") or backward ("bwd") kernel (square
     tiles; the backward's grid: row blocks × output chunks)."""
@@ -147,13 +157,17 @@ def symmetric_meta(kind: str, dtype: torch.dtype, d: int, include: int, sm: int)
     return meta
 
 
-def symmetric(k: Optional[torch.Tensor], unit_rows: bool, scale: float, sm: int) -> bool:
-    """Whether the symmetric schedule runs: the columns are the rows, unit rows and scale ≤ MAX_FIXED_SHIFT
-    (the fixed shift), a Hopper GPU (sm ≥ 90: below it the symmetric tiles spill registers and the general
-    schedule runs), and SCHEDULE is "auto"."""
+def fixed_shift(unit_rows: bool, scale: float, sm: int) -> bool:
+    """Whether the fixed-shift kernels run: unit rows and scale ≤ MAX_FIXED_SHIFT (the fixed shift), a Hopper
+    GPU (sm ≥ 90: below it their tiles spill registers and the general schedule runs), and SCHEDULE "auto"."""
     if SCHEDULE not in SCHEDULES:
         raise ValueError(f"clnscl.loss.triton.ops.SCHEDULE must be one of {SCHEDULES}, got {SCHEDULE!r}")
-    return SCHEDULE == "auto" and k is None and unit_rows and scale <= MAX_FIXED_SHIFT and sm >= 90
+    return SCHEDULE == "auto" and unit_rows and scale <= MAX_FIXED_SHIFT and sm >= 90
+
+
+def symmetric(k: Optional[torch.Tensor], unit_rows: bool, scale: float, sm: int) -> bool:
+    """Whether the symmetric schedule runs: the columns are the rows, and the fixed shift holds."""
+    return fixed_shift(unit_rows, scale, sm) and k is None
 
 
 def min_width(kind: str, dtype: torch.dtype) -> int:
@@ -164,7 +178,7 @@ def min_width(kind: str, dtype: torch.dtype) -> int:
 
 def launched(kind: str, dtype: torch.dtype, d_bucket: int, sm: int) -> bool:
     """Whether the ops ever launch kernel `kind` on rows of `dtype` in this feature bucket on an `sm` GPU."""
-    return d_bucket >= min_width(kind, dtype) and (sm >= 90 or not kind.startswith("sym_"))
+    return d_bucket >= min_width(kind, dtype) and (sm >= 90 or kind not in ("sym_fwd", "sym_bwd", "cross_fwd"))
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -225,23 +239,55 @@ def masked_lse_op(
     q = _padded(q)
     kk = q if k is None else _padded(kk)
     n, d = q.shape
-    lse = torch.empty(n, dtype=torch.float32, device=q.device)
-    if n == 0:
-        return lse
     sm = compute_capability(q.device)
-    if symmetric(k, unit_rows, scale, sm):
+    if n > 0 and symmetric(k, unit_rows, scale, sm):
         shift = scale * LOG2E  # the largest t_ab of unit rows, in the kernels' base 2
         acc = torch.zeros(n, dtype=torch.float32, device=q.device)
         meta = symmetric_meta("fwd", q.dtype, d, include, sm)
         lse_sym_fwd_kernel[(triton.cdiv(n, meta["BLOCK"]),)](
             q, ri, rc, acc, n, d, scale * LOG2E, shift, **meta
         )
-        return torch.where(acc == 0.0, float("-inf"), (torch.log2(acc) + shift) * LN2)  # acc = 0: D(a) empty
+        return _fixed_shift_lse(acc, shift)
+    return _forward(q, kk, ri, rc, ci, cc, row_offset, scale, include, sm)
+
+
+def _forward(q, k, ri, rc, ci, cc, row_offset, scale, include, sm) -> torch.Tensor:
+    """lse of the rows of q against the columns k by the running-max kernel (q, k padded, ids aligned)."""
+    n, d = q.shape
+    lse = torch.empty(n, dtype=torch.float32, device=q.device)
+    if n == 0:
+        return lse
     meta = forward_meta(q.dtype, d, include, sm)
     lse_fwd_kernel[(triton.cdiv(n, meta["BLOCK_M"]),)](
-        q, kk, ri, rc, ci, cc, lse, n, kk.shape[0], d, row_offset, scale * LOG2E, **meta
+        q, k, ri, rc, ci, cc, lse, n, k.shape[0], d, row_offset, scale * LOG2E, **meta
     )
     return lse
+
+
+def _fixed_shift_lse(acc: torch.Tensor, shift: float) -> torch.Tensor:
+    """lse from the sums Σ 2^{t − shift} of the fixed-shift kernels; −inf where the sum is 0 (D empty)."""
+    return torch.where(acc == 0.0, float("-inf"), (torch.log2(acc) + shift) * LN2)
+
+
+def _weights(grad: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w, L) of the backward kernels: the grad and lse·log2(e), with w = 0 and L = +inf for rows with empty
+    D(a) (lse = −inf), which carry no gradient and whose terms then vanish."""
+    lse = lse.reshape(-1).to(torch.float32)
+    empty_row = lse == float("-inf")
+    w = torch.where(empty_row, 0.0, grad.reshape(-1).to(torch.float32)).contiguous()
+    return w, torch.where(empty_row, float("inf"), lse * LOG2E).contiguous()
+
+
+def _backward_pass(x, y, out, xi, xc, yi, yc, w_x, l_x, w_y, l_y, x_off, y_off, scale, include, sm, row_term,
+                   col_term) -> None:
+    """out = scale·P·y over the rows of x by the backward kernel (P: the row and/or the column terms)."""
+    d = x.shape[1]
+    if x.shape[0] == 0:
+        return
+    meta = backward_meta(x.dtype, d, include, sm, row_term=row_term, col_term=col_term)
+    grid = (triton.cdiv(x.shape[0], meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_O"]))
+    lse_bwd_kernel[grid](x, y, out, xi, xc, yi, yc, w_x, l_x, w_y, l_y, x.shape[0], y.shape[0], d, x_off, y_off,
+                         scale * LOG2E, scale, **meta)
 
 
 @torch.library.custom_op("clnscl_triton::masked_lse_backward", mutates_args=())
@@ -270,42 +316,114 @@ def masked_lse_backward_op(
     q = _padded(q, min_width("sym_bwd", q.dtype) if sym else 16)
     kk = q if k is None else _padded(kk)
     n, d = q.shape
-    lse = lse.reshape(n).to(torch.float32)
-    # Rows with empty D(a) (lse = −inf) carry no gradient: weight 0 and log2-lse +inf make their terms vanish.
-    empty_row = lse == float("-inf")
-    w = torch.where(empty_row, 0.0, grad.reshape(n).to(torch.float32)).contiguous()
-    l2 = torch.where(empty_row, float("inf"), lse * LOG2E).contiguous()
+    w, l2 = _weights(grad, lse)
     # the symmetric kernel adds into fp32 rows (atomics from several programs), cast to q's dtype at the end
     dq = q.new_zeros((n, d), dtype=torch.float32) if sym else torch.empty_like(q)
     dk = torch.empty_like(kk) if k is not None and need_dk else q.new_empty((0, d))
-    s2 = scale * LOG2E
-
-    def launch(x, y, out, xi, xc, yi, yc, x_off, y_off, row_term, col_term):
-        meta = backward_meta(q.dtype, d, include, sm, row_term=row_term, col_term=col_term)
-        grid = (triton.cdiv(x.shape[0], meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_O"]))
-        lse_bwd_kernel[grid](x, y, out, xi, xc, yi, yc, w, l2, w, l2, x.shape[0], y.shape[0], d,
-                                          x_off, y_off, s2, scale, **meta)
-
     if sym:
         shift = scale * LOG2E
         u = w * torch.exp2(shift - l2)  # ≤ w·2^{2·shift}; 0 for empty rows (w = 0, l2 = +inf)
         meta = symmetric_meta("bwd", q.dtype, d, include, sm)
         grid = (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["BLOCK_O"]))
-        lse_sym_bwd_kernel[grid](q, dq, ri, rc, u, n, d, s2, shift, scale, **meta)
+        lse_sym_bwd_kernel[grid](q, dq, ri, rc, u, n, d, scale * LOG2E, shift, scale, **meta)
         dq = dq.to(q.dtype)
-    elif k is None and n > 0:
-        launch(q, q, dq, ri, rc, ri, rc, 0, 0, row_term=True, col_term=True)
-    if k is not None and n > 0:
-        launch(q, kk, dq, ri, rc, ci, cc, row_offset, 0, row_term=True, col_term=False)
-    if k is not None and need_dk and kk.shape[0] > 0:
-        launch(kk, q, dk, ci, cc, ri, rc, 0, row_offset, row_term=False, col_term=True)
-    if d == width:
+    elif k is None:
+        _backward_pass(q, q, dq, ri, rc, ri, rc, w, l2, w, l2, 0, 0, scale, include, sm, True, True)
+    if k is not None:
+        _backward_pass(q, kk, dq, ri, rc, ci, cc, w, l2, w, l2, row_offset, 0, scale, include, sm, True, False)
+        if need_dk:
+            _backward_pass(kk, q, dk, ci, cc, ri, rc, w, l2, w, l2, 0, row_offset, scale, include, sm, False, True)
+    return _unpadded(dq, dk, width)
+
+
+def _unpadded(dq: torch.Tensor, dk: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dq, dk) without the zero columns of the padding."""
+    if dq.shape[1] == width:
         return dq, dk
-    return dq[:, :width].contiguous(), dk[:, :width].contiguous()  # without the zero columns of the padding
+    return dq[:, :width].contiguous(), dk[:, :width].contiguous()
+
+
+def _check_cross(q, k, row_inst, row_cls, col_inst, col_cls, row_offset):
+    if k is None:
+        raise ValueError("masked_lse_cross: k must be given (the columns are not the rows)")
+    return _check(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
+
+
+@torch.library.custom_op("clnscl_triton::masked_lse_cross", mutates_args=())
+def masked_lse_cross_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    row_inst: torch.Tensor,
+    row_cls: torch.Tensor,
+    col_inst: torch.Tensor,
+    col_cls: torch.Tensor,
+    row_offset: int,
+    scale: torch.Tensor,
+    include: int,
+    unit_rows: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    k, ri, rc, ci, cc = _check_cross(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
+    scale = scale_value(scale)
+    q, k = _padded(q), _padded(k)
+    (n, d), m = q.shape, k.shape[0]
+    sm = compute_capability(q.device)
+    if n > 0 and m > 0 and fixed_shift(unit_rows, scale, sm):
+        shift = scale * LOG2E
+        row_acc = torch.empty(n, dtype=torch.float32, device=q.device)
+        col_acc = torch.zeros(m, dtype=torch.float32, device=q.device)
+        meta = cross_meta(q.dtype, d, include, sm)
+        lse_cross_fwd_kernel[(triton.cdiv(n, meta["BLOCK_M"]),)](
+            q, k, ri, rc, ci, cc, row_acc, col_acc, n, m, d, row_offset, scale * LOG2E, shift, **meta
+        )
+        return _fixed_shift_lse(row_acc, shift), _fixed_shift_lse(col_acc, shift)
+    # a running max per side: one forward pass each
+    return (_forward(q, k, ri, rc, ci, cc, row_offset, scale, include, sm),
+            _forward(k, q, ci, cc, ri, rc, -row_offset, scale, include, sm))
+
+
+@torch.library.custom_op("clnscl_triton::masked_lse_cross_backward", mutates_args=())
+def masked_lse_cross_backward_op(
+    grad_rows: torch.Tensor,
+    grad_cols: torch.Tensor,
+    lse_rows: torch.Tensor,
+    lse_cols: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    row_inst: torch.Tensor,
+    row_cls: torch.Tensor,
+    col_inst: torch.Tensor,
+    col_cls: torch.Tensor,
+    row_offset: int,
+    scale: torch.Tensor,
+    include: int,
+    unit_rows: bool,
+    need_dk: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    k, ri, rc, ci, cc = _check_cross(q, k, row_inst, row_cls, col_inst, col_cls, row_offset)
+    scale = scale_value(scale)
+    if grad_rows.numel() != q.shape[0] or lse_rows.numel() != q.shape[0]:
+        raise ValueError("masked_lse_cross_backward: grad_rows and lse_rows must have one entry per row of q")
+    if grad_cols.numel() != k.shape[0] or lse_cols.numel() != k.shape[0]:
+        raise ValueError("masked_lse_cross_backward: grad_cols and lse_cols must have one entry per row of k")
+    width = q.shape[1]
+    q, k = _padded(q), _padded(k)
+    sm = compute_capability(q.device)
+    w_r, l_r = _weights(grad_rows, lse_rows)
+    w_c, l_c = _weights(grad_cols, lse_cols)
+    # both directions' terms in each pass: P_ab = [b ∈ D(a)]·(g_a·2^{t − L_a} + h_b·2^{t − L_b})
+    dq = torch.empty_like(q)
+    _backward_pass(q, k, dq, ri, rc, ci, cc, w_r, l_r, w_c, l_c, row_offset, 0, scale, include, sm, True, True)
+    dk = torch.empty_like(k) if need_dk else q.new_empty((0, q.shape[1]))
+    if need_dk:
+        _backward_pass(k, q, dk, ci, cc, ri, rc, w_c, l_c, w_r, l_r, 0, row_offset, scale, include, sm, True, True)
+    return _unpadded(dq, dk, width)
 
 
 masked_lse_op.register_fake(fake_lse)
 masked_lse_backward_op.register_fake(fake_backward)
+masked_lse_cross_op.register_fake(fake_lse_cross)
+masked_lse_cross_backward_op.register_fake(fake_cross_backward)
 
 
 register_autograd("clnscl_triton::masked_lse", torch.ops.clnscl_triton.masked_lse_backward)
+register_cross_autograd("clnscl_triton::masked_lse_cross", torch.ops.clnscl_triton.masked_lse_cross_backward)
