@@ -9,9 +9,16 @@ Called as loss(out0, out1) with two views (B, d), normalised inside, the mean ov
 - DCLWLoss(temperature=0.1, sigma=0.5, gather_distributed=False): DCLLoss with the negative von Mises–Fisher
   weights w_i = 2 − B·softmax_i(⟨ô0_i, ô1_i⟩/σ) (without gradient), as the DCL paper defines them.
 gather_distributed=True under an initialised process group of more than one rank contrasts each rank's rows
-with every rank's (clnscl's process_group mode, the rank's mean as lightly's). memory_bank_size > 0 is
-refused: lightly's bank then replaces the batch's negatives and starts from random vectors, which this shim
-does not reproduce (clnscl.NTXentLoss(memory_bank_size=…) adds a bank to the batch's negatives instead).
+with every rank's (clnscl's process_group mode, the rank's mean as lightly's).
+
+NTXentLoss(memory_bank_size=(M, dim)) is lightly's memory-bank form: the bank starts as M random unit rows
+(drawn in the constructor, as lightly draws them: the same global seed gives the same bank), each forward
+scores the first view's rows against their positive and the bank only — ℓ_i = log(e^{s_i,pos} + Σ_m e^{s_im})
+− s_i,pos, the mean over the B rows — and then, when out0 requires grad, writes the normalised out1 rows at
+the bank's pointer (what passes the end is dropped, and the pointer goes back to 0, as lightly does; with
+gather_distributed, every rank's rows, gathered first). Unlike lightly's, the bank and its pointer are in the
+state_dict, so a resumed run continues them. clnscl.NTXentLoss(memory_bank_size=M) is clnscl's own form,
+the bank added to the batch's negatives.
 """
 from __future__ import annotations
 
@@ -22,8 +29,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_real, stack_views
-from ..loss.functional import NORM_EPS, contrastive_loss
+from ..checks import check_int, check_real, stack_views
+from ..collectives import all_gather_rows, local_sizes
+from ..loss.backends import BACKENDS
+from ..loss.functional import NORM_EPS, contrastive_loss, temperature_scale, with_bank
+from ..loss.ops import LseArgs
+from ..loss.table import NEG
 
 
 def negative_mises_fisher_weights(out0: torch.Tensor, out1: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
@@ -57,18 +68,58 @@ class _LightlyLoss(nn.Module):
 
 
 class NTXentLoss(_LightlyLoss):
-    """lightly's NTXentLoss without a memory bank: SimCLR's NT-Xent."""
+    """lightly's NTXentLoss: SimCLR's NT-Xent, or with memory_bank_size = (M, dim) its memory-bank form."""
 
     def __init__(self, temperature: float = 0.5, memory_bank_size=0, gather_distributed: bool = False, *,
                  backend: str = "auto"):
-        if memory_bank_size not in (0, None) and memory_bank_size != (0,):
-            raise ValueError("memory_bank_size: lightly's bank replaces the batch's negatives and starts from random "
-                             "vectors; this shim does not reproduce it (clnscl.NTXentLoss(memory_bank_size=...) "
-                             "adds a bank to the batch's negatives)")
         super().__init__(temperature, gather_distributed, backend)
+        size = _bank_size(memory_bank_size)
+        if size is not None:  # lightly's first bank: random unit rows, drawn as lightly draws them
+            self.register_buffer("bank", F.normalize(torch.randn(size), dim=-1))
+            self.register_buffer("bank_ptr", torch.zeros(1, dtype=torch.long))
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
-        return self._rows(out0, out1).mean()
+        if not hasattr(self, "bank"):
+            return self._rows(out0, out1).mean()
+        stack_views(out0, out1, ("out0", "out1"), "(batch_size, embedding_size)")
+        if out0.shape[1] != self.bank.shape[1]:
+            raise ValueError(f"out0 has {out0.shape[1]} features; memory_bank_size gave {self.bank.shape[1]}")
+        dtype = torch.float64 if out0.dtype == torch.float64 else torch.float32
+        x0, x1 = (F.normalize(t.to(dtype), dim=1, eps=NORM_EPS) for t in (out0, out1))
+        bank = self.bank.detach().clone()  # the rows before this step's write
+        if out0.requires_grad:
+            self._write(x1.detach())
+        scale = temperature_scale(self.temperature)
+        pos = scale * (x0 * x1).sum(dim=1)
+        rows = torch.arange(x0.shape[0], device=x0.device)
+        ids = -1 - torch.arange(bank.shape[0], device=x0.device)  # every bank row another instance: a negative
+        args = LseArgs(x0, None, rows, rows, None, None, 0, scale, NEG, True)
+        lse = with_bank(BACKENDS.resolve(self.backend, x0), args, pos, (bank, ids, ids), False, out0.dtype)
+        return (lse - pos).mean()
+
+    @torch.no_grad()
+    def _write(self, rows: torch.Tensor) -> None:
+        """lightly's update: rows at the pointer; past the end the rest is dropped and the pointer returns to 0."""
+        group = self._group()
+        if group is not None:
+            rows = all_gather_rows(rows, local_sizes(rows.shape[0], group, rows.device), group)
+        size, at = self.bank.shape[0], int(self.bank_ptr)
+        if at + rows.shape[0] >= size:
+            self.bank[at:] = rows[: size - at].to(self.bank.dtype)
+            self.bank_ptr.zero_()
+        else:
+            self.bank[at : at + rows.shape[0]] = rows.to(self.bank.dtype)
+            self.bank_ptr.fill_(at + rows.shape[0])
+
+
+def _bank_size(memory_bank_size) -> tuple[int, int] | None:
+    """lightly's memory_bank_size: 0 (or (0,)) for none, else (M, dim); a bare M > 0 is refused as lightly does."""
+    if memory_bank_size in (0, None) or memory_bank_size == (0,):
+        return None
+    if isinstance(memory_bank_size, int) or len(memory_bank_size) != 2:
+        raise ValueError(f"memory_bank_size must be 0 or (num_features, dim), as lightly's, got {memory_bank_size!r}")
+    m, dim = memory_bank_size
+    return check_int(m, "memory_bank_size[0]", 1), check_int(dim, "memory_bank_size[1]", 1)
 
 
 class DCLLoss(_LightlyLoss):
