@@ -51,7 +51,7 @@ def _train(args) -> int:
 
     try:
         cfg = load_config(args.config, args.set)
-        train(cfg, args.out or cfg.out, resume=args.resume)
+        train(cfg, args.out or cfg.out, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # bad config, data or checkpoint
         print(f"clnscl train: {exc}", file=sys.stderr)
         return 2
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="clnscl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     from .train.config import describe
+    from .train.run import add_run_dir_flags
 
     tr = sub.add_parser(
         "train", help="train CL and its supervised counterparts under shared randomness",
@@ -81,8 +82,7 @@ def main(argv=None) -> int:
     tr.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                     help="override one key (repeatable; dotted keys for nested ones)")
     tr.add_argument("--out", metavar="DIR", help="run directory (default: the config's `out`)")
-    tr.add_argument("--resume", action="store_true",
-                    help="continue the run in DIR from its checkpoint.pt (same config), keeping its metrics")
+    add_run_dir_flags(tr)
     rep = sub.add_parser("report", help="figures (PNG) and a summary table of a run directory")
     rep.add_argument("run_dir", metavar="DIR", help="a run directory written by `clnscl train`")
     sub.add_parser("sweep", help="repeat the coupled run over temperature, classes or batch size (see --help)")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, load_config
-from .run import train
+from .run import add_run_dir_flags, train
 
 FACTORS = {"temperature": float, "num_classes": int, "batch_size": int}
 
@@ -45,15 +45,15 @@ def plot(results: dict, factor: str, out: Path) -> Path:
     return path
 
 
-def sweep(cfg: Config, factor: str, values: list, out, log=print) -> dict:
-    """One run of cfg per value of `factor` into OUT/<factor>=<value>, then OUT/sweep_<factor>.png and .json;
-    the final record of every run on rank 0 ({} on the other ranks)."""
+def sweep(cfg: Config, factor: str, values: list, out, resume=False, overwrite: bool = False, log=print) -> dict:
+    """One run of cfg per value of `factor` into OUT/<factor>=<value> (resume and overwrite as for train, per
+    run), then OUT/sweep_<factor>.png and .json; the final record of every run on rank 0 ({} on the others)."""
     out = Path(out)
     runs = [(value, dataclasses.replace(cfg, **{factor: value})) for value in values]  # every value checked first
     results = {}
     for value, run_cfg in runs:
         log(f"\n=== {factor} = {value} ===")
-        records = train(run_cfg, out / f"{factor}={value}", log=log)
+        records = train(run_cfg, out / f"{factor}={value}", resume=resume, overwrite=overwrite, log=log)
         if records:
             results[value] = records[-1]
     if results:
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", metavar="FILE.yaml", help="YAML file of configuration keys (as clnscl train)")
     ap.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="as in clnscl train")
     ap.add_argument("--out", metavar="DIR", default="runs/sweep", help="sweep directory (default runs/sweep)")
+    add_run_dir_flags(ap)
     args = ap.parse_args(argv)
     try:
         values = [FACTORS[args.factor](v) for v in args.values.split(",") if v.strip()]
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
         print("clnscl sweep: --values needs at least two values", file=sys.stderr)
         return 2
     try:
-        sweep(load_config(args.config, args.set), args.factor, values, args.out, log=lambda text: print(text, flush=True))
+        sweep(load_config(args.config, args.set), args.factor, values, args.out, resume=args.resume,
+              overwrite=args.overwrite, log=lambda text: print(text, flush=True))
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"clnscl sweep: {exc}", file=sys.stderr)
         return 2
