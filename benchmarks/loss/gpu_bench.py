@@ -13,6 +13,10 @@ table, written again after every row.
    (torch.cuda.max_memory_allocated). If the reference runs out of GPU memory at N, the reference and the
    Triton backend are measured again at N/2 so that a speed-up can still be read.
 3. The bars of docs/design.md §7 checked on the bf16 rows.
+4. The two-tower loss (clip_loss: both directions from the cross op): correctness at N = --check-n, fp32, at
+   logit scales 14 (the fixed-shift kernel) and 60 (a running max per side) against the float64 reference;
+   forward + backward time and peak memory at --clip-n pairs (default 16,384), d = 512, bf16, of the Triton
+   and CUDA backends and the materialised reference.
 
 Runs from a checkout without installing (the repository on PYTHONPATH, as gpu_check.sh sets it). --dry-run: tiny
 sizes on the CPU (triton under TRITON_INTERPRET=1, the C++ "cpu" backend standing in, torch.compile with the
@@ -64,6 +68,7 @@ class Report:
         self.check_rows: list[str] = []
         self.speed_rows: list[str] = []
         self.bar_rows: list[str] = []
+        self.clip_rows: list[str] = []
         self.notes: list[str] = []
 
     def text(self) -> str:
@@ -75,6 +80,11 @@ class Report:
                   "| dtype | method | N | part | time (median) | TFLOP/s counted | TFLOP/s done | × reference "
                   "| × compiled reference | peak mem above inputs | note |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *self.speed_rows]
+        if self.clip_rows:
+            lines += ["", "Two-tower loss (clip_loss, d = 512 (40 in a dry run); forward + backward):", "",
+                      "| check / dtype | method | N pairs | loss rel. err or time | max grad err or peak mem "
+                      "| result |",
+                      "| --- | --- | --- | --- | --- | --- |", *self.clip_rows]
         if self.bar_rows:
             lines += ["", "Bars (bf16, forward + backward):", "", "| bar | measured | result |", "| --- | --- | --- |",
                       *self.bar_rows]
@@ -310,11 +320,82 @@ def bars(report, res, n, d, dtype, dry_run):
     report.flush()
 
 
+CLIP_D = 512
+
+
+def two_tower(report, variants, n_check, n, d, device, deadline):
+    """Section 4: clip_loss of each backend that runs here against the float64 reference, then its time and
+    memory."""
+    from clnscl.loss.backends import BACKENDS
+
+    gen = torch.Generator().manual_seed(7)
+    a0, b0 = torch.randn(n_check, d, generator=gen), torch.randn(n_check, d, generator=gen)
+    probe = a0.to(device)
+    variants = [v for v in variants if not (BACKENDS[v].unavailable() or BACKENDS[v].unsupported(probe))]
+    for scale in (14.0, 60.0):
+        ar, br = (t.to(device, torch.float64).detach().clone().requires_grad_() for t in (a0, b0))
+        ref = clnscl.clip_loss(ar, br, scale, backend="reference")
+        ref.backward()
+        for backend in variants:
+            cells = f"| scale {scale:g}, fp32 | {backend} | {n_check} |"
+            if time.time() > deadline:
+                report.clip_rows.append(f"{cells} — | — | skipped: out of time budget |")
+                continue
+            try:
+                at, bt = (t.to(device, torch.float32).detach().clone().requires_grad_() for t in (a0, b0))
+                loss = clnscl.clip_loss(at, bt, scale, backend=backend)
+                loss.backward()
+                lerr = abs(loss.item() - ref.item()) / abs(ref.item())
+                gerr = max(((g.grad.double() - r.grad).abs().max() / r.grad.abs().max()).item()
+                           for g, r in ((at, ar), (bt, br)))
+                ok = lerr <= 1e-4 and gerr <= 1e-3
+                report.clip_rows.append(f"{cells} {lerr:.1e} | {gerr:.1e} | {'ok' if ok else 'FAIL'} |")
+            except Exception as exc:
+                report.clip_rows.append(f"{cells} — | — | ERROR {first_line(exc)} |")
+            report.flush()
+        del ar, br, ref
+        free()
+    times = {}
+    for backend in ["reference", *variants]:  # the reference first: the others' rows give their ratio to it
+        cells = f"| bf16 | {backend} | {n} |"
+        if time.time() > deadline:
+            report.clip_rows.append(f"{cells} — | — | skipped: out of time budget |")
+            continue
+        a = b = None
+        try:
+            a, b = (torch.randn(n, d, device=device, dtype=torch.bfloat16).requires_grad_() for _ in range(2))
+            clnscl.clip_loss(a, b, 1 / 0.07, backend=backend).backward()  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            spans = []
+            for _ in range(3):
+                clock = Clock(device)
+                clock.mark()
+                clnscl.clip_loss(a, b, 1 / 0.07, backend=backend).backward()
+                clock.mark()
+                spans += clock.spans()
+            times[backend] = median(spans)
+            mem = fmt_bytes(torch.cuda.max_memory_allocated() - base) if device == "cuda" else "—"
+            ratio = f"{times['reference'] / times[backend]:.2f}× the reference" if "reference" in times else ""
+            report.clip_rows.append(f"{cells} {fmt_time(times[backend])} | {mem} | {ratio} |")
+        except torch.cuda.OutOfMemoryError as exc:
+            report.clip_rows.append(f"{cells} — | — | out of GPU memory ({first_line(exc)[:80]}) |")
+        except Exception as exc:
+            report.clip_rows.append(f"{cells} — | — | ERROR {first_line(exc)} |")
+        finally:
+            del a, b
+            free()
+        report.flush()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="compact GPU benchmark of the clnscl loss (see the module doc)")
     p.add_argument("--n", type=int, default=65536)
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--check-n", type=int, default=4096)
+    p.add_argument("--clip-n", type=int, default=16384, help="pairs of the two-tower loss's speed rows")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--budget", type=float, default=240, help="seconds; what does not fit is reported as skipped")
     p.add_argument("--out", default=None, help="markdown file rewritten after every row")
@@ -326,6 +407,7 @@ def main(argv=None):
     deadline = started + a.budget
     if a.dry_run:
         device, n, check_n, compile_backend = "cpu", min(a.n, 64), min(a.check_n, 96), "aot_eager"
+        a.clip_n = min(a.clip_n, 64)
         a.repeats = min(a.repeats, 2)
         variants = list(VARIANTS)
     else:
@@ -369,6 +451,11 @@ def main(argv=None):
                                     "give the speed-up at a size where it fits")
         except Exception as exc:
             report.notes.append(f"speed section {dtype} failed: {first_line(exc)}")
+    try:
+        two_tower(report, [v for v in ("triton", "cuda", "cpu") if v in {VARIANTS[x][0] for x in fused}], check_n,
+                  a.clip_n, 40 if a.dry_run else CLIP_D, device, deadline)
+    except Exception as exc:
+        report.notes.append(f"two-tower section failed: {first_line(exc)}")
     report.notes.append(f"bars (docs/design.md §7, H200, bf16, N = 65,536): ≥ 300 TFLOP/s counted as 8N²d (general), "
                         f"≥ 600 (symmetric), ≥ 5× the reference, memory O(N·d). Wall time of this script: "
                         f"{time.time() - started:.0f} s (budget {a.budget:.0f} s).")

@@ -28,7 +28,8 @@ def continues(out: Path, resume=False, overwrite: bool = False) -> bool:
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: continue the run in the directory, or replace it")
+        raise ValueError("--resume and --overwrite exclude each other: continue the run in the directory, or "
+                         "replace it")
     if resume == "auto":
         return (out / CHECKPOINT_FILE).exists()
     if resume:

@@ -49,7 +49,8 @@ def run(backend, args, dtype, g_rows, g_cols):
     a = LseArgs(q, k, *ids, args.row_offset, scale, args.include, args.unit_rows)
     impl = REGISTRY[backend]
     lse_r, lse_c = impl.masked_lse_cross(a, dtype)
-    total = (finite(lse_r) * g_rows.to(DEVICE, lse_r.dtype)).sum() + (finite(lse_c) * g_cols.to(DEVICE, lse_c.dtype)).sum()
+    total = ((finite(lse_r) * g_rows.to(DEVICE, lse_r.dtype)).sum()
+             + (finite(lse_c) * g_cols.to(DEVICE, lse_c.dtype)).sum())
     dq, dk, ds = torch.autograd.grad(total, (q, k, scale))
     return [t.detach().double().cpu() for t in (lse_r, lse_c, dq, dk, ds)]
 
@@ -132,7 +133,7 @@ def test_cpu_op_passes_opcheck_and_gradcheck():
         q, k = args.q.clone().requires_grad_(), args.k.clone().requires_grad_()
         s = args.scale.clone().requires_grad_()
         opcheck(op, (q, k, *args[2:7], s, args.include, unit))
-        w_r, w_c = torch.randn(21, generator=gen, dtype=torch.float64), torch.randn(17, generator=gen, dtype=torch.float64)
+        w_r, w_c = (torch.randn(n, generator=gen, dtype=torch.float64) for n in (21, 17))
 
         def f(q, k, s):
             lse_r, lse_c = op(q, k, *args[2:7], s, args.include, unit)

@@ -97,8 +97,8 @@ _AMPERE = {
 
 def blocks(kind: str, dtype: torch.dtype, d: int, sm: int = 90) -> Blocks:
     """The tiling of the forward ("fwd"), backward ("bwd"), symmetric forward ("sym_fwd"), symmetric backward
-    ("sym_bwd") or cross forward ("cross_fwd") kernel for inputs of `dtype` and dimension d on a GPU of compute capability `sm` (90: Hopper and
-    later; below 90 the Ampere tiles)."""
+    ("sym_bwd") or cross forward ("cross_fwd") kernel for inputs of `dtype` and dimension d on a GPU of compute
+    capability `sm` (90: Hopper and later; below 90 the Ampere tiles)."""
     full = bucket(d)
     if INTERPRET:  # small tiles, and chunks from d = 64 up, so that the tests take every code path
         chunk = min(full, 32)
