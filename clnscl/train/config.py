@@ -93,6 +93,12 @@ class Config:
     checkpoint_every: int = setting(50, "write RUN_DIR/checkpoint.pt (atomically) every this many steps and at the end")
     out: str = setting("runs/default", "run directory (metrics, figures, checkpoints, config.yaml)")
     amp: bool = setting(True, "on CUDA: bf16 autocast and channels_last memory format (ignored on the CPU)")
+    grad_clip: Optional[float] = setting(None, "clip each model's gradient norm to this value before its optimiser "
+                                               "step (the NSCL authors clip at 1.0; null: no clipping)")
+    deterministic: bool = setting(False, "deterministic algorithms for the run's process: torch's (warning where an "
+                                         "op has none), cuDNN's, cuBLAS's workspace, the loss's Triton kernels "
+                                         "without atomics; false: cuDNN's autotuner (benchmark mode) on CUDA")
+    compile: bool = setting(False, "torch.compile each model's training forward and backward")
     device: str = setting("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
     augment: AugmentConfig = field(default_factory=AugmentConfig,
                                    metadata={"help": "augmentations (see AugmentConfig)"})
@@ -157,6 +163,8 @@ class Config:
         check_min("knn_k", self.knn_k, 1)
         check_min("gap_batches", self.gap_batches, 1)
         check_min("checkpoint_every", self.checkpoint_every, 1)
+        if self.grad_clip is not None:
+            check_range("grad_clip", self.grad_clip, 0.0, None, lo_open=True)
         if not self.out.strip():
             raise ConfigError("config key 'out': must not be empty")
         if not _DEVICE_RE.match(self.device):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +93,17 @@ def _same_weights(models) -> bool:
     return all(torch.equal(first[k], m.state_dict()[k]) for m in models[1:] for k in first)
 
 
+def set_algorithms(deterministic: bool, device: torch.device) -> None:
+    """The process's algorithm choice for a run: deterministic (torch, warning where an op has no deterministic
+    implementation; cuDNN; cuBLAS's reproducible workspace; the loss's Triton ops then avoid their atomic
+    schedules) or, on CUDA, cuDNN's autotuner."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic and device.type == "cuda"
+
+
 class CoupledTrainer:
     """Holds the models, data, samplers and generators of one run; `run()` trains and records."""
 
@@ -102,6 +114,7 @@ class CoupledTrainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"config key 'batch_size': {cfg.batch_size} must divide by the {self.world} processes")
         self.device = _device(cfg.device)
+        set_algorithms(cfg.deterministic, self.device)
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = run_data(cfg)
         if cfg.num_classes is not None and self.rank == 0:
@@ -140,6 +153,8 @@ class CoupledTrainer:
             else:
                 self.models = [convert_global_batchnorm(m) for m in self.models]
             self.trained = [nn.parallel.DistributedDataParallel(m) for m in self.models]
+        if cfg.compile:  # the training forward and backward; evaluation and checkpoints use the modules as they are
+            self.trained = [torch.compile(m) for m in self.trained]
         self.optimizers = [build_optimizer(cfg, m) for m in self.models]
         self.schedules = [schedule(o, warmup, self.total_steps) for o in self.optimizers]
         self._loader = ThreadPoolExecutor(1) if isinstance(self.data.train, ImageFiles) else None
@@ -161,6 +176,8 @@ class CoupledTrainer:
                 loss = _objective_loss(model, name, views, y, self.cfg, group)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             opt.step()
             sched.step()
             losses[f"loss/{name}"] = loss.detach()

@@ -260,3 +260,36 @@ def test_opcheck(cross):
     else:
         args = (x, None, inst, cls, None, None, 0, torch.tensor(10.0, requires_grad=True), 5, True)
     opcheck(torch.ops.clnscl_triton.masked_lse.default, args)
+
+
+def test_deterministic_algorithms_avoid_the_atomic_schedules(monkeypatch):
+    """Under torch.use_deterministic_algorithms the symmetric and cross kernels (fp32 atomic adds) are not
+    launched, and the results equal the general schedule's; without it they are (the spies would raise)."""
+    class Refused:
+        def __getitem__(self, grid):
+            raise AssertionError("an atomic schedule was launched")
+
+    gen = torch.Generator().manual_seed(31)
+    z = torch.randn(21, 2, 24, generator=gen).to(DEVICE)
+    a, b = torch.randn(30, 24, generator=gen).to(DEVICE), torch.randn(30, 24, generator=gen).to(DEVICE)
+
+    def both():
+        return (clnscl.contrastive_loss(z, objective="cl", temperature=0.2, backend="triton"),
+                clnscl.clip_loss(a, b, 10.0, backend="triton"))
+
+    monkeypatch.setattr(ops, "SCHEDULE", "general")
+    want = both()
+    monkeypatch.setattr(ops, "SCHEDULE", "auto")
+    for name in ("lse_sym_fwd_kernel", "lse_sym_bwd_kernel", "lse_cross_fwd_kernel"):
+        monkeypatch.setattr(ops, name, Refused())
+    if DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9:  # where the atomic schedules run at all
+        with pytest.raises(AssertionError, match="atomic"):
+            both()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        got = both()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)

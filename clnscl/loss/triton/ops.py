@@ -159,10 +159,12 @@ def symmetric_meta(kind: str, dtype: torch.dtype, d: int, include: int, sm: int)
 
 def fixed_shift(unit_rows: bool, scale: float, sm: int) -> bool:
     """Whether the fixed-shift kernels run: unit rows and scale ≤ MAX_FIXED_SHIFT (the fixed shift), a Hopper
-    GPU (sm ≥ 90: below it their tiles spill registers and the general schedule runs), and SCHEDULE "auto"."""
+    GPU (sm ≥ 90: below it their tiles spill registers and the general schedule runs), SCHEDULE "auto", and
+    torch's deterministic algorithms off (their atomic adds make the last bits depend on the order)."""
     if SCHEDULE not in SCHEDULES:
         raise ValueError(f"clnscl.loss.triton.ops.SCHEDULE must be one of {SCHEDULES}, got {SCHEDULE!r}")
-    return SCHEDULE == "auto" and unit_rows and scale <= MAX_FIXED_SHIFT and sm >= 90
+    return (SCHEDULE == "auto" and unit_rows and scale <= MAX_FIXED_SHIFT and sm >= 90
+            and not torch.are_deterministic_algorithms_enabled())
 
 
 def symmetric(k: Optional[torch.Tensor], unit_rows: bool, scale: float, sm: int) -> bool:
