@@ -14,7 +14,9 @@ import sys
 
 
 def _init_distributed() -> None:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, else gloo)."""
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, else gloo). After an elastic
+    restart the workers meet in keys of their own attempt: the store outlives the workers of the attempt before,
+    whose addresses would otherwise be read as those of the new ones."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     import torch
@@ -22,7 +24,14 @@ def _init_distributed() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0":
+        dist.init_process_group(backend)
+        return
+    store, rank, world = next(dist.rendezvous("env://"))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"clnscl/attempt_{attempt}", store), rank=rank,
+                            world_size=world)
 
 
 def _finish_distributed(code: int) -> int:
