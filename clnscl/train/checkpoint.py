@@ -14,6 +14,7 @@ REQUIRED_KEYS = ("step", "run", "models")
 def save_checkpoint(state: dict, path) -> Path:
     """`state` to `path`, through a temporary file and a rename: a kill never leaves half a file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

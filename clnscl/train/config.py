@@ -93,6 +93,11 @@ class Config:
     checkpoint_every: int = setting(50, "write RUN_DIR/checkpoint.pt (atomically) every this many steps and at the end")
     out: str = setting("runs/default", "run directory (metrics, figures, checkpoints, config.yaml)")
     amp: bool = setting(True, "on CUDA: bf16 autocast and channels_last memory format (ignored on the CPU)")
+    snapshot_epochs: list[int] = setting([], "also keep the checkpoint of the end of these epochs, as "
+                                             "RUN_DIR/snapshots/epoch_<E>.pt (for analysis after the run)")
+    tensorboard: Optional[bool] = setting(None, "TensorBoard event files in RUN_DIR/tensorboard with every recorded "
+                                                "metric (null: when the tensorboard package is installed; true: "
+                                                "required)")
     grad_clip: Optional[float] = setting(None, "clip each model's gradient norm to this value before its optimiser "
                                                "step (the NSCL authors clip at 1.0; null: no clipping)")
     deterministic: bool = setting(False, "deterministic algorithms for the run's process: torch's (warning where an "
@@ -163,6 +168,8 @@ class Config:
         check_min("knn_k", self.knn_k, 1)
         check_min("gap_batches", self.gap_batches, 1)
         check_min("checkpoint_every", self.checkpoint_every, 1)
+        for e in self.snapshot_epochs:
+            check_range("snapshot_epochs", e, 1, self.epochs)
         if self.grad_clip is not None:
             check_range("grad_clip", self.grad_clip, 0.0, None, lo_open=True)
         if not self.out.strip():

@@ -37,7 +37,7 @@ from .datasets import ImageFiles
 from .global_bn import convert_global_batchnorm
 from .models import build_model
 from .optim import build_optimizer, schedule
-from .records import METRICS_FILE, append_record, read_records, rewrite_records
+from .records import METRICS_FILE, append_record, open_tensorboard, read_records, rewrite_records, write_csv
 from .samplers import StratifiedBatches, UniformBatches
 from .splits import run_data
 
@@ -161,11 +161,16 @@ class CoupledTrainer:
         self._prefetch = None  # (indices, future of their images) of the next step's shard
         self.step = 0
         self.start = time.perf_counter()
+        self._since, self._images, self._data_wait, self._lr = self.start, 0, 0.0, cfg.scaled_lr()
 
     def train_step(self) -> dict[str, float]:
         idx = self.sampler.next_batch()  # the global batch: every rank draws it and takes its shard
         mine = self._shard(idx)
+        t0 = time.perf_counter()
         x = self._load(mine).to(self.device, non_blocking=True)
+        self._data_wait += time.perf_counter() - t0
+        self._images += len(idx)
+        self._lr = self.optimizers[0].param_groups[0]["lr"]  # this step's (the schedules share one curve)
         per = len(mine)
         y = self.data.train.labels[mine].to(self.device)
         views = torch.stack(self.augment.views(x, self.augment_gen, batch_size=len(idx), offset=self.rank * per), 1)
@@ -288,6 +293,7 @@ class CoupledTrainer:
             "sampler": self.sampler.state_dict(),
             "augment_rng": self.augment_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
     def save_checkpoint(self) -> Path:
@@ -309,6 +315,8 @@ class CoupledTrainer:
         self.sampler.load_state_dict(state["sampler"])
         self.augment_gen.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = step
         self.start = time.perf_counter() - state["elapsed"]
 
@@ -331,22 +339,48 @@ class CoupledTrainer:
         lead = self.rank == 0  # under torchrun, rank 0 writes; every rank trains and takes part in evaluations
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (lead and sys.stderr.isatty()))
-        with (metrics_path.open("a") if lead else contextlib.nullcontext()) as sink, bar:
+        # TensorBoard: a resumed run's events from its checkpoint on are dropped (purge_step) and written again
+        board = open_tensorboard(self.cfg.tensorboard, self.out / "tensorboard", self.step if resume else None) \
+            if lead else None
+        for rec in records if board is not None else ():
+            if rec["step"] >= self.step:  # recorded after the checkpoint: the purge dropped their events
+                _add_scalars(board, rec)
+        self._since, self._images, self._data_wait = time.perf_counter(), 0, 0.0
+        with (metrics_path.open("a") if lead else contextlib.nullcontext()) as sink, bar, \
+                (board or contextlib.nullcontext()):
             while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
                 last = self.train_step()
                 bar.update(1)
                 bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in last.items()}, refresh=False)
                 if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps or self.step == 1:
                     if self.step not in written:
+                        now = time.perf_counter()
                         rec = {"step": self.step, "epoch": self.step / self.sampler.epoch_length,
-                               "time": time.perf_counter() - self.start, **last, **self.evaluate()}
+                               "time": now - self.start, "lr": self._lr,
+                               "images_per_s": self._images / max(now - self._since, 1e-9),
+                               "data_wait_s": self._data_wait, **last, **self.evaluate()}
                         records.append(rec)
                         if lead:
                             append_record(sink, rec)
+                            write_csv(records, self.out / "metrics.csv")
+                            if board is not None:
+                                _add_scalars(board, rec)
                             self.log(_progress_line(rec, self.total_steps, self.names))
+                    self._since, self._images, self._data_wait = time.perf_counter(), 0, 0.0
                 if lead and (self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps):
                     self.save_checkpoint()
+                epoch, end_of_epoch = divmod(self.step, self.sampler.epoch_length)
+                if lead and end_of_epoch == 0 and epoch in self.cfg.snapshot_epochs:
+                    save_checkpoint(self.state_dict(), self.out / "snapshots" / f"epoch_{epoch}.pt")
         return records if lead else []
+
+
+def _add_scalars(board, rec: dict) -> None:
+    """Every number of a record as a TensorBoard scalar at its step."""
+    for key, value in rec.items():
+        if key != "step" and isinstance(value, (int, float)):
+            board.add_scalar(key, value, rec["step"])
+    board.flush()
 
 
 def _progress_line(rec: dict, total: int, names: list[str]) -> str:

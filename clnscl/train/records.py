@@ -1,5 +1,7 @@
 """A run's records: RUN_DIR/metrics.jsonl, one JSON object per evaluation appended as it is made (so a killed
-run keeps what it recorded), and RUN_DIR/metrics.csv, the same records as a table at the end of a run."""
+run keeps what it recorded), and RUN_DIR/metrics.csv, the same records as a table, rewritten (atomically) with
+every record. TIMINGS are the keys that measure the machine rather than the run (wall time, throughput, data
+wait): two runs of one config agree on everything else."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +10,12 @@ import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+TIMINGS = ("time", "images_per_s", "data_wait_s")
+
+
+def without_timings(record: dict) -> dict:
+    """The record without its TIMINGS: what a rerun of the same config reproduces."""
+    return {k: v for k, v in record.items() if k not in TIMINGS}
 
 
 def read_records(path) -> tuple[list[dict], list[str]]:
@@ -50,10 +58,28 @@ def rewrite_records(path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def open_tensorboard(setting, path, purge_step=None):
+    """A SummaryWriter of event files at `path`, or None: setting None opens one when the tensorboard package is
+    installed, True requires it (ImportError saying how to install it), False opens none."""
+    if setting is False:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        if setting:
+            raise ImportError("config key 'tensorboard': true needs the tensorboard package "
+                              "(pip install 'clnscl[tensorboard]')") from exc
+        return None
+    return SummaryWriter(str(path), purge_step=purge_step)
+
+
 def write_csv(records: list[dict], path) -> None:
-    """The records as a CSV table, one column per key (in order of first appearance)."""
+    """The records as a CSV table, one column per key (in order of first appearance), replaced atomically."""
     keys = list(dict.fromkeys(k for rec in records for k in rec))
-    with Path(path).open("w", newline="") as f:
+    path = Path(path)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(records)
+    os.replace(tmp, path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clnscl.train.records import without_timings
 from tests.support.processes import REPO, repo_env, torchrun
 
 pytestmark = pytest.mark.distributed
@@ -40,8 +41,7 @@ def _workers(pid: int) -> list[int]:
 
 
 def _records(out: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "time"}
-            for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [without_timings(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")

@@ -8,6 +8,7 @@ import torch
 from clnscl import cli
 from clnscl.train.config import load_config
 from clnscl.train.loop import CoupledTrainer
+from clnscl.train.records import without_timings
 from tests.support.imagetree import image_tree
 
 TINY = ["epochs=2", "batch_size=64", "eval_every=4", "warmup_epochs=1", "num_classes=5", "reference_size=60"]
@@ -29,8 +30,8 @@ def test_records_every_metric_and_is_deterministic(tmp_path):
     for m in ("cl", "nscl", "supcon", "ce"):
         assert {f"loss/{m}", f"nccc/{m}", f"knn/{m}"} <= set(first[-1])
     assert first[-1]["loss_gap"] <= first[-1]["loss_gap_bound"]
-    strip = [{k: v for k, v in r.items() if k != "time"} for r in first]
-    assert strip == [{k: v for k, v in r.items() if k != "time"} for r in second]  # same seed, same metrics
+    strip = [without_timings(r) for r in first]
+    assert strip == [without_timings(r) for r in second]  # same seed, same metrics
     assert (tmp_path / "a" / "metrics.csv").exists() and (tmp_path / "a" / "config.yaml").exists()
     assert json.loads((tmp_path / "a" / "classes.json").read_text()) == sorted(json.loads(
         (tmp_path / "b" / "classes.json").read_text()))
@@ -75,7 +76,7 @@ def test_resume_after_a_kill_gives_the_same_metrics(tmp_path):
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text()
     (tmp_path / "cut" / "metrics.jsonl").write_text(lines + '{"step": 99, "trunc')  # a line cut by the kill
     resumed = CoupledTrainer(load_config(None, overrides), tmp_path / "cut", log=lambda *_: None).run(resume=True)
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "time"} for r in recs]  # noqa: E731
+    strip = lambda recs: [without_timings(r) for r in recs]  # noqa: E731
     assert strip(resumed) == strip(full)
     on_disk = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert strip(on_disk) == strip(full)
@@ -103,7 +104,7 @@ def test_two_processes_with_the_same_seed_give_identical_metrics(tmp_path):
                 for a in ("--set", kv)]
         subprocess.run([sys.executable, "-m", "clnscl.cli", "train", "--out", str(tmp_path / name), *sets],
                        check=True, capture_output=True, timeout=300)
-    read = lambda n: [{k: v for k, v in json.loads(line).items() if k != "time"}  # noqa: E731
+    read = lambda n: [without_timings(json.loads(line))  # noqa: E731
                       for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
     assert read("p1") == read("p2")
 
@@ -141,7 +142,7 @@ def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path):
     assert [r["step"] for r in runs[False]] == [1, 2, 3]  # steps 1 and 2 (eval_every), 3 (the last)
     # exact equality of every value but the time; JSON text, whose floats are exact reprs, so a NaN of a
     # degenerate statistic would compare equal to itself too
-    strip = lambda recs: json.dumps([{k: v for k, v in r.items() if k != "time"} for r in recs])  # noqa: E731
+    strip = lambda recs: json.dumps([without_timings(r) for r in recs])  # noqa: E731
     assert strip(runs[True]) == strip(runs[False])
     last = runs[True][-1]
     for key in ("cka_cosine/nscl", "h/cka_linear/ce", "loss_gap", "loss/supcon", "knn/cl"):

@@ -9,6 +9,7 @@ import pytest
 from clnscl import cli
 from clnscl.train.config import load_config
 from clnscl.train.loop import CoupledTrainer
+from clnscl.train.records import without_timings
 from clnscl.train.run import continues
 
 TINY = ["epochs=1", "batch_size=64", "eval_every=4", "warmup_epochs=0", "num_classes=5", "reference_size=60",
@@ -20,7 +21,7 @@ def _sets(extra=()):
 
 
 def _records(run):
-    strip = lambda r: {k: v for k, v in r.items() if k != "time"}  # noqa: E731
+    strip = without_timings
     return [strip(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -7,6 +7,7 @@ import torch
 
 from clnscl.train.config import ConfigError, load_config
 from clnscl.train.loop import CoupledTrainer
+from clnscl.train.records import without_timings
 
 TINY = ["epochs=1", "batch_size=64", "eval_every=4", "warmup_epochs=0", "num_classes=5", "reference_size=60",
         "objectives=[cl,nscl]"]
@@ -73,7 +74,7 @@ def test_compiled_models_train_to_the_eager_records(tmp_path, monkeypatch):
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", compile_)
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "time"} for r in recs]  # noqa: E731
+    strip = lambda recs: [without_timings(r) for r in recs]  # noqa: E731
     eager = strip(CoupledTrainer(load_config(None, TINY), tmp_path / "e", log=lambda *_: None).run(stop_after=4))
     compiled = strip(CoupledTrainer(load_config(None, [*TINY, "compile=true"]), tmp_path / "c",
                                     log=lambda *_: None).run(stop_after=4))
