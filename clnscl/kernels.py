@@ -134,7 +134,7 @@ def _launch(kind: str, dtype: torch.dtype, d: int, n: int, sm: int):
             "bwd", dtype, d, include, sm)
     if kind == "cross forward":
         return lse_cross_fwd_kernel, (rows, rows, ids, ids, ids, ids, f32, f32, n, n, d, n, 1.0, 1.0), \
-            ops.cross_meta(dtype, d, include, sm)
+            ops.forward_meta(dtype, d, include, sm, kind="cross_fwd")
     if kind == "forward":
         return lse_fwd_kernel, (rows, rows, ids, ids, ids, ids, f32, n, n, d, 0, 1.0), ops.forward_meta(
             dtype, d, include, sm)

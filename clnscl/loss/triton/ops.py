@@ -124,9 +124,10 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def forward_meta(dtype: torch.dtype, d: int, include: int, sm: int) -> dict:
-    """The constexprs and launch options of the forward kernel."""
-    b = blocks("fwd", dtype, d, sm)
+def forward_meta(dtype: torch.dtype, d: int, include: int, sm: int, kind: str = "fwd") -> dict:
+    """The constexprs and launch options of the forward kernel, or with kind "cross_fwd" of the cross forward
+    (the same constexprs, its own tiles)."""
+    b = blocks(kind, dtype, d, sm)
     return dict(INCLUDE=include, DOT_PREC=_dot_precision(dtype), BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_D=b.d,
                 NUM_D=b.num_d, num_warps=b.warps, num_stages=b.stages)
 
@@ -137,13 +138,6 @@ def backward_meta(dtype: torch.dtype, d: int, include: int, sm: int, row_term: b
     return dict(INCLUDE=include, USE_ROW_TERM=row_term, USE_COL_TERM=col_term, DOT_PREC=_dot_precision(dtype),
                 BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_D=b.d, NUM_D=b.num_d, BLOCK_O=b.o,
                 SAME_TILE=b.num_d == 1 and b.o == b.d, num_warps=b.warps, num_stages=b.stages)
-
-
-def cross_meta(dtype: torch.dtype, d: int, include: int, sm: int) -> dict:
-    """The constexprs and launch options of the cross forward kernel."""
-    b = blocks("cross_fwd", dtype, d, sm)
-    return dict(INCLUDE=include, DOT_PREC=_dot_precision(dtype), BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_D=b.d,
-                NUM_D=b.num_d, num_warps=b.warps, num_stages=b.stages)
 
 
 def symmetric_meta(kind: str, dtype: torch.dtype, d: int, include: int, sm: int) -> dict:
@@ -373,7 +367,7 @@ def masked_lse_cross_op(
         shift = scale * LOG2E
         row_acc = torch.empty(n, dtype=torch.float32, device=q.device)
         col_acc = torch.zeros(m, dtype=torch.float32, device=q.device)
-        meta = cross_meta(q.dtype, d, include, sm)
+        meta = forward_meta(q.dtype, d, include, sm, kind="cross_fwd")
         lse_cross_fwd_kernel[(triton.cdiv(n, meta["BLOCK_M"]),)](
             q, k, ri, rc, ci, cc, row_acc, col_acc, n, m, d, row_offset, scale * LOG2E, shift, **meta
         )
