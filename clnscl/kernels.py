@@ -12,7 +12,7 @@ tensor-core instructions in the SASS (HGMMA: Hopper's wgmma; HMMA: mma.sync). Th
 built library are read the same way.
 
     python -m clnscl.kernels [--sm 90 80] [--dtypes ...] [--kernels ...] [--d ...] [--cuda] [--json FILE]
-                             [--check]
+                             [--check] [--from-ptx]
 
 --check exits 1 when a Triton launch spills, needs more shared memory than one block of the target gets, or
 on sm_90 does not use wgmma. TRITON_INTERPRET must be unset (the interpreter compiles nothing).
@@ -34,6 +34,7 @@ import torch
 # shared memory one block may use (the opt-in maximum), bytes
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 TENSOR_CORE_OPS = ("HGMMA", "HMMA")
+PTX_TENSOR_CORE_OPS = ("wgmma.mma_async", "mma.sync")  # the PTX instructions ptxas makes them of
 DTYPES = {"fp32 (tf32x3)": (torch.float32, "highest"), "fp32 (tf32)": (torch.float32, "high"),
           "bf16": (torch.bfloat16, "highest"), "fp16": (torch.float16, "highest")}
 # each kernel of the report -> the kind of its tiling in loss/triton/ops.py
@@ -100,17 +101,22 @@ def _forget_targets() -> None:
         kernel.device_caches.clear()
 
 
-def resources(cubin: bytes, tool: str) -> dict:
-    """Registers, stack bytes and tensor-core instructions of one kernel's cubin."""
+def resources(cubin: bytes, tool: str, ptx: str | None = None) -> dict:
+    """Registers, stack bytes and tensor-core instructions of one kernel's cubin: read off its SASS, or, when
+    its `ptx` is given, off the PTX (wgmma.mma_async, which ptxas can only make HGMMA; mma.sync: HMMA), which
+    skips the disassembly (half the time of a report)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
+        flags = ["--dump-resource-usage"] + (["--dump-sass"] if ptx is None else [])
+        text = subprocess.run([tool, *flags, f.name], capture_output=True, text=True).stdout
     finally:
         os.unlink(f.name)
-    regs, stack = re.search(r"REG:(\d+)", usage), re.search(r"STACK:(\d+)", usage)
-    found = [op for op in TENSOR_CORE_OPS if re.search(rf"\b{op}\b", sass)]
+    regs, stack = re.search(r"REG:(\d+)", text), re.search(r"STACK:(\d+)", text)
+    if ptx is None:
+        found = [op for op in TENSOR_CORE_OPS if re.search(rf"\b{op}\b", text)]
+    else:
+        found = [op for op, ins in zip(TENSOR_CORE_OPS, PTX_TENSOR_CORE_OPS) if ins in ptx]
     return {"registers": int(regs.group(1)) if regs else None, "stack": int(stack.group(1)) if stack else None,
             "tensor_cores": ",".join(found) or "none"}
 
@@ -145,8 +151,10 @@ def _launch(kind: str, dtype: torch.dtype, d: int, n: int, sm: int):
     return lse_bwd_kernel, args, ops.backward_meta(dtype, d, include, sm, *terms)
 
 
-def triton_rows(sm: int, buckets=None, dtypes=None, kinds=KERNELS, row_counts=(4096, 4099)) -> list[dict]:
-    """One row per launch configuration of the Triton ops, compiled for `sm`."""
+def triton_rows(sm: int, buckets=None, dtypes=None, kinds=KERNELS, row_counts=(4096, 4099),
+                from_ptx: bool = False) -> list[dict]:
+    """One row per launch configuration of the Triton ops, compiled for `sm` (tensor cores read off the
+    PTX instead of the SASS with `from_ptx`)."""
     from .loss.triton import ops
 
     if ops.INTERPRET:
@@ -170,7 +178,8 @@ def triton_rows(sm: int, buckets=None, dtypes=None, kinds=KERNELS, row_counts=(4
                             rows.append({"sm": sm, "dtype": label, "d": d_bucket, "n": n, "kernel": kind,
                                          "blocks": blocks._asdict(),
                                          "shared": compiled.metadata.shared,
-                                         **resources(compiled.asm["cubin"], tool)})
+                                         **resources(compiled.asm["cubin"], tool,
+                                                     compiled.asm["ptx"] if from_ptx else None)})
             finally:
                 torch.set_float32_matmul_precision(previous)
     return rows
@@ -249,6 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda", action="store_true", help="also the CUDA C++ kernels of the built library")
     ap.add_argument("--json", metavar="FILE", help="write every row to FILE")
     ap.add_argument("--check", action="store_true", help="exit 1 when a Triton launch misses the static bar")
+    ap.add_argument("--from-ptx", action="store_true", help="read the tensor-core instructions off the PTX "
+                    "(wgmma.mma_async: HGMMA, mma.sync: HMMA) instead of disassembling the SASS (faster)")
     a = ap.parse_args(argv)
     import triton
 
@@ -257,7 +268,7 @@ def main(argv=None) -> int:
     for sm in a.sm:
         print("\n| sm | dtype | d | rows | kernel | blocks | registers | stack | shared | tensor cores | |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
-        for row in triton_rows(sm, buckets=a.d, dtypes=a.dtypes, kinds=a.kernels):
+        for row in triton_rows(sm, buckets=a.d, dtypes=a.dtypes, kinds=a.kernels, from_ptx=a.from_ptx):
             issues = problems(row)
             bad += bool(issues)
             every["triton"].append({**row, "problems": issues})

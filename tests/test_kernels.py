@@ -20,13 +20,14 @@ BUCKETS = [1 << k for k in range(4, MAX_D.bit_length())]
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    """The report's rows for sm_90, compiled by two processes at once (each half of the dtypes)."""
+    """The report's rows for sm_90, compiled by two processes at once (each half of the dtypes), the tensor
+    cores read off the PTX (test_ptx_and_sass_agree_on_the_tensor_cores checks that this is what SASS says)."""
     out = tmp_path_factory.mktemp("kernels")
     env = repo_env()
     env.pop("TRITON_INTERPRET", None)  # the interpreter compiles nothing
     halves = (list(DTYPES)[:2], list(DTYPES)[2:])
-    procs = [subprocess.Popen([sys.executable, "-m", "clnscl.kernels", "--sm", "90", "--json", str(out / f"{i}.json"),
-                               "--dtypes", *half], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    procs = [subprocess.Popen([sys.executable, "-m", "clnscl.kernels", "--sm", "90", "--from-ptx",
+                               "--json", str(out / f"{i}.json"), "--dtypes", *half], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, cwd=REPO) for i, half in enumerate(halves)]
     logs = [p.communicate(timeout=1500)[0] for p in procs]
     for p, log in zip(procs, logs):
@@ -59,6 +60,29 @@ def test_the_16bit_backward_stays_under_the_register_cap_up_to_d_256(rows):
     capped = [r for r in rows if r["kernel"].startswith("backward") and r["dtype"] in ("bf16", "fp16")
               and r["d"] <= 256 and r["registers"] >= 255]
     assert capped == []
+
+
+@pytest.mark.parametrize("dtype,kernels", [("bf16", ["forward", "backward", "symmetric forward"]),
+                                           ("fp32 (tf32x3)", ["backward rows", "symmetric backward",
+                                                              "cross forward"])])
+def test_ptx_and_sass_agree_on_the_tensor_cores(tmp_path, dtype, kernels):
+    """The grid above reads wgmma off the PTX; on a sample of launches, the SASS holds HGMMA exactly where the
+    PTX holds wgmma.mma_async, and HMMA where it holds mma.sync (sm_80)."""
+    env = repo_env()
+    env.pop("TRITON_INTERPRET", None)
+    found = {}
+    for mode in ("sass", "ptx"):
+        out = tmp_path / f"{mode}.json"
+        done = subprocess.run([sys.executable, "-m", "clnscl.kernels", "--sm", "90", "80", "--dtypes", dtype,
+                               "--kernels", *kernels, "--d", "64", "--json", str(out),
+                               *(["--from-ptx"] if mode == "ptx" else [])],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        found[mode] = {(r["sm"], r["kernel"], r["n"]): (r["tensor_cores"], r["registers"], r["stack"])
+                       for r in json.loads(out.read_text())["triton"]}
+    assert found["ptx"] == found["sass"] and {k for sm, k, _ in found["sass"] if sm == 90} == set(kernels)
+    assert {sm for sm, _, _ in found["sass"]} == {90, 80}
+    assert {v[0] for (sm, _, _), v in found["sass"].items() if sm == 90} == {"HGMMA"}
 
 
 def test_each_target_is_compiled_for_itself(tmp_path):
