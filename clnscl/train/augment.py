@@ -1,5 +1,6 @@
 """Random image augmentations driven by an explicit generator: `AugmentConfig` holds their parameters (defaults,
-meaning and valid ranges, the config section `augment`), `Augment` applies them to a batch.
+meaning and valid ranges, the config section `augment`; named presets: `digits`, `simclr_cifar`,
+`simclr_imagenet`), `Augment` applies them to a batch with the operations of `image_ops`.
 
 Everything random here takes an explicit `torch.Generator` and never touches the global RNG, so the trainer can
 give every model the same augmented views, and a resumed run can replay exactly what an uninterrupted run drew.
@@ -9,28 +10,62 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-
+from . import image_ops as ops
 from .overrides import ConfigError, check_range, coerce_fields, setting
+
+
+PRESETS: dict[str, dict] = {
+    # the 8x8 digits: mild crops, small rotations, brightness/contrast jitter, pixel noise (the dataclass defaults)
+    "digits": {},
+    # SimCLR's CIFAR augmentations (Chen et al. 2020, appendix B.9; the NSCL authors' "cifar" transform):
+    # crop (0.08, 1), flip 0.5, colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale p = 0.2, no blur
+    "simclr_cifar": dict(crop_scale=(0.08, 1.0), rotation=0.0, hflip_p=0.5, brightness=0.4, contrast=0.4,
+                         saturation=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, noise_std=0.0),
+    # SimCLR's ImageNet augmentations (its appendix A): colour strength 1 (0.8, 0.8, 0.8, 0.2) with p = 0.8,
+    # grayscale p = 0.2, Gaussian blur p = 0.5 with σ in (0.1, 2) and a kernel 10% of the image side
+    "simclr_imagenet": dict(crop_scale=(0.08, 1.0), rotation=0.0, hflip_p=0.5, brightness=0.8, contrast=0.8,
+                            saturation=0.8, hue=0.2, jitter_p=0.8, grayscale_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
+                            blur_kernel=0, noise_std=0.0),
+}
+CROP_TRIES = 10  # candidate windows per sample before the central fallback, as torchvision's RandomResizedCrop
+_COLUMNS = 2 * CROP_TRIES + 17  # uniforms drawn per sample: see Augment.__call__
 
 
 @dataclass
 class AugmentConfig:
     """The parameters of `Augment`; values are coerced and checked on construction (ConfigError naming the
-    key). The defaults suit the 8×8 digits."""
+    key). `preset` names the values the other keys start from (`AugmentConfig(preset="simclr_cifar",
+    hflip_p=0.0)`: the SimCLR CIFAR values with no flip); in a config file or an override, setting
+    `augment.preset` resets every augment key to that preset, and keys set after it change it."""
 
+    preset: str = setting("digits", "the named set of values the other augment keys start from",
+                          choices=tuple(PRESETS))
     crop_scale: tuple[float, float] = setting((0.6, 1.0), "random resized crop: range of the window's area fraction")
     crop_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), "random resized crop: range of the window's aspect ratio")
     rotation: float = setting(15.0, "random rotation: maximum angle in degrees (uniform in ±rotation)")
     hflip_p: float = setting(0.0, "probability of a horizontal flip (0 for digits)")
-    brightness: float = setting(0.4, "brightness jitter: factor uniform in 1 ± brightness")
-    contrast: float = setting(0.4, "contrast jitter: factor uniform in 1 ± contrast")
-    jitter_p: float = setting(0.8, "probability of applying the brightness/contrast jitter")
+    brightness: float = setting(0.4, "colour jitter: brightness factor uniform in [max(0, 1 − b), 1 + b]")
+    contrast: float = setting(0.4, "colour jitter: contrast factor uniform in [max(0, 1 − c), 1 + c]")
+    saturation: float = setting(0.0, "colour jitter: saturation factor uniform in [max(0, 1 − s), 1 + s] "
+                                     "(no effect on one-channel images)")
+    hue: float = setting(0.0, "colour jitter: hue shift uniform in ±hue turns, at most 0.5 (no effect on one "
+                              "channel)")
+    jitter_p: float = setting(0.8, "probability of applying the colour jitter (its four parts in a random order)")
+    grayscale_p: float = setting(0.0, "probability of converting to grayscale")
+    blur_p: float = setting(0.0, "probability of a Gaussian blur")
+    blur_sigma: tuple[float, float] = setting((0.1, 2.0), "Gaussian blur: σ uniform in this range, in pixels")
+    blur_kernel: int = setting(0, "Gaussian blur: odd kernel side in pixels; 0 for 10% of the image's shorter "
+                                  "side (the odd number nearest it)")
+    solarize_p: float = setting(0.0, "probability of solarizing (1 − x where x >= solarize_threshold)")
+    solarize_threshold: float = setting(0.5, "solarize: the threshold")
     noise_std: float = setting(0.05, "standard deviation of the additive Gaussian noise")
-    padding_mode: str = setting("zeros", "fill outside the image after crop/rotation",
+    padding_mode: str = setting("zeros", "fill of the area a rotation brings in from outside the image",
                                 choices=("zeros", "border", "reflection"))
+
+    PRESETS: ClassVar[dict[str, dict]] = PRESETS
 
     def __post_init__(self) -> None:
         coerce_fields(self, "augment.")
@@ -42,12 +77,38 @@ class AugmentConfig:
         if not 0.0 < lo <= hi:
             raise ConfigError(f"config key 'augment.crop_ratio': invalid value {list(self.crop_ratio)}; "
                               "need 0 < low <= high")
+        lo, hi = self.blur_sigma
+        if not 0.0 < lo <= hi:
+            raise ConfigError(f"config key 'augment.blur_sigma': invalid value {list(self.blur_sigma)}; "
+                              "need 0 < low <= high")
+        if self.blur_kernel < 0 or (self.blur_kernel and self.blur_kernel % 2 == 0):
+            raise ConfigError(f"config key 'augment.blur_kernel': invalid value {self.blur_kernel}; need an odd "
+                              "number of pixels, or 0 for 10% of the image side")
         check_range("augment.rotation", self.rotation, 0.0, 180.0)
-        check_range("augment.hflip_p", self.hflip_p, 0.0, 1.0)
-        check_range("augment.jitter_p", self.jitter_p, 0.0, 1.0)
-        check_range("augment.brightness", self.brightness, 0.0, 1.0, hi_open=True)
-        check_range("augment.contrast", self.contrast, 0.0, 1.0, hi_open=True)
-        check_range("augment.noise_std", self.noise_std, 0.0, None)
+        for key in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
+            check_range(f"augment.{key}", getattr(self, key), 0.0, 1.0)
+        for key in ("brightness", "contrast", "saturation", "noise_std"):
+            check_range(f"augment.{key}", getattr(self, key), 0.0, None)
+        check_range("augment.hue", self.hue, 0.0, 0.5)
+
+
+def _preset_init(init):
+    def __init__(self, preset: str = "digits", **values) -> None:
+        if preset not in PRESETS:
+            raise ConfigError(f"config key 'augment.preset': invalid value {preset!r}; choose from "
+                              f"{', '.join(PRESETS)}")
+        init(self, preset=preset, **{**PRESETS[preset], **values})
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
+AugmentConfig.__init__ = _preset_init(AugmentConfig.__init__)
+
+
+def blur_kernel_size(config: AugmentConfig, height: int, width: int) -> int:
+    """The Gaussian blur's kernel side for an image of height × width: `blur_kernel`, or if 0 the odd number
+    nearest 10% of the shorter side (23 at 224 px, as SimCLR)."""
+    return config.blur_kernel or 2 * round(0.05 * min(height, width)) + 1
 
 
 class Augment:
@@ -55,29 +116,31 @@ class Augment:
     to each call: `augment(x, generator)`. Two calls with generators in the same state give identical
     views; successive calls with one generator give fresh views. Every sample gets its own parameters and
     the whole batch is transformed at once (no Python loop over samples). Build it from an `AugmentConfig`
-    or from its parameters as keywords: `Augment(cfg.augment)`, `Augment(rotation=0.0)`.
+    or from its parameters as keywords: `Augment(cfg.augment)`, `Augment(preset="simclr_cifar")`.
 
-    Per sample, in this order:
+    Per sample, in this order (torchvision's RandomResizedCrop, RandomHorizontalFlip, RandomApply(ColorJitter),
+    RandomGrayscale, GaussianBlur, RandomSolarize, each op equal to torchvision's on the same parameters):
 
-    - random resized crop: a window of `crop_scale` (fraction of the image area) and aspect ratio
-      log-uniform in `crop_ratio` (its sides clamped to the image), placed uniformly inside the image (its
-      sample points within the outermost pixel centres) and resampled bilinearly to the input size
-      (`F.affine_grid` / `F.grid_sample`);
+    - random resized crop: up to 10 candidate windows of area fraction uniform in `crop_scale` and aspect
+      ratio log-uniform in `crop_ratio`, the first that fits inside the image taken (else the central window
+      of the whole image, its ratio clamped to `crop_ratio`), placed uniformly, in continuous pixel
+      coordinates, and resampled bilinearly to the input size (`image_ops.resized_crop`);
     - a rotation by an angle uniform in ±`rotation` degrees about the window's centre (same resampling
-      pass; the area brought in from outside the image is filled by `padding_mode`, zeros by default,
-      which is the digits' background), and a horizontal flip with probability `hflip_p`;
-    - with probability `jitter_p`: brightness (multiply by a factor uniform in 1 ± `brightness`) then
-      contrast (blend with the sample's mean by a factor uniform in 1 ± `contrast`), clamped to [0, 1];
+      pass; the area brought in from outside the image is filled by `padding_mode`), and a horizontal flip
+      with probability `hflip_p`;
+    - with probability `jitter_p`: brightness, contrast, saturation and hue, in a random order per sample;
+    - grayscale with probability `grayscale_p`; a Gaussian blur (σ uniform in `blur_sigma`) with
+      probability `blur_p`; solarize with probability `solarize_p`;
     - Gaussian noise of standard deviation `noise_std`, clamped to [0, 1].
 
-    The generator's consumption depends only on the batch shape and the settings (one `rand` of (B, 9),
-    then, if `noise_std` > 0, one `randn` of the batch's shape), so views stay aligned across models.
-    A shard of a batch (one process's part under torchrun): `augment(x_shard, generator, batch_size=B,
-    offset=o)` draws the parameters of the whole batch of B samples and transforms its rows o … o+len(x)−1,
-    giving exactly those rows of `augment(x_full, generator)` and leaving the generator in the same state.
-    Random numbers are drawn on the generator's device and moved to `x`'s device: pass a generator on `x`'s
-    device for speed (a CPU and a CUDA generator give different streams). The arithmetic is in float32; the
-    output has `x`'s dtype.
+    The generator's consumption depends only on the batch shape and the settings (one `rand` of
+    (B, 2·10 + 17), then, if `noise_std` > 0, one `randn` of the batch's shape), so views stay aligned
+    across models. A shard of a batch (one process's part under torchrun): `augment(x_shard, generator,
+    batch_size=B, offset=o)` draws the parameters of the whole batch of B samples and transforms its rows
+    o … o+len(x)−1, giving exactly those rows of `augment(x_full, generator)` and leaving the generator in
+    the same state. Random numbers are drawn on the generator's device and moved to `x`'s device: pass a
+    generator on `x`'s device for speed (a CPU and a CUDA generator give different streams). The
+    arithmetic is in float32; the output has `x`'s dtype.
     """
 
     def __init__(self, config: AugmentConfig | None = None, **params) -> None:
@@ -101,53 +164,83 @@ class Augment:
             raise TypeError(f"Augment expects floating-point images in [0, 1], got dtype {x.dtype} "
                             "(convert uint8 images with x.float() / 255)")
         b, c, h, w = x.shape
+        if c not in (1, 3):
+            raise ValueError(f"Augment expects grayscale (1 channel) or RGB (3 channels) images, got {c} channels")
         total = b if batch_size is None else int(batch_size)
         if offset < 0 or offset + b > total:
             raise ValueError(f"Augment: rows {offset}..{offset + b - 1} of x are not inside a batch of batch_size="
                              f"{total}")
         rows = slice(offset, offset + b)
         gdev = generator.device
-        u = torch.rand(total, 9, generator=generator, device=gdev)[rows].to(x.device)
-        if self.config.noise_std > 0.0:
+        u = torch.rand(total, _COLUMNS, generator=generator, device=gdev)[rows].to(x.device)
+        cfg = self.config
+        if cfg.noise_std > 0.0:
             noise = torch.randn((total, c, h, w), generator=generator, device=gdev)[rows].to(x.device)
         if b == 0:
             return x.clone()
-        xf = x.float()
-
-        # geometry: output normalised coords p_o in [-1, 1]^2 -> input coords D^-1 R D S p_o + t
-        lo, hi = self.config.crop_scale
-        area = lo + (hi - lo) * u[:, 0]
-        log_lo, log_hi = math.log(self.config.crop_ratio[0]), math.log(self.config.crop_ratio[1])
-        ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
-        cw = torch.sqrt(area * ratio).clamp(max=1.0)  # window width, fraction of the image width
-        ch = torch.sqrt(area / ratio).clamp(max=1.0)
-        # window centre: the outermost sample points (normalised ±(1 − 1/W) times the window size) stay within
-        # the outermost pixel centres, so an unrotated crop never blends in padding
-        tx = (2.0 * u[:, 2] - 1.0) * (1.0 - cw) * (1.0 - 1.0 / w)
-        ty = (2.0 * u[:, 3] - 1.0) * (1.0 - ch) * (1.0 - 1.0 / h)
-        angle = torch.deg2rad((2.0 * u[:, 4] - 1.0) * self.config.rotation)
-        flip = torch.where(u[:, 5] < self.config.hflip_p, -1.0, 1.0)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        aspect = w / h  # rotation is a rotation in pixel space, also for non-square images
-        sx, sy = cw * flip, ch
-        theta = torch.stack((
-            torch.stack((cos * sx, -sin * sy / aspect, tx), dim=1),
-            torch.stack((sin * sx * aspect, cos * sy, ty), dim=1),
-        ), dim=1)
-        grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
-        out = F.grid_sample(xf, grid, mode="bilinear", padding_mode=self.config.padding_mode, align_corners=False)
-
-        # photometric jitter (identity factors for the samples it is not applied to)
-        apply = (u[:, 6] < self.config.jitter_p).float()
-        bright = 1.0 + apply * self.config.brightness * (2.0 * u[:, 7] - 1.0)
-        contr = 1.0 + apply * self.config.contrast * (2.0 * u[:, 8] - 1.0)
-        out = (out * bright.view(b, 1, 1, 1)).clamp_(0.0, 1.0)
-        mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = ((out - mean) * contr.view(b, 1, 1, 1) + mean).clamp_(0.0, 1.0)
-
-        if self.config.noise_std > 0.0:
-            out = (out + self.config.noise_std * noise).clamp_(0.0, 1.0)
+        t = 2 * CROP_TRIES  # columns 0..t-1: the crop's candidates; then one column per decision below
+        out = ops.resample(x.float(), self._geometry(u[:, :t + 4], h, w), cfg.padding_mode)
+        out = self._jitter(out, u[:, t + 4:t + 13])
+        if cfg.grayscale_p > 0.0:
+            out = torch.where((u[:, t + 13] < cfg.grayscale_p).view(b, 1, 1, 1), ops.grayscale(out), out)
+        if cfg.blur_p > 0.0:
+            lo, hi = cfg.blur_sigma
+            blurred = ops.gaussian_blur(out, lo + (hi - lo) * u[:, t + 15], blur_kernel_size(cfg, h, w))
+            out = torch.where((u[:, t + 14] < cfg.blur_p).view(b, 1, 1, 1), blurred, out)
+        if cfg.solarize_p > 0.0:
+            out = torch.where((u[:, t + 16] < cfg.solarize_p).view(b, 1, 1, 1),
+                              ops.solarize(out, cfg.solarize_threshold), out)
+        if cfg.noise_std > 0.0:
+            out = (out + cfg.noise_std * noise).clamp_(0.0, 1.0)
         return out.to(x.dtype)
+
+    def _geometry(self, u: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The sampling grid of the crop window, rotation and flip (columns: 10 areas, 10 log-ratios,
+        the window's position, the angle, the flip)."""
+        cfg = self.config
+        t = CROP_TRIES
+        lo, hi = cfg.crop_scale
+        log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+        area = (lo + (hi - lo) * u[:, :t]) * (h * w)
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, t:2 * t])
+        cw, ch = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+        fits = (cw <= w) & (ch <= h)
+        first = torch.where(fits.any(1), fits.float().argmax(1), -1)  # the first candidate that fits
+        # fallback: the central window of the whole image with its ratio clamped into crop_ratio
+        in_ratio = w / h
+        fw, fh = ((w, w / cfg.crop_ratio[0]) if in_ratio < cfg.crop_ratio[0] else
+                  (h * cfg.crop_ratio[1], h) if in_ratio > cfg.crop_ratio[1] else (w, h))
+        pick = first.clamp(min=0).unsqueeze(1)
+        cw = torch.where(first >= 0, cw.gather(1, pick)[:, 0], fw)
+        ch = torch.where(first >= 0, ch.gather(1, pick)[:, 0], fh)
+        left = torch.where(first >= 0, u[:, 2 * t] * (w - cw), (w - cw) / 2)
+        top = torch.where(first >= 0, u[:, 2 * t + 1] * (h - ch), (h - ch) / 2)
+        angle = torch.deg2rad((2.0 * u[:, 2 * t + 2] - 1.0) * cfg.rotation)
+        flip = torch.where(u[:, 2 * t + 3] < cfg.hflip_p, -1.0, 1.0)
+        return ops.window_grid(top, left, ch, cw, (h, w), (h, w), angle=angle, flip=flip)
+
+    def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Colour jitter with probability `jitter_p`, its four parts in a random order per sample (columns:
+        applied or not, the four factors, the four sort keys of the order). Every part runs on the whole
+        batch at each of the four positions, with the identity factor where it is not that sample's turn."""
+        cfg = self.config
+        on = u[:, 0] < cfg.jitter_p
+        order = torch.argsort(u[:, 5:9], dim=1)  # a uniformly random permutation of the four parts per sample
+        parts = [(ops.adjust_brightness, cfg.brightness), (ops.adjust_contrast, cfg.contrast),
+                 (ops.adjust_saturation, cfg.saturation if x.shape[1] == 3 else 0.0),
+                 (ops.adjust_hue, cfg.hue if x.shape[1] == 3 else 0.0)]
+        factors = [max(0.0, 1.0 - s) + (1.0 + s - max(0.0, 1.0 - s)) * u[:, 1 + i] for i, (_, s) in enumerate(parts)]
+        factors[3] = cfg.hue * (2.0 * u[:, 4] - 1.0)
+        for k in range(4):
+            for i, (op, strength) in enumerate(parts):
+                if strength == 0.0:
+                    continue
+                turn = on & (order[:, k] == i)
+                if i == 3:  # hue has no exact identity factor: keep the untouched samples as they are
+                    x = torch.where(turn.view(-1, 1, 1, 1), op(x, factors[i]), x)
+                else:
+                    x = op(x, torch.where(turn, factors[i], 1.0))
+        return x
 
     def views(self, x: torch.Tensor, generator: torch.Generator, num_views: int = 2, batch_size: int | None = None,
               offset: int = 0) -> list[torch.Tensor]:

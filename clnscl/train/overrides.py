@@ -5,6 +5,8 @@ type is itself a dataclass is a section, its keys dotted (`augment.crop_scale`).
 field's type on construction (`coerce_fields`): YAML scalars or lists (`[cl, nscl]`, or a comma-separated
 `cl,nscl`), `1e-3` a float even though YAML 1.1 reads it as a string, `null` or `none` clearing an optional key.
 Every mistake raises `ConfigError` (a ValueError) naming the key, with a did-you-mean for unknown keys.
+A section whose class has `PRESETS` and a key `preset`: setting `preset` clears the section's other keys (its
+constructor fills them from the preset), and keys set after it change it.
 """
 from __future__ import annotations
 
@@ -201,14 +203,16 @@ def _set_in(root: type, tree: dict, key: str, value: Any, where: str = "") -> No
                     raise ConfigError(f"config key '{key}'{where} is a section; set its keys "
                                       f"({', '.join(k for k in all_keys(root) if k.startswith(key + '.'))}) "
                                       f"or give a mapping, not {value!r}")
-                for sub, subvalue in value.items():
-                    _set_in(root, tree, f"{key}.{sub}", subvalue, where)
+                for sub in sorted(value, key=lambda k: k != "preset"):  # a preset first: the other keys change it
+                    _set_in(root, tree, f"{key}.{sub}", value[sub], where)
                 return
             node = node.setdefault(part, {})
             cls = tp
         elif not last:
             raise unknown_key(root, key, where)
         else:
+            if part == "preset" and hasattr(cls, "PRESETS"):
+                node.clear()  # a section's preset resets its keys to the preset's values
             node[part] = value
 
 

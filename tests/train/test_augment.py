@@ -59,7 +59,7 @@ def test_augment_shape_range_and_per_sample_randomness(digits):
 
 
 def test_augment_geometry_conventions():
-    x = torch.rand(6, 2, 8, 8, generator=seeded(3))
+    x = torch.rand(6, 3, 8, 8, generator=seeded(3))
     still = dict(crop_scale=(1, 1), crop_ratio=(1, 1), rotation=0, jitter_p=0, noise_std=0)
     assert torch.allclose(Augment(**still)(x, seeded(0)), x, atol=1e-6)  # full window, no rotation: identity
     assert torch.allclose(Augment(**still, hflip_p=1.0)(x, seeded(0)), x.flip(-1), atol=1e-6)
@@ -75,7 +75,7 @@ def test_augment_rotation_is_rigid_on_non_square_images():
     yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     cx, cy = (w - 1) / 2, (h - 1) / 2
     x = torch.exp(-((xx - cx - 10) ** 2 + (yy - cy) ** 2) / 4).expand(16, 1, h, w).contiguous()
-    out = Augment(crop_scale=(1, 1), crop_ratio=(1, 1), rotation=60, jitter_p=0, noise_std=0)(x, seeded(3))
+    out = Augment(crop_scale=(1, 1), crop_ratio=(w / h, w / h), rotation=60, jitter_p=0, noise_std=0)(x, seeded(3))
     mass = out[:, 0].sum(dim=(1, 2))
     px = (out[:, 0] * xx).sum(dim=(1, 2)) / mass - cx
     py = (out[:, 0] * yy).sum(dim=(1, 2)) / mass - cy
@@ -90,7 +90,67 @@ def test_augment_input_errors():
         aug(torch.rand(2, 1, 8, 8), None)
     with pytest.raises(ValueError, match="B, C, H, W"):
         aug(torch.rand(1, 8, 8), seeded(0))
+    with pytest.raises(ValueError, match="3 channels"):
+        aug(torch.rand(2, 2, 8, 8), seeded(0))
     with pytest.raises(TypeError, match="floating"):
         aug(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), seeded(0))
     with pytest.raises(ValueError, match="crop_scale"):
         Augment(crop_scale=(0.0, 1.0))
+
+
+def _torchvision_pipeline(x, u, cfg):
+    """torchvision's ops composed in SimCLR's order on the parameters decoded from Augment's uniforms
+    (full-image window: columns 0..21 are the crop's, 22 the angle's), sample by sample."""
+    TF = pytest.importorskip("torchvision.transforms.v2.functional")
+    t = 20
+    out = []
+    for i in range(len(x)):
+        img, ui = x[i], u[i].tolist()
+        if ui[t + 3] < cfg.hflip_p:
+            img = TF.horizontal_flip(img)
+        if ui[t + 4] < cfg.jitter_p:
+            fns = []
+            for j, (fn, s) in enumerate([(TF.adjust_brightness, cfg.brightness), (TF.adjust_contrast, cfg.contrast),
+                                         (TF.adjust_saturation, cfg.saturation)]):
+                lo = max(0.0, 1.0 - s)
+                fns.append((fn, lo + (1.0 + s - lo) * ui[t + 5 + j]))
+            fns.append((TF.adjust_hue, cfg.hue * (2.0 * ui[t + 8] - 1.0)))
+            for k in sorted(range(4), key=lambda k: ui[t + 9 + k]):
+                fn, f = fns[k]
+                img = fn(img, f)
+        if ui[t + 13] < cfg.grayscale_p:
+            img = TF.rgb_to_grayscale(img, num_output_channels=3)
+        if ui[t + 14] < cfg.blur_p:
+            sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * ui[t + 15]
+            img = TF.gaussian_blur(img, [5, 5], [sigma, sigma])
+        if ui[t + 16] < cfg.solarize_p:
+            img = TF.solarize(img, cfg.solarize_threshold)
+        out.append(img)
+    return torch.stack(out)
+
+
+def test_augment_equals_torchvision_composed_on_its_parameters():
+    """Flip, colour jitter in each sample's random order, grayscale, blur and solarize, on the parameters
+    Augment drew, against torchvision's functional ops in SimCLR's order (a full-image window)."""
+    x = torch.rand(40, 3, 9, 14, generator=seeded(5))
+    aug = Augment(preset="simclr_imagenet", crop_scale=(1, 1), crop_ratio=(14 / 9, 14 / 9), blur_kernel=5,
+                  solarize_p=0.3, solarize_threshold=0.6, hue=0.3, brightness=1.2)
+    u = torch.rand(40, 37, generator=seeded(6))
+    got = aug(x, seeded(6))
+    torch.testing.assert_close(got, _torchvision_pipeline(x, u, aug.config), rtol=0, atol=1e-5)
+
+
+def test_crop_windows_follow_torchvision_random_resized_crop():
+    """The window's area fraction and aspect ratio follow torchvision's RandomResizedCrop (up to ten candidates,
+    then the central fallback) on a wide image, where the fallback is common."""
+    T = pytest.importorskip("torchvision.transforms.v2")
+    h, w = 20, 60
+    x = (torch.arange(w).float() / (w - 1)).expand(4000, 1, h, w)  # a ramp: the output row spans the window
+    torch.manual_seed(0)
+    rrc = T.RandomResizedCrop((h, w), scale=(0.08, 1.0))
+    theirs = torch.tensor([rrc.make_params([torch.zeros(1, h, w)])["width"] for _ in range(4000)]).float()
+    ours = Augment(preset="simclr_cifar", hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0)(x, seeded(1))
+    # a ramp window [a, b] in pixels resampled at its pixel centres: the span of the output row is b − a − 1
+    span = (ours[:, 0, 0, -1] - ours[:, 0, 0, 0]) * (w - 1) + 1
+    assert abs(span.mean() - theirs.mean()) < 0.03 * theirs.mean()
+    assert abs((span > w - 0.5).float().mean() - (theirs == w).float().mean()) < 0.03

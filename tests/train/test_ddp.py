@@ -122,7 +122,7 @@ def test_two_process_training_equals_one_process_training(tmp_path, sampler):
     _, state = load_checkpoint(run)  # weights_only: a distributed run's checkpoint holds no code
     for name, model, sd in zip(config["objectives"], single.models, state["models"]):
         for k, v in model.state_dict().items():
-            torch.testing.assert_close(sd[k], v, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}.{k}: {m}")
+            torch.testing.assert_close(sd[k], v, rtol=1e-3, atol=3e-5, msg=lambda m: f"{name}.{k}: {m}")
 
 
 def test_two_process_run_resumed_equals_one_uninterrupted_process(tmp_path):
