@@ -221,25 +221,28 @@ class Augment:
 
     def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Colour jitter with probability `jitter_p`, its four parts in a random order per sample (columns:
-        applied or not, the four factors, the four sort keys of the order). Every part runs on the whole
-        batch at each of the four positions, with the identity factor where it is not that sample's turn."""
-        cfg = self.config
+        applied or not, the four factors, the four sort keys of the order). At each of the four positions,
+        one `image_ops.mix` pass applies brightness, contrast or saturation to the samples whose turn it is
+        (the identity to the others), and the hue is applied to the rows whose turn it is."""
+        cfg, b = self.config, x.shape[0]
+        rgb = x.shape[1] == 3
         on = u[:, 0] < cfg.jitter_p
         order = torch.argsort(u[:, 5:9], dim=1)  # a uniformly random permutation of the four parts per sample
-        parts = [(ops.adjust_brightness, cfg.brightness), (ops.adjust_contrast, cfg.contrast),
-                 (ops.adjust_saturation, cfg.saturation if x.shape[1] == 3 else 0.0),
-                 (ops.adjust_hue, cfg.hue if x.shape[1] == 3 else 0.0)]
-        factors = [max(0.0, 1.0 - s) + (1.0 + s - max(0.0, 1.0 - s)) * u[:, 1 + i] for i, (_, s) in enumerate(parts)]
-        factors[3] = cfg.hue * (2.0 * u[:, 4] - 1.0)
+        strengths = (cfg.brightness, cfg.contrast, cfg.saturation if rgb else 0.0)
+        lows = [max(0.0, 1.0 - s) for s in strengths]
+        f = [lo + (1.0 + s - lo) * u[:, 1 + i] for i, (lo, s) in enumerate(zip(lows, strengths))]
+        hue = cfg.hue * (2.0 * u[:, 4] - 1.0)
+        one, zero = torch.ones(b, device=x.device), torch.zeros(b, device=x.device)
         for k in range(4):
-            for i, (op, strength) in enumerate(parts):
-                if strength == 0.0:
-                    continue
-                turn = on & (order[:, k] == i)
-                if i == 3:  # hue has no exact identity factor: keep the untouched samples as they are
-                    x = torch.where(turn.view(-1, 1, 1, 1), op(x, factors[i]), x)
-                else:
-                    x = op(x, torch.where(turn, factors[i], 1.0))
+            part = torch.where(on, order[:, k], -1)  # -1: no jitter for that sample
+            if any(strengths):
+                turn = [part == i for i in range(3)]
+                a = torch.where(turn[0], f[0], torch.where(turn[1], f[1], torch.where(turn[2], f[2], one)))
+                x = ops.mix(x, a, torch.where(turn[1], 1.0 - f[1], zero), torch.where(turn[2], 1.0 - f[2], zero))
+            if cfg.hue > 0.0 and rgb:
+                rows = (part == 3).nonzero().squeeze(1)  # hue has no exact identity: only the rows whose turn it is
+                if len(rows):
+                    x = x.index_copy(0, rows, ops.adjust_hue(x.index_select(0, rows), hue.index_select(0, rows)))
         return x
 
     def views(self, x: torch.Tensor, generator: torch.Generator, num_views: int = 2, batch_size: int | None = None,

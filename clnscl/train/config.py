@@ -71,10 +71,13 @@ class Config:
                                      "(torchvision, from data_root) or an ImageFolder tree at data_root",
                            choices=("digits", "cifar10", "cifar100", "imagefolder"))
     data_root: Optional[str] = setting(None, "dataset directory (required unless dataset is digits)")
-    image_size: int = setting(64, "imagefolder: every image is resized to image_size × image_size")
-    stream: bool = setting(False, "imagefolder: decode the images of each batch from disk instead of holding the "
-                                  "dataset in memory (ImageNet-1k)")
-    loader_workers: int = setting(8, "stream: threads decoding the images of a batch")
+    image_size: int = setting(64, "imagefolder: every image's shorter side is resized to image_size and its "
+                                  "central image_size × image_size square kept")
+    stream: bool = setting(False, "imagefolder: decode the images from disk when needed instead of holding the "
+                                  "dataset in memory (mini-ImageNet, ImageNet-1k)")
+    loader_workers: int = setting(8, "stream: DataLoader worker processes decoding the training images ahead "
+                                     "of the steps (0: in the training process), and threads decoding the "
+                                     "evaluation images")
     num_classes: Optional[int] = setting(None, "train on a seeded subset of this many classes (null: all classes)")
     reference_fraction: float = setting(0.2, "fraction of each class held out as the fixed reference set")
     reference_size: Optional[int] = setting(None, "use only the first this-many reference samples, a fixed set "
@@ -156,7 +159,7 @@ class Config:
         if self.reference_size is not None:
             check_min("reference_size", self.reference_size, 4)
         check_min("image_size", self.image_size, 8)
-        check_min("loader_workers", self.loader_workers, 1)
+        check_min("loader_workers", self.loader_workers, 0)
         if self.stream and self.dataset != "imagefolder":
             raise ConfigError(f"config key 'stream': only dataset=imagefolder streams from disk "
                               f"(dataset={self.dataset} is held in memory)")

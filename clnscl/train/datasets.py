@@ -3,10 +3,11 @@
 - digits: the 8×8 handwritten digits inside scikit-learn (no download);
 - cifar10 / cifar100: the python-format batches of the official archive, extracted under data_root
   (cifar-10-batches-py/ or cifar-100-python/; nothing is downloaded);
-- imagefolder: data_root/<class>/<image>, classes in sorted order, every image converted to RGB and resized
-  to image_size × image_size (Tiny-ImageNet, mini-ImageNet held in memory; with stream=true only the file
-  paths are held and the images of each batch are decoded from disk by loader_workers threads, which is how
-  ImageNet-1k is read).
+- imagefolder: data_root/<class>/<image>, classes in sorted order, every image converted to RGB, its shorter
+  side resized to image_size and its central image_size × image_size square kept (Tiny-ImageNet held in
+  memory; with stream=true only the file paths are held and the images are decoded from disk when needed:
+  for training by the DataLoader workers of `train/pipeline.py`, which is how mini-ImageNet and ImageNet-1k
+  are read).
 
 An image source (`load_source`) is either `TensorImages` (in memory) or `ImageFiles` (decoded on demand); both
 have `labels`, `channels`, `size`, `len()`, `load(idx)` and `subset(idx)`.
@@ -69,13 +70,20 @@ def load_cifar(data_root, which: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images).float().div_(255.0), torch.cat(labels)
 
 
-def _decode_image(path, image_size: int) -> torch.Tensor:
-    """One image file as uint8 (3, image_size, image_size): RGB, bilinear resize. Errors name the file."""
+def decode_image(path, image_size: int) -> torch.Tensor:
+    """One image file as uint8 (3, image_size, image_size): RGB, its shorter side resized to image_size
+    (bilinear, antialiased: PIL's resize), then the central square cropped, so the aspect ratio is kept
+    (torchvision's Resize(image_size) then CenterCrop(image_size), to the pixel). Errors name the file."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+            img = img.convert("RGB")
+            w, h = img.size
+            s = image_size
+            rw, rh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+            left, top = int(round((rw - s) / 2.0)), int(round((rh - s) / 2.0))
+            img = img.resize((rw, rh), Image.BILINEAR).crop((left, top, left + s, top + s))
             data = img.tobytes()
     except Exception as exc:
         raise OSError(f"imagefolder: cannot read image {path}: {exc}") from exc
@@ -143,8 +151,8 @@ class TensorImages:
 
 
 class ImageFiles:
-    """An image source decoded from disk on demand: each `load` decodes its files (RGB, bilinear resize to
-    image_size × image_size, as `load_imagefolder`) on a pool of `workers` threads, made on first use and
+    """An image source decoded from disk on demand: each `load` decodes its files (`decode_image`) on a pool of
+    `workers` threads, made on first use and
     reused; PIL releases the GIL while it decodes and resizes. No file stays open between calls."""
 
     def __init__(self, paths, labels, image_size: int, workers: int = 8):
@@ -203,7 +211,7 @@ class ImageFiles:
         out = torch.empty((len(idx), 3, self.size, self.size), dtype=torch.uint8)
 
         def decode(k: int) -> None:
-            out[k] = _decode_image(self.paths[idx[k]], self.size)
+            out[k] = decode_image(self.paths[idx[k]], self.size)
 
         if self.workers == 1 or len(idx) <= 1:
             for k in range(len(idx)):
@@ -242,7 +250,7 @@ def load_source(cfg) -> TensorImages | ImageFiles:
     """The image source of a config: `ImageFiles` for dataset=imagefolder with stream=true, else `TensorImages`
     of what `load_dataset` returns (cfg needs dataset, data_root, image_size; stream and loader_workers default
     to false and 8)."""
-    workers = int(getattr(cfg, "loader_workers", 8))
+    workers = max(1, int(getattr(cfg, "loader_workers", 8)))
     if cfg.dataset == "imagefolder":
         if getattr(cfg, "stream", False):
             paths, labels, _ = scan_imagefolder(cfg.data_root)

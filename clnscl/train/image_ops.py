@@ -6,7 +6,8 @@ of shape (B,), and transforms the whole batch at once. Each equals, sample by sa
 
 - `adjust_brightness`: x·f, clamped to [0, 1];
 - `adjust_contrast`: f·x + (1 − f)·mean(gray(x)), clamped (the mean over the sample's grayscale image);
-- `adjust_saturation`: f·x + (1 − f)·gray(x), clamped (identity on one channel);
+- `adjust_saturation`: f·x + (1 − f)·gray(x), clamped (identity on one channel); `mix`: any of these three
+  per sample in one pass;
 - `adjust_hue`: the hue rotated by f ∈ [−0.5, 0.5] turns in HSV space (identity on one channel);
 - `grayscale`: gray(x) = 0.2989 R + 0.587 G + 0.114 B in every channel;
 - `gaussian_blur`: a k × k Gaussian of standard deviation σ, reflect-padded (applied as two 1-D passes);
@@ -52,6 +53,15 @@ def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.shape[1] == 1 else _blend(x, gray(x), f)
+
+
+def mix(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a·x + b·mean(gray(x)) + c·gray(x), clamped: brightness (f, 0, 0), contrast (f, 1 − f, 0), saturation
+    (f, 0, 1 − f; on three channels) and the identity (1, 0, 0) with one pass over the batch, each sample its
+    own; equal to the op it stands for to the bit (the terms it adds are zeros)."""
+    g = gray(x)
+    out = x * _col(a) + g.mean(dim=(1, 2, 3), keepdim=True) * _col(b)
+    return out.add_(g * _col(c)).clamp_(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

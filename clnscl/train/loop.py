@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -33,10 +32,10 @@ from ..collectives import all_gather_rows, local_sizes
 from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
 from .augment import Augment
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .datasets import ImageFiles
 from .global_bn import convert_global_batchnorm
 from .models import build_model
 from .optim import build_optimizer, schedule
+from .pipeline import StepImages
 from .records import METRICS_FILE, append_record, open_tensorboard, read_records, rewrite_records, write_csv
 from .samplers import StratifiedBatches, UniformBatches
 from .splits import run_data
@@ -157,17 +156,19 @@ class CoupledTrainer:
             self.trained = [torch.compile(m) for m in self.trained]
         self.optimizers = [build_optimizer(cfg, m) for m in self.models]
         self.schedules = [schedule(o, warmup, self.total_steps) for o in self.optimizers]
-        self._loader = ThreadPoolExecutor(1) if isinstance(self.data.train, ImageFiles) else None
-        self._prefetch = None  # (indices, future of their images) of the next step's shard
+        self._images_of = None  # StepImages, made at the first step (after a resume has restored the sampler)
         self.step = 0
         self.start = time.perf_counter()
         self._since, self._images, self._data_wait, self._lr = self.start, 0, 0.0, cfg.scaled_lr()
 
     def train_step(self) -> dict[str, float]:
+        if self._images_of is None:
+            self._images_of = StepImages(self.data.train, self.sampler, self._shard, self.device,
+                                         self.cfg.loader_workers)
         idx = self.sampler.next_batch()  # the global batch: every rank draws it and takes its shard
         mine = self._shard(idx)
         t0 = time.perf_counter()
-        x = self._load(mine).to(self.device, non_blocking=True)
+        x = self._images_of.next(mine)
         self._data_wait += time.perf_counter() - t0
         self._images += len(idx)
         self._lr = self.optimizers[0].param_groups[0]["lr"]  # this step's (the schedules share one curve)
@@ -199,19 +200,11 @@ class CoupledTrainer:
         per = len(idx) // self.world
         return idx[self.rank * per : (self.rank + 1) * per]
 
-    def _load(self, mine: torch.Tensor) -> torch.Tensor:
-        """The images of this step's shard; a streamed source decodes the next step's shard in the background
-        meanwhile (known within an epoch: `sampler.peek()`), so decoding overlaps the models' steps."""
-        if self._prefetch is not None and torch.equal(self._prefetch[0], mine):
-            x = self._prefetch[1].result()
-        else:
-            x = self.data.train.load(mine)
-        self._prefetch = None
-        upcoming = self.sampler.peek()
-        if self._loader is not None and upcoming is not None:
-            nxt = self._shard(upcoming)
-            self._prefetch = (nxt, self._loader.submit(self.data.train.load, nxt))
-        return x
+    def close(self) -> None:
+        """Stop the data loader's workers (a later step starts them again)."""
+        images_of, self._images_of = self._images_of, None
+        if images_of is not None:
+            images_of.close()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -312,6 +305,7 @@ class CoupledTrainer:
         for target, key in ((self.models, "models"), (self.optimizers, "optimizers"), (self.schedules, "schedules")):
             for obj, sd in zip(target, state[key]):
                 obj.load_state_dict(sd)
+        self.close()  # the loader runs ahead of the sampler restored here
         self.sampler.load_state_dict(state["sampler"])
         self.augment_gen.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -347,7 +341,7 @@ class CoupledTrainer:
                 _add_scalars(board, rec)
         self._since, self._images, self._data_wait = time.perf_counter(), 0, 0.0
         with (metrics_path.open("a") if lead else contextlib.nullcontext()) as sink, bar, \
-                (board or contextlib.nullcontext()):
+                (board or contextlib.nullcontext()), contextlib.closing(self):
             while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
                 last = self.train_step()
                 bar.update(1)

@@ -52,7 +52,7 @@ def resnet(name: str, in_channels: int, small_images: bool) -> tuple[nn.Module, 
     try:
         import torchvision
     except ImportError as exc:
-        raise ImportError(f"model {name!r} needs torchvision: pip install torchvision") from exc
+        raise ImportError(f"model {name!r} needs torchvision: pip install 'clnscl[vision]'") from exc
     net = getattr(torchvision.models, name)(weights=None)
     if small_images or in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 3 if small_images else 7, stride=1 if small_images else 2,
@@ -73,7 +73,7 @@ def vit(name: str, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     try:
         import torchvision
     except ImportError as exc:
-        raise ImportError(f"model {name!r} needs torchvision: pip install torchvision") from exc
+        raise ImportError(f"model {name!r} needs torchvision: pip install 'clnscl[vision]'") from exc
     patch = 16 if image_size > 64 else 4 if image_size >= 16 else 2
     if image_size % patch:
         raise ValueError(f"model {name!r}: image_size {image_size} is not divisible by its patch size {patch}")

@@ -108,13 +108,14 @@ def _image_tree(root):
 
 
 def _reference(paths, size):
-    """The conversion done independently with PIL and numpy."""
+    """The conversion done independently: torchvision's Resize (shorter side) and CenterCrop on the PIL image."""
     from PIL import Image
+    TF = pytest.importorskip("torchvision.transforms.v2.functional")
 
     out = []
     for path in paths:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)).copy()
+            arr = np.asarray(TF.center_crop(TF.resize(img.convert("RGB"), size), size)).copy()
         out.append(torch.from_numpy(arr).permute(2, 0, 1))
     return torch.stack(out).float().div_(255.0)
 

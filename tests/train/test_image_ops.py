@@ -88,3 +88,20 @@ def test_resized_crop_of_whole_pixel_windows_equals_torchvision(size, c):
     # the horizontal flip of the window is torchvision's hflip of the crop
     flipped = ops.resample(x, ops.window_grid(top, left, height, width, (13, 19), size, flip=-torch.ones(6)))
     torch.testing.assert_close(flipped, TF.horizontal_flip(want), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_mix_is_each_blend_op_to_the_bit(c):
+    """One `mix` pass with per-sample coefficients is brightness, contrast, saturation or the identity,
+    exactly, sample by sample."""
+    x = _images(b=8, c=c, seed=5)
+    f = torch.rand(8, generator=seeded(6)) * 1.8
+    kind = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])  # brightness, contrast, saturation, identity
+    gray_sat = (kind == 2) & (c == 1)  # saturation does nothing to one channel: the identity's coefficients
+    a = torch.where((kind == 3) | gray_sat, 1.0, f)
+    b = torch.where(kind == 1, 1.0 - f, 0.0)
+    cc = torch.where((kind == 2) & ~gray_sat, 1.0 - f, 0.0)
+    got = ops.mix(x, a, b, cc)
+    want = [ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, lambda v, _: v.clone()]
+    for i in range(8):
+        assert torch.equal(got[i], want[int(kind[i])](x[i:i + 1], f[i:i + 1])[0]), i

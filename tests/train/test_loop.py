@@ -1,6 +1,5 @@
 """The coupled trainer end to end on a tiny run: records, shared randomness, determinism, CLI errors."""
 import json
-import threading
 
 import pytest
 import torch
@@ -109,9 +108,13 @@ def test_two_processes_with_the_same_seed_give_identical_metrics(tmp_path):
     assert read("p1") == read("p2")
 
 
-def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path):
-    """stream=true decodes each batch from disk (2 threads); the decoding is the one load_imagefolder uses,
-    so training and evaluation see bit-identical images and every metric is identical."""
+def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path, monkeypatch):
+    """stream=true decodes the training batches in 2 DataLoader worker processes, ahead of the steps; the
+    decoding is the one load_imagefolder uses, so training and evaluation see bit-identical images and every
+    metric is identical."""
+    import os
+
+    from clnscl.train import pipeline
     from clnscl.train.config import Config
     from clnscl.train.datasets import ImageFiles, TensorImages
 
@@ -119,26 +122,24 @@ def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path):
     base = dict(dataset="imagefolder", data_root=str(tree), image_size=16, model="small_cnn", batch_size=12,
                 epochs=1, warmup_epochs=0, eval_every=2, knn_k=3, hidden_dim=32, projector_dim=16,
                 loader_workers=2, device="cpu")
+    decoders = tmp_path / "decoders.txt"  # the pid of every training image's decoding
+
+    def decode(path, size, decode=pipeline.decode_image):
+        with decoders.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return decode(path, size)
+
+    monkeypatch.setattr(pipeline, "decode_image", decode)  # the forked workers inherit it
     runs = {}
     for stream in (False, True):
         trainer = CoupledTrainer(Config(**base, stream=stream), tmp_path / f"stream{stream}", log=lambda *_: None)
         assert isinstance(trainer.data.train, ImageFiles if stream else TensorImages)
         assert trainer.total_steps == 3
-        shard_loads = []  # (thread) of every load of a training batch
-        load = trainer.data.train.load
-
-        def counted(idx, load=load, shard_loads=shard_loads):
-            if len(idx) == 12:
-                shard_loads.append(threading.current_thread() is threading.main_thread())
-            return load(idx)
-
-        trainer.data.train.load = counted
         runs[stream] = trainer.run(stop_after=3)
-        # streamed: step 1 loads its batch, steps 2 and 3 were decoded in the background during the step before
-        # (each batch loaded once); in memory: every step loads its own
-        assert shard_loads == ([True, False, False] if stream else [True, True, True])
         for source in (trainer.data.train, trainer.data.reference, trainer.data.probe):
             getattr(source, "close", lambda: None)()  # the decoding threads of the streamed sources
+    pids = decoders.read_text().split()
+    assert len(pids) >= 3 * 12 and os.getpid() not in map(int, pids) and len(set(pids)) == 2
     assert [r["step"] for r in runs[False]] == [1, 2, 3]  # steps 1 and 2 (eval_every), 3 (the last)
     # exact equality of every value but the time; JSON text, whose floats are exact reprs, so a NaN of a
     # degenerate statistic would compare equal to itself too
@@ -147,3 +148,18 @@ def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path):
     last = runs[True][-1]
     for key in ("cka_cosine/nscl", "h/cka_linear/ce", "loss_gap", "loss/supcon", "knn/cl"):
         assert last[key] == last[key], key  # not NaN
+
+
+def test_a_streamed_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path):
+    """The DataLoader runs ahead of the steps, across epoch boundaries; a resumed run builds it from the
+    restored sampler, so the batches (and records) after the resume are the uninterrupted run's."""
+    tree = image_tree(tmp_path / "tree", per_class=8)
+    over = [f"data_root={tree}", "dataset=imagefolder", "stream=true", "loader_workers=2", "image_size=12",
+            "batch_size=6", "epochs=3", "warmup_epochs=0", "eval_every=2", "knn_k=3", "hidden_dim=16",
+            "projector_dim=8", "checkpoint_every=4", "objectives=[cl,nscl]", "device=cpu"]
+    full = CoupledTrainer(load_config(None, over), tmp_path / "full", log=lambda *_: None).run()
+    assert full[-1]["step"] == 9  # 3 epochs of 3 steps: the loader crossed two epoch boundaries
+    CoupledTrainer(load_config(None, over), tmp_path / "cut", log=lambda *_: None).run(stop_after=5)
+    resumed = CoupledTrainer(load_config(None, over), tmp_path / "cut", log=lambda *_: None).run(resume=True)
+    strip = lambda recs: [without_timings(r) for r in recs]  # noqa: E731
+    assert strip(resumed) == strip(full)
