@@ -53,8 +53,8 @@ def evaluation_parts(trainer: CoupledTrainer) -> dict[str, float]:
     data, dev, models = trainer.data, trainer.device, trainer.models
     everything = torch.arange(len(data.reference)), torch.arange(len(data.probe))
     _, whole = timed(trainer.evaluate)
-    feats, t_ref = timed(lambda: [_features(m, data.reference, everything[0], dev) for m in models])
-    _, t_probe = timed(lambda: [_features(m, data.probe, everything[1], dev) for m in models])
+    feats, t_ref = timed(lambda: _features(models, data.reference, everything[0], dev))
+    _, t_probe = timed(lambda: _features(models, data.probe, everything[1], dev))
 
     def alignment():
         for k in (0, 1):

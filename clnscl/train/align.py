@@ -50,7 +50,8 @@ class _Batches:
 def _reference_images(state: dict, everything: bool):
     """A's reference split (its seed, class subset, fraction and size), or all of its dataset."""
     run = state["run"]
-    cfg = SimpleNamespace(**{**run, "data_root": state["data_root"], "stream": state.get("stream", False)})
+    cfg = SimpleNamespace(**{**run, "data_root": state["data_root"], "eval_root": state.get("eval_root"),
+                             "stream": state.get("stream", False)})
     if everything:
         return load_source(cfg)
     return run_data(cfg).reference

@@ -79,9 +79,17 @@ class Config:
                                      "of the steps (0: in the training process), and threads decoding the "
                                      "evaluation images")
     num_classes: Optional[int] = setting(None, "train on a seeded subset of this many classes (null: all classes)")
-    reference_fraction: float = setting(0.2, "fraction of each class held out as the fixed reference set")
-    reference_size: Optional[int] = setting(None, "use only the first this-many reference samples, a fixed set "
-                                                  "(null: the whole held-out split)")
+    eval_split: str = setting("holdout", "where the reference set of the evaluations comes from: a held-out part "
+                                         "of the training split (reference_fraction), or the dataset's test "
+                                         "split (CIFAR's test batch; for imagefolder the eval_root tree), with "
+                                         "the whole training split training", choices=("holdout", "test"))
+    eval_root: Optional[str] = setting(None, "imagefolder with eval_split=test: the held-out tree (e.g. "
+                                             "ImageNet's val/ in class folders named as data_root's)")
+    reference_fraction: float = setting(0.2, "eval_split=holdout: fraction of each class held out as the fixed "
+                                             "reference set")
+    reference_size: Optional[int] = setting(None, "use only this many reference samples, a fixed set (holdout: the "
+                                                  "first of the held-out part; test: a seeded stratified subset of "
+                                                  "the test split; null: all of it)")
     model: str = setting("small_cnn", "encoder (ViTs: torchvision's VisionTransformer, patch 16 above 64 px, "
                                       "else 4, or 2 below 16 px)",
                          choices=("small_cnn", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"))
@@ -89,6 +97,9 @@ class Config:
     projector_dim: int = setting(64, "output dimension of the projector (the embedding z the losses see)")
     eval_every: int = setting(20, "evaluate alignment every this many steps")
     knn_k: int = setting(20, "neighbours of the k-NN accuracy")
+    linear_probe: bool = setting(False, "also record linear/<model>: the accuracy on the reference set of a linear "
+                                        "classifier fitted (L-BFGS, full batch) to the probe set's encoder features, "
+                                        "at every evaluation")
     gap_batches: int = setting(4, "evaluation batches of the CL − NSCL loss gap: up to this many batches of "
                                   "batch_size reference samples, fixed seeded order and views")
     probe_size: Optional[int] = setting(None, "labelled training samples (a fixed seeded stratified subset) that "
@@ -160,6 +171,11 @@ class Config:
             check_min("reference_size", self.reference_size, 4)
         check_min("image_size", self.image_size, 8)
         check_min("loader_workers", self.loader_workers, 0)
+        if self.eval_split == "test" and self.dataset == "digits":
+            raise ConfigError("config key 'eval_split': the digits have no test split; use eval_split=holdout")
+        if self.eval_split == "test" and self.dataset == "imagefolder" and self.eval_root is None:
+            raise ConfigError("config key 'eval_root': required for dataset=imagefolder with eval_split=test "
+                              "(the held-out tree, class folders named as data_root's)")
         if self.stream and self.dataset != "imagefolder":
             raise ConfigError(f"config key 'stream': only dataset=imagefolder streams from disk "
                               f"(dataset={self.dataset} is held in memory)")

@@ -51,11 +51,15 @@ def _root(data_root) -> Path:
     return root
 
 
-def load_cifar(data_root, which: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training batches of CIFAR-10 (`which="cifar10"`) or CIFAR-100 (fine labels)."""
+def load_cifar(data_root, which: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batches (`split="train"`) or the test batch (`"test"`) of CIFAR-10 (`which="cifar10"`) or
+    CIFAR-100 (fine labels)."""
     root = _root(data_root)
-    folder, files, key = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], b"labels")
-                          if which == "cifar10" else ("cifar-100-python", ["train"], b"fine_labels"))
+    if which == "cifar10":
+        folder, key = "cifar-10-batches-py", b"labels"
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    else:
+        folder, files, key = "cifar-100-python", [split], b"fine_labels"
     base = root / folder if (root / folder).is_dir() else root
     images, labels = [], []
     for name in files:
@@ -238,22 +242,42 @@ def load_imagefolder(data_root, image_size: int, workers: int = 1) -> tuple[torc
         files.close()
 
 
-def load_dataset(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+def load_dataset(cfg, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.dataset == "digits":
+        if split != "train":
+            raise ValueError("dataset 'digits' has no test split (use eval_split=holdout)")
         return load_digits_dataset()
     if cfg.dataset in ("cifar10", "cifar100"):
-        return load_cifar(cfg.data_root, cfg.dataset)
-    return load_imagefolder(cfg.data_root, cfg.image_size)
+        return load_cifar(cfg.data_root, cfg.dataset, split)
+    return load_imagefolder(_split_root(cfg, split), cfg.image_size)
 
 
-def load_source(cfg) -> TensorImages | ImageFiles:
-    """The image source of a config: `ImageFiles` for dataset=imagefolder with stream=true, else `TensorImages`
-    of what `load_dataset` returns (cfg needs dataset, data_root, image_size; stream and loader_workers default
-    to false and 8)."""
+def _split_root(cfg, split: str):
+    """The ImageFolder tree of a split: data_root, or for the test split eval_root, whose class folders must be
+    data_root's (the labels are positions in that sorted list)."""
+    if split == "train":
+        return cfg.data_root
+    root = getattr(cfg, "eval_root", None)
+    if root is None:
+        raise ValueError("config key 'eval_root': required for dataset=imagefolder with eval_split=test")
+    train, test = (sorted(p.name for p in _root(r).iterdir() if p.is_dir()) for r in (cfg.data_root, root))
+    if train != test:
+        extra = sorted(set(test) ^ set(train))[:3]
+        raise ValueError(f"config key 'eval_root': its class folders must be data_root's ({len(test)} vs "
+                         f"{len(train)} folders; e.g. {', '.join(extra)} in only one)")
+    return root
+
+
+def load_source(cfg, split: str = "train") -> TensorImages | ImageFiles:
+    """The image source of a config's `split` ("train", or "test": CIFAR's test batch, the eval_root tree):
+    `ImageFiles` for dataset=imagefolder with stream=true, else `TensorImages` of what `load_dataset` returns
+    (cfg needs dataset, data_root, image_size, eval_root for an imagefolder test split; stream and
+    loader_workers default to false and 8)."""
     workers = max(1, int(getattr(cfg, "loader_workers", 8)))
     if cfg.dataset == "imagefolder":
+        root = _split_root(cfg, split)
         if getattr(cfg, "stream", False):
-            paths, labels, _ = scan_imagefolder(cfg.data_root)
+            paths, labels, _ = scan_imagefolder(root)
             return ImageFiles(paths, labels, cfg.image_size, workers)
-        return TensorImages(*load_imagefolder(cfg.data_root, cfg.image_size, workers))
-    return TensorImages(*load_dataset(cfg))
+        return TensorImages(*load_imagefolder(root, cfg.image_size, workers))
+    return TensorImages(*load_dataset(cfg, split))

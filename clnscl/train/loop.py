@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ from tqdm.auto import tqdm
 
 from .. import contrastive_loss
 from ..collectives import all_gather_rows, local_sizes
-from ..metrics import StreamingAlignment, knn_accuracy, loss_gap_bound, nccc_accuracy, weight_divergence
+from ..metrics import (StreamingAlignment, knn_accuracy, linear_probe_accuracy, loss_gap_bound, nccc_accuracy,
+                       weight_divergence)
 from .augment import Augment
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .global_bn import convert_global_batchnorm
@@ -60,12 +62,34 @@ def _objective_loss(model, objective: str, views: torch.Tensor, labels: torch.Te
 
 
 @torch.no_grad()
-def _features(model, source, idx: torch.Tensor, device, batch: int = 512):
-    """(h, z) of the samples `idx` of an image source, in eval mode, on `device`."""
-    model.eval()
-    hs, zs = zip(*(model(source.load(part).to(device)) for part in idx.split(batch)))
-    model.train()
-    return torch.cat(hs), torch.cat(zs)
+def _features(models, source, idx: torch.Tensor, device, amp: bool = False, batch: int = 512):
+    """[(h, z)] of every model for the samples `idx` of an image source, in eval mode, float32 on `device`:
+    each batch loaded (decoded) once and fed to every model, under bf16 autocast with `amp` (CUDA)."""
+    for model in models:
+        model.eval()
+    outs = [([], []) for _ in models]
+    for part in idx.split(batch):
+        x = source.load(part).to(device, non_blocking=True)
+        for (hs, zs), model in zip(outs, models):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                h, z = model(x)
+            hs.append(h.float())
+            zs.append(z.float())
+    for model in models:
+        model.train()
+    return [(torch.cat(hs), torch.cat(zs)) for hs, zs in outs]
+
+
+def _sharded_accuracy(accuracy, bank, bank_y, queries, query_y, world: int) -> float:
+    """`accuracy(bank, bank_y, queries, query_y)` over the queries of every process (each scores its own
+    against the whole bank): correct answers and queries summed over the processes."""
+    if world == 1:
+        return accuracy(bank, bank_y, queries, query_y)
+    n = len(queries)
+    counts = torch.tensor([round(accuracy(bank, bank_y, queries, query_y) * n) if n else 0, n],
+                          dtype=torch.float64, device=bank.device)
+    dist.all_reduce(counts)
+    return float(counts[0] / counts[1])
 
 
 def _part(n: int, rank: int, world: int) -> torch.Tensor:
@@ -215,8 +239,10 @@ class CoupledTrainer:
                 for buf in model.buffers():
                     dist.broadcast(buf, 0)
         ref, probe = self.data.reference, self.data.probe
-        feats = [_features(m, ref, _part(len(ref), self.rank, world), self.device) for m in self.models]
-        probe_h = [_features(m, probe, _part(len(probe), self.rank, world), self.device)[0] for m in self.models]
+        mine = _part(len(ref), self.rank, world)
+        feats = _features(self.models, ref, mine, self.device, self.amp)
+        probe_h = [h for h, _ in _features(self.models, probe, _part(len(probe), self.rank, world), self.device,
+                                           self.amp)]
         for prefix, k in (("", 1), ("h/", 0)):  # the anchor against every other model, its statistics once
             accs = [StreamingAlignment() for _ in self.names[1:]]
             StreamingAlignment.update_shared(accs, feats[0][k], [f[k] for f in feats[1:]])
@@ -230,11 +256,13 @@ class CoupledTrainer:
             rec[f"weight_div/{name}"] = weight_divergence(
                 _weight_matrices(self.models[0]), _weight_matrices(self.models[i]))["mean"]
         rec["loss_gap"], rec["loss_gap_bound"] = self._loss_gap()
-        ref_y, probe_y = ref.labels.to(self.device), probe.labels.to(self.device)
-        for name, (h, _), ph in zip(self.names, feats, probe_h):
-            h, ph = _gather_rows(h, world), _gather_rows(ph, world)
-            rec[f"nccc/{name}"] = nccc_accuracy(ph, probe_y, h, ref_y)
-            rec[f"knn/{name}"] = knn_accuracy(ph, probe_y, h, ref_y, k=cfg.knn_k)
+        ref_y, probe_y = ref.labels[mine].to(self.device), probe.labels.to(self.device)
+        for name, (h, _), ph in zip(self.names, feats, probe_h):  # the bank gathered, the queries this rank's
+            ph = _gather_rows(ph, world)
+            rec[f"nccc/{name}"] = _sharded_accuracy(nccc_accuracy, ph, probe_y, h, ref_y, world)
+            rec[f"knn/{name}"] = _sharded_accuracy(partial(knn_accuracy, k=cfg.knn_k), ph, probe_y, h, ref_y, world)
+            if cfg.linear_probe:
+                rec[f"linear/{name}"] = _sharded_accuracy(linear_probe_accuracy, ph, probe_y, h, ref_y, world)
         rec["anchor"] = self.names[0]
         return rec
 
@@ -272,14 +300,15 @@ class CoupledTrainer:
     _RUN_KEYS = ("objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
                  "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
                  "reference_fraction", "reference_size", "probe_size", "gap_batches", "model", "hidden_dim",
-                 "projector_dim", "augment", "image_size")
+                 "projector_dim", "augment", "image_size", "eval_split")
 
     def state_dict(self) -> dict:
         cfg = self.cfg.to_dict()
         return {
             "step": self.step, "elapsed": time.perf_counter() - self.start,
             "run": {k: cfg[k] for k in self._RUN_KEYS},
-            "data_root": self.cfg.data_root, "stream": self.cfg.stream, "image_px": self.image_px,
+            "data_root": self.cfg.data_root, "eval_root": self.cfg.eval_root, "stream": self.cfg.stream,
+            "image_px": self.image_px,
             "models": [m.state_dict() for m in self.models],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedules": [s.state_dict() for s in self.schedules],

@@ -116,19 +116,35 @@ class RunData:
         return len(self.classes)
 
 
+def _classes_of(source, classes, num_classes):
+    if num_classes is None:
+        return source
+    idx, labels = class_subset_indices(source.labels, classes)
+    source = source.subset(idx)  # a new source: its labels become the remapped ones
+    source.labels = labels
+    return source
+
+
 def run_data(cfg) -> RunData:
     """Needs cfg's dataset, data_root, image_size, stream, loader_workers, num_classes, seed,
-    reference_fraction, reference_size and probe_size."""
+    reference_fraction, reference_size and probe_size; eval_split (default holdout) and eval_root.
+
+    eval_split=holdout: the reference set is a seeded stratified `reference_fraction` of the training split,
+    the rest trains. eval_split=test: the whole training split trains and the reference set is the dataset's
+    held-out split (CIFAR's test batch, the eval_root tree), or a seeded stratified `reference_size` of it."""
     source = load_source(cfg)
     classes = class_subset(source.labels, cfg.num_classes, cfg.seed)
-    if cfg.num_classes is not None:
-        idx, labels = class_subset_indices(source.labels, classes)
-        source = source.subset(idx)  # a new source: its labels become the remapped ones
-        source.labels = labels
-    train_idx, ref_idx = split_indices(source.labels, cfg.reference_fraction, cfg.seed)
-    if cfg.reference_size is not None:
-        ref_idx = ref_idx[: cfg.reference_size]
-    train, reference = source.subset(train_idx), source.subset(ref_idx)
+    source = _classes_of(source, classes, cfg.num_classes)
+    if getattr(cfg, "eval_split", "holdout") == "test":
+        train, reference = source, _classes_of(load_source(cfg, "test"), classes, cfg.num_classes)
+        if cfg.reference_size is not None and cfg.reference_size < len(reference):
+            _, keep = split_indices(reference.labels, cfg.reference_size / len(reference), cfg.seed)
+            reference = reference.subset(keep)
+    else:
+        train_idx, ref_idx = split_indices(source.labels, cfg.reference_fraction, cfg.seed)
+        if cfg.reference_size is not None:
+            ref_idx = ref_idx[: cfg.reference_size]
+        train, reference = source.subset(train_idx), source.subset(ref_idx)
     probe_size = getattr(cfg, "probe_size", None)
     probe = train
     if probe_size is not None and probe_size < len(train):

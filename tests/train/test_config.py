@@ -118,6 +118,8 @@ def test_scaled_lr():
     ("num_classes=11", "num_classes", "10 classes"),
     ("dataset=cifar10", "data_root", "required"),
     ("reference_fraction=1", "reference_fraction", "(0, 1)"),
+    ("eval_split=test", "eval_split", "no test split"),
+    ("eval_split=held", "eval_split", "holdout"),
     ("reference_size=2", "reference_size", ">= 4"),
     ("eval_every=0", "eval_every", ">= 1"),
     ("knn_k=0", "knn_k", ">= 1"),
@@ -195,7 +197,8 @@ def test_describe_lists_every_key_with_default_and_choices():
 def test_shipped_configs_load(path):
     """Every config in configs/ is valid once data_root is given (the paper's settings: ResNet-50, batch 1024,
     LARS)."""
-    cfg = load_config(path, ["data_root=/data"])
+    cfg = load_config(path, ["data_root=/data", "eval_root=/data/val"])
+    assert cfg.eval_split == "test"  # the reference sets are the datasets' held-out splits
     assert cfg.model == "resnet50" and cfg.batch_size == 1024 and cfg.optimizer == "lars"
 
 
@@ -213,7 +216,7 @@ AUTHORS = {
 @pytest.mark.parametrize("name", sorted(AUTHORS))
 def test_shipped_configs_carry_the_authors_settings(name):
     tau, proj, epochs, jitter, jitter_p, gray_p, (blur_p, kernel, sigma) = AUTHORS[name]
-    cfg = load_config(REPO / "configs" / name, ["data_root=/data"])
+    cfg = load_config(REPO / "configs" / name, ["data_root=/data", "eval_root=/data/val"])
     a = cfg.augment
     assert (cfg.temperature, cfg.projector_dim, cfg.epochs, cfg.hidden_dim) == (tau, proj, epochs, 2048)
     assert (cfg.lr, cfg.lr_scaling, cfg.weight_decay, cfg.grad_clip) == (0.3, "linear", 1e-6, 1.0)
@@ -242,3 +245,8 @@ def _flat(d, prefix=""):
             yield from _flat(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", "null" if v is None else v
+
+
+def test_an_imagefolder_test_split_needs_its_tree():
+    with pytest.raises(ConfigError, match="'eval_root'.*required"):
+        load_config(overrides=["dataset=imagefolder", "data_root=/data", "eval_split=test"])

@@ -22,11 +22,14 @@ def test_digits_shape_range_labels(digits):
     assert sorted(y.unique().tolist()) == list(range(10))
 
 
-def _fake_cifar(root, which, n_per_file=40, seed=0):
+def _fake_cifar(root, which, n_per_file=40, seed=0, split="train"):
+    """The archive's files of a split (the training batches, or the test batch) with random content."""
     rng = np.random.default_rng(seed)
     folder, files, key, classes = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], b"labels", 10)
                                    if which == "cifar10" else ("cifar-100-python", ["train"], b"fine_labels", 100))
-    (root / folder).mkdir(parents=True)
+    if split == "test":
+        files = ["test_batch"] if which == "cifar10" else ["test"]
+    (root / folder).mkdir(parents=True, exist_ok=True)
     expected = []
     for name in files:
         data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
@@ -45,6 +48,48 @@ def test_cifar_batches_are_read_as_the_archive_stores_them(tmp_path, which):
     assert x.shape == (data.shape[0], 3, 32, 32) and x.dtype == torch.float32
     np.testing.assert_allclose(x.reshape(len(data), -1).numpy() * 255, data, atol=1e-3)
     assert y.tolist() == [int(v) for _, labels in expected for v in labels]
+
+
+@pytest.mark.parametrize("which", ["cifar10", "cifar100"])
+def test_eval_split_test_trains_on_the_whole_training_split_and_evaluates_on_the_test_batch(tmp_path, which):
+    from types import SimpleNamespace
+
+    from clnscl.train.splits import run_data
+
+    _fake_cifar(tmp_path, which, n_per_file=30)
+    test = _fake_cifar(tmp_path, which, n_per_file=60, seed=1, split="test")
+    x, y = load_cifar(tmp_path, which, "test")
+    np.testing.assert_allclose(x.reshape(60, -1).numpy() * 255, test[0][0], atol=1e-3)
+    base = dict(dataset=which, data_root=str(tmp_path), image_size=32, num_classes=None, seed=0,
+                reference_fraction=0.2, reference_size=None, probe_size=None)
+    data = run_data(SimpleNamespace(**base, eval_split="test"))
+    assert len(data.train) == (150 if which == "cifar10" else 30) and torch.equal(data.reference.images, x)
+    held = run_data(SimpleNamespace(**base, eval_split="holdout"))
+    assert len(held.train) + len(held.reference) == len(data.train)
+    small = run_data(SimpleNamespace(**{**base, "reference_size": 20}, eval_split="test")).reference
+    rows = {tuple(r.flatten().tolist()) for r in x}
+    assert all(tuple(r.flatten().tolist()) in rows for r in small.images)  # a stratified part of the test batch
+    assert 18 <= len(small) <= 22 if which == "cifar10" else 0 < len(small) < 60  # (100 classes: 0-2 per class)
+
+
+def test_an_imagefolder_test_split_must_have_the_training_classes(tmp_path):
+    from types import SimpleNamespace
+
+    from clnscl.train.splits import run_data
+    from tests.support.imagetree import image_tree
+
+    image_tree(tmp_path / "train", classes=3, per_class=6)
+    image_tree(tmp_path / "val", classes=3, per_class=4, seed=1)
+    base = dict(dataset="imagefolder", data_root=str(tmp_path / "train"), image_size=12, num_classes=None, seed=0,
+                reference_fraction=0.2, reference_size=None, probe_size=None, eval_split="test")
+    data = run_data(SimpleNamespace(**base, eval_root=str(tmp_path / "val")))
+    assert (len(data.train), len(data.reference)) == (18, 12) and data.reference.labels.tolist() == sorted(
+        data.reference.labels.tolist())
+    (tmp_path / "val" / "class1").rename(tmp_path / "val" / "other")
+    with pytest.raises(ValueError, match="eval_root.*other"):
+        run_data(SimpleNamespace(**base, eval_root=str(tmp_path / "val")))
+    with pytest.raises(ValueError, match="eval_root"):
+        run_data(SimpleNamespace(**base, eval_root=None))
 
 
 def test_cifar_missing_files_name_the_file(tmp_path):
@@ -68,7 +113,9 @@ def test_imagefolder_reads_classes_in_sorted_order_and_resizes(tmp_path):
 @needs_torchvision
 def test_a_resnet18_run_on_cifar_files(tmp_path):
     _fake_cifar(tmp_path / "data", "cifar10", n_per_file=16)
-    sets = ["dataset=cifar10", f"data_root={tmp_path / 'data'}", "model=resnet18", "epochs=1", "batch_size=32",
+    _fake_cifar(tmp_path / "data", "cifar10", n_per_file=24, seed=1, split="test")
+    sets = ["dataset=cifar10", f"data_root={tmp_path / 'data'}", "eval_split=test", "model=resnet18", "epochs=1",
+            "batch_size=32",
             "eval_every=100", "warmup_epochs=0", "hidden_dim=32", "projector_dim=16", "objectives=[cl,nscl]",
             "knn_k=3"]
     out = tmp_path / "run"

@@ -42,7 +42,8 @@ def test_distributed_evaluation_equals_single_process_evaluation(tmp_path):
 
     The reference set (61, odd) is split unevenly between the ranks and its loss-gap batches (3 of 21/20/20
     samples) are dealt out unevenly, so the all-reduced alignment statistics, the gathered accuracy features
-    and the all-reduced loss gap are each checked against one process seeing everything. Features are fp32
+    and the all-reduced loss gap are each checked against one process seeing everything; the NCC, k-NN and
+    linear-probe accuracies are each rank's queries' counts summed. Features are fp32
     from differently composed batches, hence close, not equal."""
     import math
     from clnscl.train.config import Config
@@ -50,11 +51,12 @@ def test_distributed_evaluation_equals_single_process_evaluation(tmp_path):
 
     config = {"epochs": 1, "warmup_epochs": 0, "batch_size": 24, "num_classes": 4, "sampler": "stratified",
               "reference_size": 61, "probe_size": 150, "eval_every": 3, "checkpoint_every": 1000,
-              "objectives": ["cl", "nscl", "supcon", "ce"], "device": "cpu"}
+              "objectives": ["cl", "nscl", "supcon", "ce"], "device": "cpu", "linear_probe": True}
     run = tmp_path / "ddp"
     _run_worker(run, config)
 
     ranks = [json.loads((run / f"eval_rank{r}.json").read_text()) for r in (0, 1)]
+    assert "linear/nscl" in ranks[0]["record"]  # the accuracies score each rank's queries, summed
     assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]
     dist_rec = ranks[0]["record"]
 

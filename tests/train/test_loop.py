@@ -163,3 +163,21 @@ def test_a_streamed_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path)
     resumed = CoupledTrainer(load_config(None, over), tmp_path / "cut", log=lambda *_: None).run(resume=True)
     strip = lambda recs: [without_timings(r) for r in recs]  # noqa: E731
     assert strip(resumed) == strip(full)
+
+
+def test_the_linear_probe_is_recorded_when_asked_for(tmp_path):
+    """linear_probe=true adds linear/<model>: metrics.linear_probe_accuracy of the probe set's encoder features
+    against the reference set's, for every model; off by default."""
+    from clnscl.metrics import linear_probe_accuracy
+    from clnscl.train.loop import _features
+
+    trainer = CoupledTrainer(load_config(None, [*TINY, "linear_probe=true"]), tmp_path / "lp", log=lambda *_: None)
+    rec = trainer.run(stop_after=1)[-1]
+    data = trainer.data
+    ref = _features(trainer.models, data.reference, torch.arange(len(data.reference)), trainer.device)
+    probe = _features(trainer.models, data.probe, torch.arange(len(data.probe)), trainer.device)
+    for name, (h, _), (ph, _) in zip(trainer.names, ref, probe):
+        want = linear_probe_accuracy(ph, data.probe.labels, h, data.reference.labels)
+        assert rec[f"linear/{name}"] == want and 0.0 <= want <= 1.0
+    plain = CoupledTrainer(load_config(None, TINY), tmp_path / "plain", log=lambda *_: None).run(stop_after=1)[-1]
+    assert not any(k.startswith("linear/") for k in plain)
