@@ -111,6 +111,12 @@ def blur_kernel_size(config: AugmentConfig, height: int, width: int) -> int:
     return config.blur_kernel or 2 * round(0.05 * min(height, width)) + 1
 
 
+def _on_rows(x: torch.Tensor, chosen: torch.Tensor, op) -> torch.Tensor:
+    """x with `op(x[rows], rows)` in the rows where `chosen` is true (the others untouched, and not computed)."""
+    rows = chosen.nonzero().squeeze(1)
+    return x.index_copy(0, rows, op(x.index_select(0, rows), rows)) if len(rows) else x
+
+
 class Augment:
     """Random image augmentations of a batch `(B, C, H, W)` in [0, 1], driven only by the generator passed
     to each call: `augment(x, generator)`. Two calls with generators in the same state give identical
@@ -182,14 +188,13 @@ class Augment:
         out = ops.resample(x.float(), self._geometry(u[:, :t + 4], h, w), cfg.padding_mode)
         out = self._jitter(out, u[:, t + 4:t + 13])
         if cfg.grayscale_p > 0.0:
-            out = torch.where((u[:, t + 13] < cfg.grayscale_p).view(b, 1, 1, 1), ops.grayscale(out), out)
+            out = _on_rows(out, u[:, t + 13] < cfg.grayscale_p, lambda v, _: ops.grayscale(v))
         if cfg.blur_p > 0.0:
             lo, hi = cfg.blur_sigma
-            blurred = ops.gaussian_blur(out, lo + (hi - lo) * u[:, t + 15], blur_kernel_size(cfg, h, w))
-            out = torch.where((u[:, t + 14] < cfg.blur_p).view(b, 1, 1, 1), blurred, out)
+            sigma, k = lo + (hi - lo) * u[:, t + 15], blur_kernel_size(cfg, h, w)
+            out = _on_rows(out, u[:, t + 14] < cfg.blur_p, lambda v, rows: ops.gaussian_blur(v, sigma[rows], k))
         if cfg.solarize_p > 0.0:
-            out = torch.where((u[:, t + 16] < cfg.solarize_p).view(b, 1, 1, 1),
-                              ops.solarize(out, cfg.solarize_threshold), out)
+            out = _on_rows(out, u[:, t + 16] < cfg.solarize_p, lambda v, _: ops.solarize(v, cfg.solarize_threshold))
         if cfg.noise_std > 0.0:
             out = (out + cfg.noise_std * noise).clamp_(0.0, 1.0)
         return out.to(x.dtype)
@@ -239,10 +244,8 @@ class Augment:
                 turn = [part == i for i in range(3)]
                 a = torch.where(turn[0], f[0], torch.where(turn[1], f[1], torch.where(turn[2], f[2], one)))
                 x = ops.mix(x, a, torch.where(turn[1], 1.0 - f[1], zero), torch.where(turn[2], 1.0 - f[2], zero))
-            if cfg.hue > 0.0 and rgb:
-                rows = (part == 3).nonzero().squeeze(1)  # hue has no exact identity: only the rows whose turn it is
-                if len(rows):
-                    x = x.index_copy(0, rows, ops.adjust_hue(x.index_select(0, rows), hue.index_select(0, rows)))
+            if cfg.hue > 0.0 and rgb:  # hue has no exact identity: only the rows whose turn it is
+                x = _on_rows(x, part == 3, lambda v, rows: ops.adjust_hue(v, hue[rows]))
         return x
 
     def views(self, x: torch.Tensor, generator: torch.Generator, num_views: int = 2, batch_size: int | None = None,

@@ -44,7 +44,8 @@ class _Ahead(torch.utils.data.Sampler):
 
 class StepImages:
     """`next(mine)`: float32 images in [0, 1] of the shard `mine` on `device`; `close()` stops the workers.
-    `state` is the trainer's sampler state before the step whose shard `next` is first asked for."""
+    `sampler` is the trainer's, in its state before the step whose shard `next` is first asked for (the
+    loader runs on a copy of it)."""
 
     def __init__(self, source, sampler, shard: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                  workers: int, prefetch: int = 2) -> None:
