@@ -130,7 +130,9 @@ class Augment:
     - random resized crop: up to 10 candidate windows of area fraction uniform in `crop_scale` and aspect
       ratio log-uniform in `crop_ratio`, the first that fits inside the image taken (else the central window
       of the whole image, its ratio clamped to `crop_ratio`), placed uniformly, in continuous pixel
-      coordinates, and resampled bilinearly to the input size (`image_ops.resized_crop`);
+      coordinates, and resampled bilinearly to `size` (default: the input's; `image_ops.resized_crop`).
+      Images of different shapes travel as a canvas: `extent` (B, 2) gives each sample's height and width,
+      its image in the canvas's top-left corner (`datasets.on_canvas`), and the window is drawn inside it;
     - a rotation by an angle uniform in ±`rotation` degrees about the window's centre (same resampling
       pass; the area brought in from outside the image is filled by `padding_mode`), and a horizontal flip
       with probability `hflip_p`;
@@ -159,7 +161,8 @@ class Augment:
         return f"Augment({fields})"
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, batch_size: int | None = None,
-                 offset: int = 0) -> torch.Tensor:
+                 offset: int = 0, extent: torch.Tensor | None = None,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"Augment needs an explicit torch.Generator, got {type(generator).__name__}")
         if not isinstance(x, torch.Tensor):
@@ -172,6 +175,15 @@ class Augment:
         b, c, h, w = x.shape
         if c not in (1, 3):
             raise ValueError(f"Augment expects grayscale (1 channel) or RGB (3 channels) images, got {c} channels")
+        ho, wo = (h, w) if size is None else (int(size[0]), int(size[1]))
+        if extent is not None:
+            if extent.shape != (b, 2) or bool((extent < 1).any()) or bool((extent > torch.tensor(
+                    [h, w], device=extent.device)).any()):
+                raise ValueError(f"Augment: extent must be ({b}, 2) image heights and widths within the {h}×{w} "
+                                 f"canvas, got shape {tuple(extent.shape)}")
+            if self.config.rotation > 0.0 and self.config.padding_mode != "zeros":
+                raise ValueError("Augment: images on a canvas (extent) are rotated with padding_mode='zeros' "
+                                 f"only (the canvas is not the image's border), got {self.config.padding_mode!r}")
         total = b if batch_size is None else int(batch_size)
         if offset < 0 or offset + b > total:
             raise ValueError(f"Augment: rows {offset}..{offset + b - 1} of x are not inside a batch of batch_size="
@@ -181,17 +193,20 @@ class Augment:
         u = torch.rand(total, _COLUMNS, generator=generator, device=gdev)[rows].to(x.device)
         cfg = self.config
         if cfg.noise_std > 0.0:
-            noise = torch.randn((total, c, h, w), generator=generator, device=gdev)[rows].to(x.device)
+            noise = torch.randn((total, c, ho, wo), generator=generator, device=gdev)[rows].to(x.device)
         if b == 0:
-            return x.clone()
+            return x.new_empty((0, c, ho, wo))
         t = 2 * CROP_TRIES  # columns 0..t-1: the crop's candidates; then one column per decision below
-        out = ops.resample(x.float(), self._geometry(u[:, :t + 4], h, w), cfg.padding_mode)
+        full = torch.tensor([h, w], device=x.device).expand(b, 2)
+        extent = full if extent is None else extent.to(x.device)
+        grid = self._geometry(u[:, :t + 4], (h, w), extent.float(), (ho, wo))
+        out = ops.resample(x.float(), grid, cfg.padding_mode)
         out = self._jitter(out, u[:, t + 4:t + 13])
         if cfg.grayscale_p > 0.0:
             out = _on_rows(out, u[:, t + 13] < cfg.grayscale_p, lambda v, _: ops.grayscale(v))
         if cfg.blur_p > 0.0:
             lo, hi = cfg.blur_sigma
-            sigma, k = lo + (hi - lo) * u[:, t + 15], blur_kernel_size(cfg, h, w)
+            sigma, k = lo + (hi - lo) * u[:, t + 15], blur_kernel_size(cfg, ho, wo)
             out = _on_rows(out, u[:, t + 14] < cfg.blur_p, lambda v, rows: ops.gaussian_blur(v, sigma[rows], k))
         if cfg.solarize_p > 0.0:
             out = _on_rows(out, u[:, t + 16] < cfg.solarize_p, lambda v, _: ops.solarize(v, cfg.solarize_threshold))
@@ -199,22 +214,26 @@ class Augment:
             out = (out + cfg.noise_std * noise).clamp_(0.0, 1.0)
         return out.to(x.dtype)
 
-    def _geometry(self, u: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _geometry(self, u: torch.Tensor, canvas: tuple[int, int], extent: torch.Tensor,
+                  size: tuple[int, int]) -> torch.Tensor:
         """The sampling grid of the crop window, rotation and flip (columns: 10 areas, 10 log-ratios,
-        the window's position, the angle, the flip)."""
+        the window's position, the angle, the flip), each sample's window inside its image: the top-left
+        extent (h, w) of the canvas."""
         cfg = self.config
         t = CROP_TRIES
         lo, hi = cfg.crop_scale
-        log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
-        area = (lo + (hi - lo) * u[:, :t]) * (h * w)
+        r_lo, r_hi = cfg.crop_ratio
+        h, w = extent[:, 0], extent[:, 1]
+        log_lo, log_hi = math.log(r_lo), math.log(r_hi)
+        area = (lo + (hi - lo) * u[:, :t]) * (h * w)[:, None]
         ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, t:2 * t])
         cw, ch = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
-        fits = (cw <= w) & (ch <= h)
+        fits = (cw <= w[:, None]) & (ch <= h[:, None])
         first = torch.where(fits.any(1), fits.float().argmax(1), -1)  # the first candidate that fits
         # fallback: the central window of the whole image with its ratio clamped into crop_ratio
         in_ratio = w / h
-        fw, fh = ((w, w / cfg.crop_ratio[0]) if in_ratio < cfg.crop_ratio[0] else
-                  (h * cfg.crop_ratio[1], h) if in_ratio > cfg.crop_ratio[1] else (w, h))
+        fw = torch.where(in_ratio > r_hi, h * r_hi, w)
+        fh = torch.where(in_ratio < r_lo, w / r_lo, h)
         pick = first.clamp(min=0).unsqueeze(1)
         cw = torch.where(first >= 0, cw.gather(1, pick)[:, 0], fw)
         ch = torch.where(first >= 0, ch.gather(1, pick)[:, 0], fh)
@@ -222,7 +241,7 @@ class Augment:
         top = torch.where(first >= 0, u[:, 2 * t + 1] * (h - ch), (h - ch) / 2)
         angle = torch.deg2rad((2.0 * u[:, 2 * t + 2] - 1.0) * cfg.rotation)
         flip = torch.where(u[:, 2 * t + 3] < cfg.hflip_p, -1.0, 1.0)
-        return ops.window_grid(top, left, ch, cw, (h, w), (h, w), angle=angle, flip=flip)
+        return ops.window_grid(top, left, ch, cw, canvas, size, angle=angle, flip=flip)
 
     def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Colour jitter with probability `jitter_p`, its four parts in a random order per sample (columns:
@@ -249,7 +268,8 @@ class Augment:
         return x
 
     def views(self, x: torch.Tensor, generator: torch.Generator, num_views: int = 2, batch_size: int | None = None,
-              offset: int = 0) -> list[torch.Tensor]:
+              offset: int = 0, extent: torch.Tensor | None = None,
+              size: tuple[int, int] | None = None) -> list[torch.Tensor]:
         """`num_views` independent views of `x` (or of its rows in a batch, see above), drawn one after the
         other from `generator`."""
-        return [self(x, generator, batch_size, offset) for _ in range(num_views)]
+        return [self(x, generator, batch_size, offset, extent, size) for _ in range(num_views)]

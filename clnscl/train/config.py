@@ -78,6 +78,17 @@ class Config:
     loader_workers: int = setting(8, "stream: DataLoader worker processes decoding the training images ahead "
                                      "of the steps (0: in the training process), and threads decoding the "
                                      "evaluation images")
+    decode_size: Optional[int] = setting(None, "stream: the training images' shorter side when decoded (null: "
+                                               "image_size); their random resized crop is resampled to image_size")
+    decode_aspect: float = setting(1.0, "stream: the widest aspect ratio a training image keeps when decoded (its "
+                                        "longer side cut about the centre beyond it): 1 keeps the central square; "
+                                        "4/3 (1.334) lets the random resized crop see the whole of most ImageNet "
+                                        "images, on canvases of int(decode_size · decode_aspect)² pixels")
+    gpu_decode: bool = setting(False, "stream on CUDA: the loader workers only read the training files, and the "
+                                      "JPEGs are decoded and resized on the GPU (torchvision.io.decode_jpeg)")
+    eval_cache_gib: float = setting(8.0, "keep the decoded images of an evaluation set (reference, probe) in memory "
+                                         "after the first evaluation when the set takes at most this many GiB "
+                                         "(3·image_size² bytes an image; 0: decode them at every evaluation)")
     num_classes: Optional[int] = setting(None, "train on a seeded subset of this many classes (null: all classes)")
     eval_split: str = setting("holdout", "where the reference set of the evaluations comes from: a held-out part "
                                          "of the training split (reference_fraction), or the dataset's test "
@@ -171,6 +182,15 @@ class Config:
             check_min("reference_size", self.reference_size, 4)
         check_min("image_size", self.image_size, 8)
         check_min("loader_workers", self.loader_workers, 0)
+        if self.decode_size is not None:
+            check_min("decode_size", self.decode_size, 8)
+        check_range("decode_aspect", self.decode_aspect, 1.0, None)
+        check_range("eval_cache_gib", self.eval_cache_gib, 0.0, None)
+        if not self.stream:
+            for key, default in (("decode_size", None), ("decode_aspect", 1.0), ("gpu_decode", False)):
+                if getattr(self, key) != default:
+                    raise ConfigError(f"config key '{key}': applies to streamed images only (stream=true); images "
+                                      "held in memory are decoded at image_size")
         if self.eval_split == "test" and self.dataset == "digits":
             raise ConfigError("config key 'eval_split': the digits have no test split; use eval_split=holdout")
         if self.eval_split == "test" and self.dataset == "imagefolder" and self.eval_root is None:

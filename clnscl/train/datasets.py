@@ -7,10 +7,10 @@
   side resized to image_size and its central image_size × image_size square kept (Tiny-ImageNet held in
   memory; with stream=true only the file paths are held and the images are decoded from disk when needed:
   for training by the DataLoader workers of `train/pipeline.py`, which is how mini-ImageNet and ImageNet-1k
-  are read).
+  are read, with their aspect ratio kept up to `decode_aspect` and their shorter side at `decode_size`).
 
 An image source (`load_source`) is either `TensorImages` (in memory) or `ImageFiles` (decoded on demand); both
-have `labels`, `channels`, `size`, `len()`, `load(idx)` and `subset(idx)`.
+have `labels`, `channels`, `size`, `len()`, `load(idx)`, `subset(idx)` and `cached()`.
 """
 from __future__ import annotations
 
@@ -74,24 +74,42 @@ def load_cifar(data_root, which: str, split: str = "train") -> tuple[torch.Tenso
     return torch.cat(images).float().div_(255.0), torch.cat(labels)
 
 
-def decode_image(path, image_size: int) -> torch.Tensor:
-    """One image file as uint8 (3, image_size, image_size): RGB, its shorter side resized to image_size
-    (bilinear, antialiased: PIL's resize), then the central square cropped, so the aspect ratio is kept
-    (torchvision's Resize(image_size) then CenterCrop(image_size), to the pixel). Errors name the file."""
+def decoded_size(width: int, height: int, size: int, max_aspect: float = 1.0) -> tuple[int, int, int, int]:
+    """(resized width, resized height, kept width, kept height) of a width × height image whose shorter side is
+    resized to `size` (the longer one in proportion, truncated as torchvision's Resize) and whose longer side is
+    then cut about its centre to at most int(size · max_aspect) pixels."""
+    rw, rh = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    side = int(size * max_aspect)
+    return rw, rh, min(rw, side), min(rh, side)
+
+
+def decode_image(path, image_size: int, max_aspect: float = 1.0) -> torch.Tensor:
+    """One image file as uint8 (3, H, W): RGB, its shorter side resized to image_size (bilinear, antialiased:
+    PIL's resize), then its longer side cut about the centre to at most int(image_size · max_aspect) pixels, so
+    the aspect ratio is kept (max_aspect = 1: the central square, torchvision's Resize(image_size) then
+    CenterCrop(image_size), to the pixel). Errors name the file."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
-            w, h = img.size
-            s = image_size
-            rw, rh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
-            left, top = int(round((rw - s) / 2.0)), int(round((rh - s) / 2.0))
-            img = img.resize((rw, rh), Image.BILINEAR).crop((left, top, left + s, top + s))
+            rw, rh, kw, kh = decoded_size(*img.size, image_size, max_aspect)
+            left, top = int(round((rw - kw) / 2.0)), int(round((rh - kh) / 2.0))
+            img = img.resize((rw, rh), Image.BILINEAR).crop((left, top, left + kw, top + kh))
             data = img.tobytes()
     except Exception as exc:
         raise OSError(f"imagefolder: cannot read image {path}: {exc}") from exc
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(image_size, image_size, 3).permute(2, 0, 1)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(kh, kw, 3).permute(2, 0, 1)
+
+
+def on_canvas(image: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (C, h, w) image in the top-left corner of a zero (C, side, side) canvas, and its extent (h, w) (int64):
+    the form in which images of different shapes travel in one batch (`Augment(..., extent=...)` crops inside
+    each image's extent)."""
+    c, h, w = image.shape
+    canvas = image.new_zeros((c, side, side))
+    canvas[:, :h, :w] = image
+    return canvas, torch.tensor([h, w], dtype=torch.int64)
 
 
 def _as_index(idx) -> torch.Tensor:
@@ -153,25 +171,45 @@ class TensorImages:
         idx = _as_index(idx)
         return TensorImages(self.load(idx), self.labels.index_select(0, idx.cpu()))
 
+    def cached(self) -> "TensorImages":
+        """Itself (its images are held in memory already)."""
+        return self
+
 
 class ImageFiles:
-    """An image source decoded from disk on demand: each `load` decodes its files (`decode_image`) on a pool of
-    `workers` threads, made on first use and
-    reused; PIL releases the GIL while it decodes and resizes. No file stays open between calls."""
+    """An image source decoded from disk on demand. `load(idx)` gives the images at image_size (`decode_image`'s
+    central square), decoded on a pool of `workers` threads made on first use and reused (PIL releases the GIL
+    while it decodes and resizes); with `cache` they are decoded once and kept (uint8, 3·S² bytes an image:
+    for the evaluation sets, whose images every evaluation reads again). `train_image(i)` gives one training
+    image on its canvas: decoded with its shorter side at `decode_size` (default image_size) and its aspect
+    ratio kept up to `max_aspect` (1: the central square), so the random resized crop sees the whole image.
+    No file stays open between calls."""
 
-    def __init__(self, paths, labels, image_size: int, workers: int = 8):
+    def __init__(self, paths, labels, image_size: int, workers: int = 8, decode_size: int | None = None,
+                 max_aspect: float = 1.0, cache: bool = False):
         self.paths = [str(p) for p in paths]
         labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
         if labels.shape != (len(self.paths),):
             raise ValueError(f"ImageFiles: {len(self.paths)} paths but labels of shape {tuple(labels.shape)}")
-        if int(image_size) < 1 or int(workers) < 1:
-            raise ValueError(f"ImageFiles: image_size ({image_size}) and workers ({workers}) must be >= 1")
+        decode_size = image_size if decode_size is None else decode_size
+        if min(int(image_size), int(workers), int(decode_size)) < 1:
+            raise ValueError(f"ImageFiles: image_size ({image_size}), workers ({workers}) and decode_size "
+                             f"({decode_size}) must be >= 1")
+        if not max_aspect >= 1.0:
+            raise ValueError(f"ImageFiles: max_aspect must be >= 1, got {max_aspect}")
         self.labels = labels
         self.channels = 3
         self.size = int(image_size)
         self.workers = int(workers)
+        self.decode_size, self.max_aspect, self.cache = int(decode_size), float(max_aspect), bool(cache)
         self._pool = None
         self._lock = threading.Lock()
+        self._kept = None  # with cache: (uint8 images (N, 3, S, S), bool (N,): which are decoded)
+
+    @property
+    def canvas(self) -> int:
+        """The side of the square canvas that holds any training image (`train_image`)."""
+        return int(self.decode_size * self.max_aspect)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -181,7 +219,7 @@ class ImageFiles:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_pool"] = None
+        state["_pool"] = state["_kept"] = None
         del state["_lock"]
         return state
 
@@ -209,13 +247,9 @@ class ImageFiles:
             raise IndexError(f"ImageFiles: index {bad} out of range for {len(self.paths)} images")
         return idx
 
-    def load(self, idx) -> torch.Tensor:
-        """The images at `idx` (in that order), float32 (len(idx), 3, S, S) on the CPU."""
-        idx = self._check(idx).tolist()
-        out = torch.empty((len(idx), 3, self.size, self.size), dtype=torch.uint8)
-
+    def _decode_into(self, out: torch.Tensor, rows: list[int], idx: list[int]) -> None:
         def decode(k: int) -> None:
-            out[k] = decode_image(self.paths[idx[k]], self.size)
+            out[rows[k]] = decode_image(self.paths[idx[k]], self.size)
 
         if self.workers == 1 or len(idx) <= 1:
             for k in range(len(idx)):
@@ -223,13 +257,37 @@ class ImageFiles:
         else:
             for _ in self._executor().map(decode, range(len(idx))):
                 pass
-        return out.float().div_(255.0)
+
+    def load(self, idx) -> torch.Tensor:
+        """The images at `idx` (in that order), float32 (len(idx), 3, S, S) on the CPU."""
+        idx = self._check(idx)
+        if not self.cache:
+            out = torch.empty((len(idx), 3, self.size, self.size), dtype=torch.uint8)
+            self._decode_into(out, list(range(len(idx))), idx.tolist())
+            return out.float().div_(255.0)
+        if self._kept is None:  # pages are only touched when written: a rank that reads part of the set holds it
+            self._kept = (torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8),
+                          torch.zeros(len(self), dtype=torch.bool))
+        images, have = self._kept
+        missing = idx[~have[idx]].unique().tolist()
+        self._decode_into(images, missing, missing)
+        have[missing] = True
+        return images.index_select(0, idx).float().div_(255.0)
+
+    def train_image(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image `i` for training, uint8, on its canvas (3, canvas, canvas), and its extent (h, w) (`on_canvas`)."""
+        return on_canvas(decode_image(self.paths[i], self.decode_size, self.max_aspect), self.canvas)
 
     def subset(self, idx) -> "ImageFiles":
         """The source restricted to `idx`, in that order (paths only; nothing is decoded)."""
         idx = self._check(idx)
         keep = [self.paths[i] for i in idx.tolist()]
-        return ImageFiles(keep, self.labels.index_select(0, idx.cpu()), self.size, self.workers)
+        return ImageFiles(keep, self.labels.index_select(0, idx.cpu()), self.size, self.workers, self.decode_size,
+                          self.max_aspect, self.cache)
+
+    def cached(self) -> "ImageFiles":
+        """The same files, with `cache` on (the decoded images kept after their first load)."""
+        return ImageFiles(self.paths, self.labels, self.size, self.workers, self.decode_size, self.max_aspect, True)
 
 
 def load_imagefolder(data_root, image_size: int, workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,6 +336,7 @@ def load_source(cfg, split: str = "train") -> TensorImages | ImageFiles:
         root = _split_root(cfg, split)
         if getattr(cfg, "stream", False):
             paths, labels, _ = scan_imagefolder(root)
-            return ImageFiles(paths, labels, cfg.image_size, workers)
+            return ImageFiles(paths, labels, cfg.image_size, workers, getattr(cfg, "decode_size", None),
+                              getattr(cfg, "decode_aspect", 1.0))
         return TensorImages(*load_imagefolder(root, cfg.image_size, workers))
     return TensorImages(*load_dataset(cfg, split))

@@ -138,6 +138,8 @@ class CoupledTrainer:
             raise ValueError(f"config key 'batch_size': {cfg.batch_size} must divide by the {self.world} processes")
         self.device = _device(cfg.device)
         set_algorithms(cfg.deterministic, self.device)
+        if cfg.gpu_decode and self.device.type != "cuda":
+            raise ValueError(f"config key 'gpu_decode': decodes on a CUDA device, and this run's is {self.device}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = run_data(cfg)
         if cfg.num_classes is not None and self.rank == 0:
@@ -188,17 +190,18 @@ class CoupledTrainer:
     def train_step(self) -> dict[str, float]:
         if self._images_of is None:
             self._images_of = StepImages(self.data.train, self.sampler, self._shard, self.device,
-                                         self.cfg.loader_workers)
+                                         self.cfg.loader_workers, gpu_decode=self.cfg.gpu_decode)
         idx = self.sampler.next_batch()  # the global batch: every rank draws it and takes its shard
         mine = self._shard(idx)
         t0 = time.perf_counter()
-        x = self._images_of.next(mine)
+        x, extent = self._images_of.next(mine)
         self._data_wait += time.perf_counter() - t0
         self._images += len(idx)
         self._lr = self.optimizers[0].param_groups[0]["lr"]  # this step's (the schedules share one curve)
         per = len(mine)
         y = self.data.train.labels[mine].to(self.device)
-        views = torch.stack(self.augment.views(x, self.augment_gen, batch_size=len(idx), offset=self.rank * per), 1)
+        views = torch.stack(self.augment.views(x, self.augment_gen, batch_size=len(idx), offset=self.rank * per,
+                                               extent=extent, size=(self.image_px, self.image_px)), 1)
         group = dist.group.WORLD if self.world > 1 else None
         losses = {}
         for name, model, opt, sched in zip(self.names, self.trained, self.optimizers, self.schedules):
@@ -300,7 +303,8 @@ class CoupledTrainer:
     _RUN_KEYS = ("objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
                  "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
                  "reference_fraction", "reference_size", "probe_size", "gap_batches", "model", "hidden_dim",
-                 "projector_dim", "augment", "image_size", "eval_split")
+                 "projector_dim", "augment", "image_size", "eval_split",
+                 "decode_size", "decode_aspect", "gpu_decode")
 
     def state_dict(self) -> dict:
         cfg = self.cfg.to_dict()

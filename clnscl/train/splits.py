@@ -127,7 +127,8 @@ def _classes_of(source, classes, num_classes):
 
 def run_data(cfg) -> RunData:
     """Needs cfg's dataset, data_root, image_size, stream, loader_workers, num_classes, seed,
-    reference_fraction, reference_size and probe_size; eval_split (default holdout) and eval_root.
+    reference_fraction, reference_size and probe_size; eval_split (default holdout), eval_root and
+    eval_cache_gib (default 0: the evaluation sets of `ImageFiles` decoded at every load).
 
     eval_split=holdout: the reference set is a seeded stratified `reference_fraction` of the training split,
     the rest trains. eval_split=test: the whole training split trains and the reference set is the dataset's
@@ -150,4 +151,6 @@ def run_data(cfg) -> RunData:
     if probe_size is not None and probe_size < len(train):
         _, keep = split_indices(train.labels, probe_size / len(train), cfg.seed + 4)
         probe = train.subset(keep)
+    budget = getattr(cfg, "eval_cache_gib", 0.0) * 2**30
+    reference, probe = (s.cached() if len(s) * s.channels * s.size**2 <= budget else s for s in (reference, probe))
     return RunData(train, reference, probe, classes)

@@ -154,3 +154,40 @@ def test_crop_windows_follow_torchvision_random_resized_crop():
     span = (ours[:, 0, 0, -1] - ours[:, 0, 0, 0]) * (w - 1) + 1
     assert abs(span.mean() - theirs.mean()) < 0.03 * theirs.mean()
     assert abs((span > w - 0.5).float().mean() - (theirs == w).float().mean()) < 0.03
+
+
+@pytest.mark.parametrize("preset", ["simclr_imagenet", "digits"])
+def test_a_canvas_row_is_augmented_as_its_image_alone(preset):
+    """Images of different shapes on one canvas, each with its extent: every row equals Augment on that image
+    by itself (its own height × width, the same parameters through batch_size/offset), resampled to the output
+    size; the window never reads the canvas outside the image. With rotation (digits) the area brought in
+    from outside is zero in both."""
+    from clnscl.train.datasets import on_canvas
+
+    shapes = [(9, 14), (14, 9), (11, 11), (6, 14), (14, 5)]
+    images = [torch.rand(3, h, w, generator=seeded(10 + k)) for k, (h, w) in enumerate(shapes)]
+    canvas, extent = map(torch.stack, zip(*(on_canvas(img, 14) for img in images)))
+    canvas[:, :, :, :] += torch.where(canvas == 0, 5.0, 0.0)  # a loud canvas: any read of it would show
+    aug = Augment(preset=preset, blur_kernel=3, noise_std=0.05)
+    got = aug(canvas, seeded(3), extent=extent, size=(8, 8))
+    assert got.shape == (5, 3, 8, 8) and got.max() <= 1.0
+    if preset == "digits":  # rotation reads outside the image: compare with zeros there, as the alone case
+        canvas = torch.stack([on_canvas(img, 14)[0] for img in images])
+        got = aug(canvas, seeded(3), extent=extent, size=(8, 8))
+    for k, img in enumerate(images):
+        alone = aug(img[None], seeded(3), batch_size=5, offset=k, size=(8, 8))
+        torch.testing.assert_close(got[k], alone[0], rtol=0, atol=2e-6)
+    again = aug(canvas, seeded(3), extent=extent, size=(8, 8))
+    assert torch.equal(again, got)
+
+
+def test_a_canvas_needs_extents_inside_it_and_zero_padding():
+    canvas = torch.rand(2, 3, 10, 10)
+    with pytest.raises(ValueError, match="extent"):
+        Augment()(canvas, seeded(0), extent=torch.tensor([[10, 11], [4, 4]]))
+    with pytest.raises(ValueError, match="extent"):
+        Augment()(canvas, seeded(0), extent=torch.tensor([[4, 4]]))
+    with pytest.raises(ValueError, match="padding_mode"):
+        Augment(padding_mode="reflection")(canvas, seeded(0), extent=torch.tensor([[4, 4], [10, 10]]))
+    assert Augment()(canvas[:0], seeded(0), extent=torch.zeros(0, 2, dtype=torch.int64) + 1,
+                     size=(4, 5)).shape == (0, 3, 4, 5)

@@ -114,7 +114,6 @@ def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path, monkeypat
     metric is identical."""
     import os
 
-    from clnscl.train import pipeline
     from clnscl.train.config import Config
     from clnscl.train.datasets import ImageFiles, TensorImages
 
@@ -124,12 +123,12 @@ def test_streaming_from_disk_gives_the_same_run_as_in_memory(tmp_path, monkeypat
                 loader_workers=2, device="cpu")
     decoders = tmp_path / "decoders.txt"  # the pid of every training image's decoding
 
-    def decode(path, size, decode=pipeline.decode_image):
+    def decode(self, i, decode=ImageFiles.train_image):
         with decoders.open("a") as f:
             f.write(f"{os.getpid()}\n")
-        return decode(path, size)
+        return decode(self, i)
 
-    monkeypatch.setattr(pipeline, "decode_image", decode)  # the forked workers inherit it
+    monkeypatch.setattr(ImageFiles, "train_image", decode)  # the forked workers inherit it
     runs = {}
     for stream in (False, True):
         trainer = CoupledTrainer(Config(**base, stream=stream), tmp_path / f"stream{stream}", log=lambda *_: None)
