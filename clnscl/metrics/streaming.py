@@ -226,6 +226,29 @@ class StreamingAlignment:
                 warnings.warn(f"{key}: {why[key]}: NaN")
         return out
 
+    def coupling_terms(self) -> dict[str, float]:
+        """The cosine-kernel quantities of the paper's Corollaries 1 and 2 (see `clnscl.theory`), from the same
+        sums as `compute`, exact in float64: k_norm ‖K_X‖_F and k_gap ‖K_X − K_Y‖_F (K = HΣH), rho = k_gap/k_norm,
+        sigma_gap ‖Σ_X − Σ_Y‖_F, and over the M = N(N−1)/2 upper-triangle entries a, b of the cosine RDMs
+        rdm_gap ‖b − a‖₂, rdm_scale √M·σ_a (σ_a their standard deviation), r = rdm_gap/rdm_scale (math.inf
+        over a zero norm). Needs at least 3 rows."""
+        if self.n < 3:
+            raise ValueError(f"coupling_terms: needs at least 3 samples, got {self.n}")
+        u = self._unit
+        hxx, hyy = _hsic_biased(u["xx"], u["sx"], u["sx"], u["n"]), _hsic_biased(u["yy"], u["sy"], u["sy"], u["n"])
+        hxy = _hsic_biased(u["xy"], u["sx"], u["sy"], u["n"])
+        fxx, fyy, fxy = u["xx"].square().sum(), u["yy"].square().sum(), u["xy"].square().sum()
+        pairs = self.n * (self.n - 1) / 2
+        sum_a = (u["sx"].square().sum() - u["nx2"]) / 2
+        sum_aa, sum_bb, sum_ab = (fxx - u["nx4"]) / 2, (fyy - u["ny4"]) / 2, (fxy - u["nxy"]) / 2
+        terms = {"k_norm": float(hxx.sqrt()), "k_gap": float((hxx + hyy - 2 * hxy).clamp_min(0).sqrt()),
+                 "sigma_gap": float((fxx + fyy - 2 * fxy).clamp_min(0).sqrt()),
+                 "rdm_gap": float((sum_aa + sum_bb - 2 * sum_ab).clamp_min(0).sqrt()),
+                 "rdm_scale": float((sum_aa - sum_a**2 / pairs).clamp_min(0).sqrt())}
+        terms["rho"] = terms["k_gap"] / terms["k_norm"] if terms["k_norm"] > 0 else math.inf
+        terms["r"] = terms["rdm_gap"] / terms["rdm_scale"] if terms["rdm_scale"] > 0 else math.inf
+        return terms
+
     def _fill(self, out: dict, why: dict) -> None:
         n = self.n
         if n < 2:

@@ -108,6 +108,8 @@ class Config:
     projector_dim: int = setting(64, "output dimension of the projector (the embedding z the losses see)")
     eval_every: int = setting(20, "evaluate alignment every this many steps")
     knn_k: int = setting(20, "neighbours of the k-NN accuracy")
+    theory_delta: float = setting(0.05, "failure probability δ of the theory/ records' bounds (Theorem 1 and the "
+                                         "batch-composition condition hold with probability ≥ 1 − δ)")
     linear_probe: bool = setting(False, "also record linear/<model>: the accuracy on the reference set of a linear "
                                         "classifier fitted (L-BFGS, full batch) to the probe set's encoder features, "
                                         "at every evaluation")
@@ -206,6 +208,7 @@ class Config:
         check_min("eval_every", self.eval_every, 1)
         check_min("knn_k", self.knn_k, 1)
         check_min("gap_batches", self.gap_batches, 1)
+        check_range("theory_delta", self.theory_delta, 0.0, 1.0, lo_open=True, hi_open=True)
         check_min("checkpoint_every", self.checkpoint_every, 1)
         for e in self.snapshot_epochs:
             check_range("snapshot_epochs", e, 1, self.epochs)

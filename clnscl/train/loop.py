@@ -41,6 +41,9 @@ from .pipeline import StepImages
 from .records import METRICS_FILE, append_record, open_tensorboard, read_records, rewrite_records, write_csv
 from .samplers import StratifiedBatches, UniformBatches
 from .splits import run_data
+from .theory_records import TheoryRecords
+
+VIEWS = 2  # augmented views of every training sample
 
 
 def _device(name: str) -> torch.device:
@@ -182,6 +185,9 @@ class CoupledTrainer:
             self.trained = [torch.compile(m) for m in self.trained]
         self.optimizers = [build_optimizer(cfg, m) for m in self.models]
         self.schedules = [schedule(o, warmup, self.total_steps) for o in self.optimizers]
+        base, factor = self.schedules[0].base_lrs[0], self.schedules[0].lr_lambdas[0]
+        self.theory = TheoryRecords(cfg, self.names, self.data.train.labels, len(self.data.reference),
+                                    lambda t: base * factor(t))
         self._images_of = None  # StepImages, made at the first step (after a resume has restored the sampler)
         self.step = 0
         self.start = time.perf_counter()
@@ -200,8 +206,10 @@ class CoupledTrainer:
         self._lr = self.optimizers[0].param_groups[0]["lr"]  # this step's (the schedules share one curve)
         per = len(mine)
         y = self.data.train.labels[mine].to(self.device)
-        views = torch.stack(self.augment.views(x, self.augment_gen, batch_size=len(idx), offset=self.rank * per,
-                                               extent=extent, size=(self.image_px, self.image_px)), 1)
+        self.theory.observe(self.data.train.labels[idx], VIEWS)
+        views = torch.stack(self.augment.views(x, self.augment_gen, VIEWS, batch_size=len(idx),
+                                               offset=self.rank * per, extent=extent,
+                                               size=(self.image_px, self.image_px)), 1)
         group = dist.group.WORLD if self.world > 1 else None
         losses = {}
         for name, model, opt, sched in zip(self.names, self.trained, self.optimizers, self.schedules):
@@ -255,6 +263,8 @@ class CoupledTrainer:
                 out = acc.compute()
                 for key in ("cka_cosine", "cka_linear", "rsa_pearson", "gap_relative"):
                     rec[f"{prefix}{key}/{name}"] = out[key]
+                if prefix == "" and name == self.theory.other:
+                    rec.update(self.theory.record(self.step, acc.coupling_terms()))
         for i, name in enumerate(self.names[1:], start=1):
             rec[f"weight_div/{name}"] = weight_divergence(
                 _weight_matrices(self.models[0]), _weight_matrices(self.models[i]))["mean"]
@@ -320,6 +330,7 @@ class CoupledTrainer:
             "augment_rng": self.augment_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "same_class_max": self.theory.seen,
         }
 
     def save_checkpoint(self) -> Path:
@@ -344,6 +355,7 @@ class CoupledTrainer:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.theory.seen = state.get("same_class_max", 0.0)  # absent from checkpoints before the theory records
         self.step = step
         self.start = time.perf_counter() - state["elapsed"]
 

@@ -8,6 +8,8 @@
 * ``loss_gap.png``           CL − NSCL loss of the anchor model on the fixed evaluation batch, and its bound;
 * ``accuracy.png``           NCCC and k-NN accuracy of every model;
 * ``losses.png``             training loss of every model;
+* ``theory.png``             when the run has cl and nscl: the similarity gap against Theorem 1's bound, CKA
+                             and RSA against their lower bounds (`train/report_theory.py`);
 
 into RUN_DIR and returns a markdown summary: a table per compared model and the paper's three qualitative
 findings, each stated as holds / does not hold / not applicable with the numbers behind it. The thresholds
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .records import METRICS_FILE, read_records
+from .report_theory import has_theory, theory_figure, theory_lines
 
 FIGURES = ("alignment.png", "weight_divergence.png", "loss_gap.png", "accuracy.png", "losses.png")
 ALIGNMENT_METRICS = (("cka_cosine", "CKA (cosine)"), ("cka_linear", "CKA (linear)"), ("rsa_pearson", "RSA (Pearson)"))
@@ -192,6 +195,8 @@ def _figures(records: list[dict], anchor: str, models: list[str], compared: list
     ax.set_title("training losses")
     legend(ax)
     save(fig, "losses.png")
+    if has_theory(records):
+        notes += theory_figure(records, new, save, legend)
     return notes
 
 
@@ -284,6 +289,7 @@ def summary(records: list[dict], notes=()) -> str:
     lines += ["", "Paper findings in this run:"]
     for n, (ok, text) in enumerate(findings(records, anchor, compared), start=1):
         lines.append(f"- ({n}) {_verdict(ok)}: {text}")
+    lines += theory_lines(records)
     if notes:
         lines += ["", *(f"Note: {n}" for n in notes)]
     return "\n".join(lines)
@@ -298,7 +304,7 @@ def write_report(run_dir) -> str:
     records, notes = read_metrics(path)
     anchor, models, compared = _models(records)
     notes += _figures(records, anchor, models, compared, path.parent)
-    figs = ", ".join(FIGURES)
+    figs = ", ".join(FIGURES + (("theory.png",) if has_theory(records) else ()))
     return summary(records, notes) + f"\n\nFigures in {path.parent}: {figs}"
 
 

@@ -1,8 +1,9 @@
 """`clnscl sweep`: the coupled run repeated over the values of one factor — temperature, number of classes
 (seeded class subsets) or batch size (learning rate scaled by the config's `lr_scaling`: none, linear, sqrt,
 fourth_root) — with one figure per factor of the final alignment, weight divergence and loss gap against it,
-like the paper's Figures 3–5. Each run goes to OUT/<factor>=<value> and can be resumed on its own. Under
-torchrun every process runs every value (rank 0 writes)."""
+and of the theory's bounds beside what was measured, like the paper's Figures 3–5. Each run goes to
+OUT/<factor>=<value> and can be resumed on its own. Under torchrun every process runs every value (rank 0
+writes)."""
 from __future__ import annotations
 
 import argparse
@@ -18,22 +19,44 @@ FACTORS = {"temperature": float, "num_classes": int, "batch_size": int}
 
 
 def plot(results: dict, factor: str, out: Path) -> Path:
+    """OUT/sweep_<factor>.png: the final alignment, weight divergence and loss gap against the factor, and for
+    runs with theory/ records a second row: the measured similarity gap against Theorem 1's bound (log scale)
+    and the measured CKA against its Corollary 1 bounds, so that the bound's trend and the measured trend over
+    the factor sit side by side."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     values = sorted(results)
     last = results[values[0]]
     compared = [k.split("/", 1)[1] for k in last if k.startswith("cka_cosine/")]
-    fig = Figure(figsize=(15, 4))
+    theory = all("theory/gap" in results[v] for v in values)
+    fig = Figure(figsize=(15, 8 if theory else 4), layout="constrained")
     FigureCanvasAgg(fig)
-    panels = fig.subplots(1, 3)
+    grid = fig.subplots(2 if theory else 1, 3, squeeze=False)
+    panels = list(grid[0])
     for m in compared:
         panels[0].plot(values, [results[v][f"cka_cosine/{m}"] for v in values], marker="o", label=m)
         panels[1].plot(values, [results[v][f"weight_div/{m}"] for v in values], marker="o", label=m)
     panels[2].plot(values, [results[v]["loss_gap"] for v in values], marker="o", label="CL − NSCL loss gap")
     panels[2].plot(values, [results[v]["loss_gap_bound"] for v in values], linestyle="--", label="bound")
-    for ax, title in zip(panels, (f"final CKA (cosine, z) with {last.get('anchor', 'the anchor')}",
-                                  "final weight divergence", "loss gap of the anchor")):
+    titles = [f"final CKA (cosine, z) with {last.get('anchor', 'the anchor')}", "final weight divergence",
+              "loss gap of the anchor"]
+    if theory:
+        gap_ax, cka_ax, spare = grid[1]
+        spare.axis("off")
+        for key, style, label in (("theory/gap", "-", "measured ‖Σ^CL − Σ^NSCL‖_F"),
+                                  ("theory/gap_bound", "--", "Theorem 1 bound"), ("theory/gap_trivial", ":", "2N")):
+            gap_ax.plot(values, [results[v][key] for v in values], style, marker="o", label=label)
+        gap_ax.set_yscale("log")
+        other = "nscl" if last.get("anchor") == "cl" else "cl"
+        for key, style, label in ((f"cka_cosine/{other}", "-", "CKA measured"),
+                                  ("theory/cka_bound", "--", "Corollary 1 (measured ρ)"),
+                                  ("theory/cka_bound_thm1", ":", "Corollary 1 (Theorem 1)")):
+            cka_ax.plot(values, [results[v][key] for v in values], style, marker="o", label=label)
+        cka_ax.set_ylim(-1.05, 1.05)
+        panels += [gap_ax, cka_ax]
+        titles += ["final similarity gap cl vs nscl and Theorem 1", "final CKA cl vs nscl and its lower bounds"]
+    for ax, title in zip(panels, titles):
         ax.set_xlabel(factor)
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -41,7 +64,7 @@ def plot(results: dict, factor: str, out: Path) -> Path:
         if factor != "num_classes":
             ax.set_xscale("log")
     path = out / f"sweep_{factor}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     return path
 
 

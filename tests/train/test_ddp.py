@@ -146,4 +146,7 @@ def test_two_process_run_resumed_equals_one_uninterrupted_process(tmp_path):
     for a, b in zip(two, one):
         for k, v in b.items():
             if k not in TIMINGS and isinstance(v, float):
-                assert math.isclose(a[k], v, rel_tol=2e-4, abs_tol=2e-5), f"step {b['step']}: {k}: {a[k]!r} != {v!r}"
+                # theory/: ratios over ‖HΣH‖_F, which is small in the first steps, so the float32 rounding by which
+                # the two runs' weights differ (see above) shows 1e-4 relative there (3.7e-4 at ρ = 1.62, step 4)
+                rel = 1e-3 if k.startswith("theory/") else 2e-4
+                assert math.isclose(a[k], v, rel_tol=rel, abs_tol=2e-5), f"step {b['step']}: {k}: {a[k]!r} != {v!r}"

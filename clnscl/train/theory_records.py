@@ -1,0 +1,71 @@
+"""The paper's theory beside a coupled run (`clnscl.theory`): for the CL and NSCL models, every evaluation
+records under `theory/`
+
+- gap: the measured ‖Σ^CL − Σ^NSCL‖_F on the reference set (cosine similarities of z), with gap_bound,
+  Theorem 1 at this step, and gap_trivial = 2N (no two similarity matrices are further apart);
+- rho and r (Corollaries 1 and 2, exact from the streaming Gram statistics) with cka_bound and rsa_bound,
+  their lower bounds, and cka_bound_thm1 and rsa_bound_thm1, the same through Theorem 1's gap bound;
+- same_class_max: the largest same-class fraction of any anchor's CL denominator in the batches so far,
+  against same_class_limit = π_max + ε_{B,δ};
+- eta_sum: Σ_{t<T} η_t.
+
+η_t is the schedule's learning rate at step t (warm-up and cosine), what SGD steps by; for LARS it is the
+global rate before each layer's trust ratio, and for AdamW the rate before the moment scaling, so the bound is
+then the paper's formula evaluated at the scheduled rates, not a statement about those optimisers. B is the
+batch's samples (the loss averages over its V·B rows; the smaller B only loosens the bound), τ the run's
+temperature, π the training set's class frequencies, δ `theory_delta`, T the steps so far. The CL and NSCL
+forms are the run's: `decoupled` picks the paper's formulas, else InfoNCE (see `clnscl.theory.similarity`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import theory
+
+
+def same_class_max(labels: torch.Tensor, views: int, decoupled: bool) -> float:
+    """The largest same-class fraction of an anchor's CL denominator in a batch of these sample labels:
+    (n − 1)/(B − 1) decoupled, (n − 1)V/(BV − 1) with the positives in the denominator (n the largest class)."""
+    b = len(labels)
+    n = int(torch.bincount(labels).max()) if b else 0
+    if b < 2:
+        return 0.0
+    return (n - 1) / (b - 1) if decoupled else (n - 1) * views / (b * views - 1)
+
+
+class TheoryRecords:
+    """The theory/ records of a run whose models include cl and nscl (`applies`), one of them the anchor."""
+
+    def __init__(self, cfg, names: list[str], train_labels: torch.Tensor, reference_size: int, eta) -> None:
+        self.cfg, self.eta, self.n_ref = cfg, eta, reference_size
+        self.applies = {"cl", "nscl"} <= set(names) and names[0] in ("cl", "nscl")
+        self.other = ("nscl" if names[0] == "cl" else "cl") if self.applies else None
+        counts = torch.bincount(train_labels.cpu())
+        self.pi_max = float(counts.max()) / float(counts.sum())
+        self.seen = 0.0
+
+    def observe(self, labels: torch.Tensor, views: int) -> None:
+        """A training batch's sample labels (the global batch)."""
+        self.seen = max(self.seen, same_class_max(labels.cpu(), views, self.cfg.decoupled))
+
+    def record(self, step: int, terms: dict[str, float]) -> dict[str, float]:
+        """The theory/ keys at `step` from the anchor/other coupling terms (`StreamingAlignment.coupling_terms`)."""
+        cfg = self.cfg
+        b, tau, delta = cfg.batch_size, cfg.temperature, cfg.theory_delta
+        eta_sum = math.fsum(self.eta(t) for t in range(step))
+        steps = max(step, 1)
+        d = theory.delta_pi(self.pi_max, tau, b, steps, delta)
+        bound = theory.theorem1_bound([eta_sum], tau, b, d)
+        rho_b, r_b = theory.bound_ratios(bound, terms)
+        return {
+            "theory/gap": terms["sigma_gap"], "theory/gap_bound": bound, "theory/gap_trivial": 2.0 * self.n_ref,
+            "theory/rho": terms["rho"], "theory/cka_bound": theory.cka_lower_bound(terms["rho"]),
+            "theory/cka_bound_thm1": theory.cka_lower_bound(rho_b),
+            "theory/r": terms["r"], "theory/rsa_bound": theory.rsa_lower_bound(terms["r"]),
+            "theory/rsa_bound_thm1": theory.rsa_lower_bound(r_b),
+            "theory/same_class_max": self.seen,
+            "theory/same_class_limit": self.pi_max + theory.epsilon(b, steps, delta),
+            "theory/eta_sum": eta_sum,
+        }
