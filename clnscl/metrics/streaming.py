@@ -115,6 +115,16 @@ class StreamingAlignment:
         self._shift: tuple[torch.Tensor, torch.Tensor] | None = None
         self._unit: dict[str, torch.Tensor] | None = None  # statistics of the L2-normalised rows
 
+    @classmethod
+    def from_sums(cls, raw: dict[str, torch.Tensor], unit: dict[str, torch.Tensor],
+                  shift: tuple[torch.Tensor, torch.Tensor]) -> "StreamingAlignment":
+        """An accumulator holding given sums (those `_batch_stats` makes: of the rows minus `shift`, and of the
+        normalised rows), for callers that accumulate the sides and the cross terms of many pairs themselves
+        (`metrics.layers`); the tensors are used, not copied."""
+        acc = cls()
+        acc._raw, acc._unit, acc._shift = raw, unit, shift
+        return acc
+
     @property
     def n(self) -> int:
         return 0 if self._raw is None else int(self._raw["n"])

@@ -1,0 +1,477 @@
+"""Layer-by-layer alignment of two models: `layer_alignment(model_a, model_b, loader, layers_a, layers_b)`, every
+chosen layer of one model against every chosen layer of the other, from forward hooks, with one forward pass
+of each model per batch (both in eval mode; hooks removed and modes restored whatever happens). A layer's
+output is flattened to (b, p) per sample, after an optional spatial pooling (`pool="avg"` or `"max"` over the
+dimensions after the channels).
+
+Methods, for layers of widths pᵢ (model a) and qⱼ (model b) over N samples in batches of b:
+
+- ``exact``: the whole data set's linear or cosine CKA (biased HSIC, Kornblith et al.) and, with `rsa`, the
+  Pearson RSA of the cosine RDMs, from the streaming Gram statistics of `StreamingAlignment` in float64: the
+  sums of XᵢᵀXᵢ per layer and XᵢᵀYⱼ per pair (of the rows minus the first batch's mean, and of the
+  normalised rows), so each layer's own sums are computed once and reused against every layer of the other
+  model. Memory 16·(Σpᵢ² + Σqⱼ² + Σᵢⱼ pᵢqⱼ) bytes whatever N; time O(N·(Σpᵢ)·(Σqⱼ)).
+- ``minibatch``: the estimator of Nguyen, Raghu and Kornblith (2021): per batch, each layer's b × b Gram matrix
+  (of the rows, or of the normalised rows for `kernel="cosine"`) is made once, the unbiased HSIC (Song et al.)
+  of every pair follows from the stacked Grams, and CKA = Σ HSIC(K, L) / √(Σ HSIC(K, K) · Σ HSIC(L, L)) over
+  the batches. It estimates CKA (its value depends on the batching), needs b ≥ 4, memory O((L_a + L_b)·b²),
+  time O(N·b·(Σpᵢ + Σqⱼ) + N·b·L_a·L_b). pytorch-cka computes the same sums and clamps the ratio to [0, 1].
+- ``sketch``: `exact` on the layers' features after a seeded CountSketch to k = `sketch_dim` columns for
+  every layer wider than k (coordinate c goes to column h(c) with sign s(c); memory O(p) per layer, time
+  O(N·p)). Inner products are preserved in expectation, and the sketched Gram matrix K̂ = XSSᵀXᵀ satisfies
+  E‖K̂ − K‖²_F ≤ 2‖X‖⁴_F/k. A Gram matrix whose centred error ‖H(K̂ − K)H‖_F is at most δ·‖HKH‖_F turns by
+  an angle of at most arcsin δ, so |CKA_sketch − CKA| ≤ arcsin δ_a + arcsin δ_b; with probability ≥ 1 − η
+  (Markov) δ ≤ ‖X‖²_F·√(2/(k·η)) / ‖HKH‖_F, which `sketch_error_bound` evaluates. The bound is loose when
+  the features are far from centred (‖X‖²_F ≫ ‖HKH‖_F); the measured error is usually much smaller.
+- ``auto`` (the default): `exact` when its statistics fit `budget_gib`, else `sketch`.
+
+`model_b=None` compares model_a with itself: one forward pass per batch, and each unordered layer pair
+computed once (the result is symmetric). Under `process_group` every rank passes its own part of the data
+and the sums are all-reduced (every rank must see at least one batch), giving one process's result.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import warnings
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .features import _eval_mode, _inputs
+from .streaming import StreamingAlignment, _cross_stats, _norms2, _own_stats
+
+METHODS = ("auto", "exact", "minibatch", "sketch")
+KERNELS = ("linear", "cosine")
+POOLS = (None, "avg", "max")
+AUTO_LAYERS_WARN = 64  # automatic layer choice: warn above this many leaf modules
+
+
+# ------------------------------------------------------------------------------------------------- layers
+
+
+def resolve_layers(model: nn.Module, layers, which: str = "layers") -> dict[str, nn.Module]:
+    """The modules to hook, by name: `layers` is None (every leaf module, with a warning above
+    AUTO_LAYERS_WARN), or a name, a module type, or a sequence of them (a type stands for every module of that
+    type, in `named_modules()` order)."""
+    named = {n: m for n, m in model.named_modules() if n}
+    if layers is None:
+        leaves = {n: m for n, m in named.items() if next(m.children(), None) is None}
+        if len(leaves) > AUTO_LAYERS_WARN:
+            warnings.warn(f"{which}: {len(leaves)} leaf modules chosen automatically; pass layer names or types "
+                          "to compare fewer", stacklevel=3)
+        if not leaves:
+            raise ValueError(f"{which}: the model has no sub-modules to hook; name the layers")
+        return leaves
+    if isinstance(layers, (str, type)):
+        layers = [layers]
+    aliases = {n: m for n, m in model.named_modules(remove_duplicate=False) if n}  # a module under two names
+    out: dict[str, nn.Module] = {}
+    for spec in layers:
+        if isinstance(spec, str):
+            if spec not in aliases:
+                close = [n for n in named if spec in n or n in spec][:3]
+                raise ValueError(f"{which}: no layer named {spec!r} (model.named_modules() lists them"
+                                 + (f"; e.g. {', '.join(close)}" if close else "") + ")")
+            out[spec] = aliases[spec]
+        elif isinstance(spec, type) and issubclass(spec, nn.Module):
+            found = {n: m for n, m in named.items() if isinstance(m, spec)}
+            if not found:
+                raise ValueError(f"{which}: the model has no layer of type {spec.__name__}")
+            out.update(found)
+        else:
+            raise TypeError(f"{which}: a layer is given by its name or its module type, got {type(spec).__name__}")
+    return out
+
+
+def _keep(store: dict, name: str, pool, module, inputs, output) -> None:
+    out = output[0] if isinstance(output, (tuple, list)) and output else output
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"layer {name!r}: its output is a {type(output).__name__}, not a tensor")
+    if name in store:
+        raise ValueError(f"layer {name!r} ran twice in one forward pass (a shared module); hook another one")
+    if pool is not None and out.dim() > 2:
+        dims = tuple(range(2, out.dim()))
+        out = out.mean(dims) if pool == "avg" else out.amax(dims)
+    store[name] = out.detach().flatten(1)
+
+
+@contextlib.contextmanager
+def _hooks(modules: dict[str, nn.Module], store: dict, pool):
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(partial(_keep, store, name, pool)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _device_of(model: nn.Module):
+    p = next(model.parameters(), None)
+    return p.device if p is not None else None
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class LayerAlignment:
+    """The L_a × L_b matrices of a `layer_alignment` call (float64, rows: model a's layers)."""
+    names_a: list[str]
+    names_b: list[str]
+    cka: torch.Tensor
+    rsa: torch.Tensor | None
+    method: str
+    kernel: str
+    samples: int
+
+    def to_dict(self) -> dict:
+        out = {"names_a": self.names_a, "names_b": self.names_b, "method": self.method, "kernel": self.kernel,
+               "samples": self.samples, "cka": self.cka.tolist()}
+        if self.rsa is not None:
+            out["rsa"] = self.rsa.tolist()
+        return out
+
+    def save_json(self, path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    def save_csv(self, path) -> Path:
+        """One row per layer pair: layer_a, layer_b, cka (and rsa)."""
+        path = Path(path)
+        head = "layer_a,layer_b,cka" + (",rsa" if self.rsa is not None else "")
+        rows = [head]
+        for i, a in enumerate(self.names_a):
+            for j, b in enumerate(self.names_b):
+                vals = [repr(float(self.cka[i, j]))] + ([repr(float(self.rsa[i, j]))] if self.rsa is not None else [])
+                rows.append(",".join([_csv_field(a), _csv_field(b), *vals]))
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    def heatmap(self, path, metric: str = "cka", annotate: bool | None = None, title: str | None = None,
+                labels: tuple[str, str] = ("model a", "model b")) -> Path:
+        """A PNG of the matrix, layer names on the axes, values written in the cells when `annotate` (default:
+        when there are at most 16 × 16 cells)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        values = {"cka": self.cka, "rsa": self.rsa}.get(metric)
+        if values is None:
+            raise ValueError("metric: choose 'cka'" + (" or 'rsa'" if self.rsa is not None else "")
+                             + f", got {metric!r}")
+        la, lb = values.shape
+        annotate = la <= 16 and lb <= 16 if annotate is None else annotate
+        fig = Figure(figsize=(min(2.0 + 0.45 * lb, 24), min(1.6 + 0.4 * la, 24)), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        im = ax.imshow(values.numpy(), vmin=min(0.0, float(values.nan_to_num(0).min())), vmax=1.0, cmap="magma",
+                       aspect="auto", origin="lower")
+        ax.set_xticks(range(lb), self.names_b, rotation=90, fontsize=7)
+        ax.set_yticks(range(la), self.names_a, fontsize=7)
+        ax.set_xlabel(labels[1])
+        ax.set_ylabel(labels[0])
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        if annotate:
+            for i in range(la):
+                for j in range(lb):
+                    v = float(values[i, j])
+                    ax.text(j, i, "nan" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if not v > 0.6 else "black")
+        ax.set_title(title or f"{metric.upper()} ({self.kernel}, {self.method}, {self.samples} samples)", fontsize=9)
+        path = Path(path)
+        fig.savefig(path, dpi=120)
+        return path
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+# ------------------------------------------------------------------------------------------------- methods
+
+
+def count_sketch(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """x (b, p) → (b, k): column c of x added, with the sign s(c), to column h(c); h, s drawn from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    p = x.shape[1]
+    h = torch.randint(0, k, (p,), generator=gen).to(x.device)
+    s = (torch.randint(0, 2, (p,), generator=gen) * 2 - 1).to(device=x.device, dtype=x.dtype)
+    return torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device).index_add_(1, h, x * s)
+
+
+def sketch_error_bound(x: torch.Tensor, k: int, eta: float = 0.05) -> float:
+    """δ for features x (N, p) sketched to k columns: ‖X‖²_F·√(2/(k·η)) / ‖HXXᵀH‖_F (see the module's
+    docstring); |CKA_sketch − CKA| ≤ arcsin(min(1, δ_a)) + arcsin(min(1, δ_b)) with probability ≥ 1 − 2η."""
+    x = x.double()
+    xc = x - x.mean(0)
+    centred = torch.linalg.matrix_norm(xc.T @ xc)  # ‖HXXᵀH‖_F = ‖XᶜᵀXᶜ‖_F
+    return float(x.square().sum() * math.sqrt(2.0 / (k * eta)) / centred) if centred > 0 else math.inf
+
+
+def _layer_seed(seed: int, key: str) -> int:
+    """The sketch seed of a layer (its key names the model when two are compared): fixed by `seed` and the key."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
+
+
+class _Exact:
+    """Per layer its own sums, per pair the cross sums (of the shifted rows and of the normalised rows)."""
+
+    def __init__(self, group):
+        self.group, self.n = group, 0
+        self.shift: dict[str, torch.Tensor] = {}
+        self.own: dict[str, tuple[dict, dict]] = {}
+        self.cross: dict[tuple[str, str], tuple[dict, dict]] = {}
+
+    @staticmethod
+    def bytes_needed(widths: dict[str, int], pairs: list[tuple[str, str]]) -> int:
+        return 16 * (sum(p * p + 2 * p for p in widths.values()) + sum(widths[a] * widths[b] + widths[a]
+                                                                       + widths[b] for a, b in pairs))
+
+    def _first(self, feats: dict[str, torch.Tensor]) -> None:
+        for name, f in feats.items():
+            shift = f.mean(0)
+            if self.group is not None:
+                import torch.distributed as dist
+                dist.broadcast(shift, src=dist.get_global_rank(self.group, 0), group=self.group)
+            self.shift[name] = shift
+
+    def add(self, feats: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -> None:
+        feats = {n: f.double() for n, f in feats.items()}
+        if not self.shift:
+            self._first(feats)
+        rows = {}
+        for name, f in feats.items():
+            raw, unit = f - self.shift[name], torch.nn.functional.normalize(f, dim=1)
+            rows[name] = [(raw, _norms2(raw)), (unit, _norms2(unit))]
+            own = [_own_stats(a, n2, "x") for a, n2 in rows[name]]
+            if name in self.own:
+                for mine, new in zip(self.own[name], own):
+                    for key in mine:
+                        mine[key] += new[key]
+            else:
+                self.own[name] = tuple(own)
+        for a, b in pairs:
+            cross = [_cross_stats(ra, na2, [rb], [nb2])[0] for (ra, na2), (rb, nb2) in zip(rows[a], rows[b])]
+            if (a, b) in self.cross:
+                for mine, new in zip(self.cross[(a, b)], cross):
+                    for key in mine:
+                        mine[key] += new[key]
+            else:
+                self.cross[(a, b)] = tuple(cross)
+        self.n += next(iter(feats.values())).shape[0]
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+        tensors = [v for sums in (*self.own.values(), *self.cross.values()) for part in sums for v in part.values()]
+        flat = torch.cat([t.reshape(-1) for t in tensors] + [torch.tensor([float(self.n)], dtype=torch.float64,
+                                                                           device=tensors[0].device)])
+        dist.all_reduce(flat, group=self.group)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+        self.n = int(flat[-1])
+
+    def metrics(self, a: str, b: str, keys: list[str]) -> dict[str, float]:
+        n = torch.tensor(float(self.n), dtype=torch.float64, device=self.shift[a].device)
+        sides = []
+        for k in range(2):  # shifted rows, normalised rows
+            ya = {key.replace("x", "y"): v for key, v in self.own[b][k].items()}
+            sides.append({"n": n, **self.own[a][k], **ya, **self.cross[(a, b)][k]})
+        acc = StreamingAlignment.from_sums(sides[0], sides[1], (self.shift[a], self.shift[b]))
+        return acc.compute(keys)
+
+
+class _Minibatch:
+    """Per pair the sums over batches of the unbiased HSIC of the batch's Gram matrices."""
+
+    def __init__(self, group, names_a: list[str], names_b: list[str]):
+        self.group, self.n = group, 0
+        self.names_a, self.names_b = names_a, names_b
+        self.xy = self.xx = self.yy = None
+
+    @staticmethod
+    def _grams(feats: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+        g = torch.stack([feats[n] @ feats[n].T for n in names])
+        return g - torch.diag_embed(torch.diagonal(g, dim1=1, dim2=2))  # zero diagonals (K̃)
+
+    @staticmethod
+    def _hsic(ka: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+        """Unbiased HSIC of every pair of zero-diagonal Grams ka (A, b, b), kb (B, b, b): (A, B)."""
+        b = ka.shape[1]
+        trace = ka.flatten(1) @ kb.flatten(1).T
+        sa, sb = ka.sum((1, 2)), kb.sum((1, 2))
+        ca, cb = ka.sum(1), kb.sum(1)
+        return (trace + torch.outer(sa, sb) / ((b - 1) * (b - 2)) - 2.0 / (b - 2) * (ca @ cb.T)) / (b * (b - 3))
+
+    def add(self, feats: dict[str, torch.Tensor], kernel: str) -> None:
+        b = next(iter(feats.values())).shape[0]
+        if b < 4:
+            raise ValueError(f"method='minibatch': every batch needs at least 4 samples (unbiased HSIC), got {b}")
+        feats = {n: f.double() for n, f in feats.items()}
+        if kernel == "cosine":
+            feats = {n: torch.nn.functional.normalize(f, dim=1) for n, f in feats.items()}
+        ka = self._grams(feats, self.names_a)
+        kb = ka if self.names_b == self.names_a else self._grams(feats, self.names_b)
+        xy = self._hsic(ka, kb)
+        xx = torch.diagonal(xy).clone() if kb is ka else torch.diagonal(self._hsic(ka, ka)).clone()
+        yy = xx if kb is ka else torch.diagonal(self._hsic(kb, kb)).clone()
+        if self.xy is None:
+            self.xy, self.xx, self.yy = xy, xx, yy.clone()
+        else:
+            self.xy += xy
+            self.xx += xx
+            self.yy += yy
+        self.n += b
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+        flat = torch.cat([self.xy.flatten(), self.xx, self.yy,
+                          torch.tensor([float(self.n)], dtype=torch.float64, device=self.xy.device)])
+        dist.all_reduce(flat, group=self.group)
+        la, lb = self.xy.shape
+        self.xy, self.xx = flat[:la * lb].view(la, lb), flat[la * lb:la * lb + la]
+        self.yy, self.n = flat[la * lb + la:la * lb + la + lb], int(flat[-1])
+
+    def cka(self) -> torch.Tensor:
+        den = torch.sqrt(self.xx[:, None] * self.yy[None, :])
+        bad = ~(den > 0)
+        if bool(bad.any()):
+            warnings.warn(f"method='minibatch': {int(bad.sum())} layer pair(s) with a non-positive HSIC(K, K) "
+                          "sum (a constant layer, or too few samples): NaN", stacklevel=3)
+        return torch.where(bad, torch.full_like(den, math.nan), self.xy / den.clamp_min(1e-300)).cpu()
+
+
+# ------------------------------------------------------------------------------------------------- entry point
+
+
+@torch.no_grad()
+def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layers_a=None, layers_b=None, *,
+                    method: str = "auto", kernel: str = "linear", rsa: bool = False, pool: str | None = None,
+                    sketch_dim: int = 4096, seed: int = 0, budget_gib: float = 4.0, process_group=None,
+                    progress: bool = False) -> LayerAlignment:
+    """CKA (`kernel` "linear" or "cosine"; and with `rsa`, the cosine-RDM Pearson RSA) of every layer of
+    `layers_a` in model_a against every layer of `layers_b` in model_b over the batches of `loader` (inputs,
+    or (inputs, labels, ...)); see the module's docstring for the layers, methods and costs."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 1:
+        raise ValueError(f"sketch_dim must be an integer >= 1, got {sketch_dim!r}")
+    if not budget_gib > 0:
+        raise ValueError(f"budget_gib must be > 0, got {budget_gib!r}")
+    if rsa and method == "minibatch":
+        raise ValueError("rsa: the minibatch estimator is CKA's only; use method='exact', 'sketch' or 'auto'")
+    same = model_b is None or model_b is model_a
+    model_b = model_a if model_b is None else model_b
+    mods_a = resolve_layers(model_a, layers_a, "layers_a")
+    mods_b = mods_a if same and layers_b is None else resolve_layers(model_b, layers_b, "layers_b")
+    names_a, names_b = list(mods_a), list(mods_b)
+    # the pairs whose statistics are kept: with one model, each unordered pair once
+    pairs, seen = [], set()
+    for a in names_a:
+        for b in names_b:
+            key = frozenset((a, b)) if same else (a, b)
+            if key not in seen:
+                seen.add(key)
+                pairs.append((a, b))
+    store_a: dict[str, torch.Tensor] = {}
+    store_b = store_a if same else {}
+    hooks = [_hooks({**mods_a, **mods_b} if same else mods_a, store_a, pool)]
+    if not same:
+        hooks.append(_hooks(mods_b, store_b, pool))
+    chosen, acc = method, None
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(loader, desc="layer alignment", unit="batch")
+    with _eval_mode(*({model_a, model_b})), contextlib.ExitStack() as stack:
+        for h in hooks:
+            stack.enter_context(h)
+        for batch in batches:
+            store_a.clear()
+            store_b.clear()
+            x = _inputs(batch)
+            dev_a = _device_of(model_a)
+            model_a(x.to(dev_a) if dev_a is not None else x)
+            if not same:
+                dev_b = _device_of(model_b)
+                model_b(x.to(dev_b) if dev_b is not None else x)
+            feats = {**{("a", n): store_a[n] for n in names_a if n in store_a},
+                     **{("b", n): store_b[n] for n in names_b if n in store_b}}
+            missing = [n for n in names_a if n not in store_a] + [n for n in names_b if n not in store_b]
+            if missing:
+                raise ValueError(f"layer {missing[0]!r} produced no output in the forward pass")
+            if acc is None:
+                chosen, acc = _start(method, feats, pairs, same, budget_gib, process_group, names_a, names_b)
+            _add(acc, chosen, feats, pairs, same, kernel, sketch_dim, seed)
+    if acc is None:
+        raise ValueError("loader: yielded no batches")
+    if process_group is not None:
+        acc.all_reduce()
+    return _result(acc, chosen, names_a, names_b, pairs, same, kernel, rsa)
+
+
+def _key(side: str, name: str, same: bool) -> str:
+    return name if same else f"{side}:{name}"
+
+
+def _flat(feats: dict, same: bool) -> dict[str, torch.Tensor]:
+    return {_key(side, name, same): f for (side, name), f in feats.items()}
+
+
+def _start(method, feats, pairs, same, budget_gib, group, names_a, names_b):
+    """The method the call runs (`auto` resolved against the budget) and its accumulator."""
+    if method == "minibatch":
+        return method, _Minibatch(group, [_key("a", n, same) for n in names_a], [_key("b", n, same) for n in names_b])
+    widths = {k: f.shape[1] for k, f in _flat(feats, same).items()}
+    kpairs = [(_key("a", a, same), _key("b", b, same)) for a, b in pairs]
+    need = _Exact.bytes_needed(widths, kpairs)
+    if method == "exact" and need > budget_gib * 2**30:
+        raise ValueError(f"method='exact' needs {need / 2**30:.2f} GiB of statistics for these layers (widest "
+                         f"{max(widths.values())} features), above budget_gib={budget_gib}; pool the layers "
+                         "(pool='avg'), or use method='sketch' or 'minibatch', or raise budget_gib")
+    if method == "auto":
+        method = "exact" if need <= budget_gib * 2**30 else "sketch"
+    return method, _Exact(group)
+
+
+def _add(acc, method, feats, pairs, same, kernel, sketch_dim, seed) -> None:
+    flat = _flat(feats, same)
+    if method == "minibatch":
+        acc.add(flat, kernel)
+        return
+    if method == "sketch":
+        flat = {k: count_sketch(f.double(), sketch_dim, _layer_seed(seed, k))
+                if f.shape[1] > sketch_dim else f for k, f in flat.items()}
+    acc.add(flat, [(_key("a", a, same), _key("b", b, same)) for a, b in pairs])
+
+
+def _result(acc, method, names_a, names_b, pairs, same, kernel, rsa) -> LayerAlignment:
+    la, lb = len(names_a), len(names_b)
+    if method == "minibatch":
+        return LayerAlignment(names_a, names_b, acc.cka(), None, method, kernel, acc.n)
+    cka = torch.full((la, lb), math.nan, dtype=torch.float64)
+    rsas = torch.full((la, lb), math.nan, dtype=torch.float64) if rsa else None
+    keys = [f"cka_{kernel}"] + (["rsa_pearson"] if rsa else [])
+    got = {}
+    for a, b in pairs:
+        got[(a, b)] = acc.metrics(_key("a", a, same), _key("b", b, same), keys)
+    for i, a in enumerate(names_a):
+        for j, b in enumerate(names_b):
+            m = got.get((a, b)) or got[(b, a)]
+            cka[i, j] = m[f"cka_{kernel}"]
+            if rsa:
+                rsas[i, j] = m["rsa_pearson"]
+    return LayerAlignment(names_a, names_b, cka, rsas, method, kernel, acc.n)

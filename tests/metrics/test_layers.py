@@ -1,0 +1,200 @@
+"""layer_alignment: every layer pair of two small CNNs against the NumPy float64 oracle on features taken by
+running the layers one by one (no hooks), minibatch against pytorch-cka on the same batches, the sketch within
+its stated bound, hooks and modes after an exception, one model against itself, layer choice, exports."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from clnscl.metrics import layer_alignment
+from clnscl.metrics.layers import count_sketch, sketch_error_bound
+from tests.support import metrics_oracle as oracle
+
+
+def _cnn(seed: int, width: int = 5) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.Conv2d(width, 6, 3, stride=2), nn.BatchNorm2d(6),
+                         nn.Flatten(), nn.Linear(96, 7), nn.Tanh(), nn.Linear(7, 5)).double()
+
+
+def _outputs(model: nn.Sequential, x: torch.Tensor, pool=None) -> list[torch.Tensor]:
+    """Each layer's output (flattened, optionally pooled) by running the Sequential one layer at a time."""
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for layer in model:
+            x = layer(x)
+            f = x
+            if pool == "avg" and f.dim() > 2:
+                f = f.mean((2, 3))
+            outs.append(f.flatten(1))
+    return outs
+
+
+def _data(n: int = 53, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 11, 11, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "cosine"])
+def test_exact_equals_the_float64_oracle_for_every_layer_pair(kernel):
+    a, b, x = _cnn(0), _cnn(1, width=4), _data()
+    res = layer_alignment(a, b, list(x.split(17)), method="exact", kernel=kernel, rsa=True)
+    assert a.training and b.training  # modes restored
+    fa, fb = _outputs(a, x), _outputs(b, x)
+    assert res.names_a == [str(i) for i in range(8)] and res.cka.shape == (8, 8) and res.samples == 53
+    for i, u in enumerate(fa):
+        for j, v in enumerate(fb):
+            assert math.isclose(res.cka[i, j], oracle.cka(u, v, kernel), rel_tol=1e-9, abs_tol=1e-12), (i, j)
+            assert math.isclose(res.rsa[i, j], oracle.rsa(u, v), rel_tol=1e-9, abs_tol=1e-12), (i, j)
+
+
+def test_pooling_averages_the_spatial_dimensions():
+    a, b, x = _cnn(0), _cnn(1), _data(31)
+    res = layer_alignment(a, b, [x], ["0", "2", "5"], ["2", "3"], pool="avg")
+    fa, fb = _outputs(a, x, "avg"), _outputs(b, x, "avg")
+    for i, u in enumerate([fa[0], fa[2], fa[5]]):
+        for j, v in enumerate([fb[2], fb[3]]):
+            assert math.isclose(res.cka[i, j], oracle.cka(u, v), rel_tol=1e-9)
+
+
+def test_minibatch_equals_pytorch_cka_on_the_same_batches():
+    """pytorch-cka's compute_cka accumulates the same unbiased HSIC sums (in float32) and clamps to [0, 1]."""
+    pc = pytest.importorskip("cka")
+    a, b, x = _cnn(2), _cnn(3), _data(60, seed=4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=13)  # 4 × 13 + 8
+    names = [str(i) for i in range(8)]
+    theirs = pc.compute_cka(a, b, loader, layers=names, model2_layers=names, device="cpu", progress=False)[0]
+    ours = layer_alignment(a, b, loader, method="minibatch")
+    assert ours.method == "minibatch" and ours.samples == 60
+    torch.testing.assert_close(ours.cka.clamp(0, 1), theirs.double(), rtol=1e-5, atol=1e-6)
+    assert bool((ours.cka < 0).any()) or bool((ours.cka > 0).all())  # unclamped: negative estimates stay
+
+
+def test_minibatch_matches_the_oracle_unbiased_hsic_per_batch():
+    a, b, x = _cnn(5), _cnn(6), _data(40, seed=2)
+    batches = list(x.split(10))
+    res = layer_alignment(a, b, batches, ["0", "5"], ["2", "7"], method="minibatch", kernel="cosine")
+    for i, la in enumerate((0, 5)):
+        for j, lb in enumerate((2, 7)):
+            hxy = hxx = hyy = 0.0
+            for xb in batches:
+                u, v = _outputs(a, xb)[la], _outputs(b, xb)[lb]
+                k, m = oracle.kernel_matrix(u, "cosine"), oracle.kernel_matrix(v, "cosine")
+                hxy += oracle.hsic_unbiased(k, m)
+                hxx += oracle.hsic_unbiased(k, k)
+                hyy += oracle.hsic_unbiased(m, m)
+            assert math.isclose(res.cka[i, j], hxy / math.sqrt(hxx * hyy), rel_tol=1e-9)
+
+
+def test_the_sketch_stays_within_its_stated_bound_and_is_exact_when_not_needed():
+    """Wide layers of low rank (where the stated bound is not vacuous, < π) sketched to k columns: the CKA error
+    stays within arcsin δ_a + arcsin δ_b for every seed; layers narrower than k are exact."""
+    torch.manual_seed(11)
+    a = nn.Sequential(nn.Linear(6, 2500, bias=False), nn.Linear(2500, 9)).double()
+    b = nn.Sequential(nn.Linear(6, 1800, bias=False), nn.Linear(1800, 5)).double()
+    x = torch.randn(90, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = layer_alignment(a, b, list(x.split(30)), method="exact")
+    with torch.no_grad():
+        wide_a, wide_b = a[0](x), b[0](x)
+    k = 1000
+    bound = math.asin(min(1.0, sketch_error_bound(wide_a, k))) + math.asin(min(1.0, sketch_error_bound(wide_b, k)))
+    assert bound < 1.5  # not vacuous
+    for seed in range(5):
+        sk = layer_alignment(a, b, list(x.split(30)), method="sketch", sketch_dim=k, seed=seed)
+        assert abs(sk.cka[0, 0] - exact.cka[0, 0]) <= bound, seed
+        for i, j in ((1, 1),):  # both narrower than k: no sketch
+            assert math.isclose(sk.cka[i, j], exact.cka[i, j], rel_tol=1e-9)
+        da = sketch_error_bound(wide_a, k)
+        assert abs(sk.cka[0, 1] - exact.cka[0, 1]) <= math.asin(min(1.0, da))  # one side sketched
+    wide = layer_alignment(a, b, [x], method="sketch", sketch_dim=10_000)
+    torch.testing.assert_close(wide.cka, layer_alignment(a, b, [x], method="exact").cka)
+
+
+def test_count_sketch_preserves_inner_products_in_expectation():
+    x = torch.randn(6, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean = sum(count_sketch(x, 32, s) @ count_sketch(x, 32, s).T for s in range(400)) / 400
+    assert (mean - x @ x.T).abs().max() < 0.15 * (x @ x.T).diagonal().max()
+
+
+def test_a_model_against_itself_is_symmetric_and_equals_passing_it_twice():
+    a, x = _cnn(9), _data(33)
+    calls = []
+    a.register_forward_pre_hook(lambda m, inp: calls.append(1))
+    one = layer_alignment(a, None, list(x.split(11)), rsa=True)
+    assert len(calls) == 3  # one forward pass per batch
+    torch.testing.assert_close(one.cka, one.cka.T, rtol=0, atol=0)
+    torch.testing.assert_close(one.cka.diagonal(), torch.ones(8, dtype=torch.float64))
+    twice = layer_alignment(a, _copy(a), list(x.split(11)), rsa=True)
+    torch.testing.assert_close(one.cka, twice.cka, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(one.rsa, twice.rsa, rtol=1e-12, atol=1e-12)
+    mb = layer_alignment(a, None, list(x.split(11)), method="minibatch")
+    torch.testing.assert_close(mb.cka, mb.cka.T)
+
+
+def _copy(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+def test_hooks_are_removed_and_modes_restored_after_an_exception():
+    a, b = _cnn(0), _cnn(1)
+    a.train()
+    b.eval()
+
+    def loader():
+        yield _data(8)
+        raise RuntimeError("the loader broke")
+
+    with pytest.raises(RuntimeError, match="loader broke"):
+        layer_alignment(a, b, loader())
+    assert a.training and not b.training
+    assert all(not m._forward_hooks for m in [*a.modules(), *b.modules()])
+    with pytest.raises(ValueError, match="4 samples"):
+        layer_alignment(a, b, [_data(3)], method="minibatch")
+    assert all(not m._forward_hooks for m in a.modules())
+
+
+def test_layers_by_name_type_or_automatically():
+    a, b, x = _cnn(0), _cnn(1), _data(20)
+    res = layer_alignment(a, b, [x], [nn.Conv2d, "5"], nn.Linear)
+    assert res.names_a == ["0", "2", "5"] and res.names_b == ["5", "7"]
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        layer_alignment(a, b, [x], ["nope"])
+    with pytest.raises(ValueError, match="no layer of type"):
+        layer_alignment(a, b, [x], nn.LSTM)
+    with pytest.raises(TypeError, match="name or its module type"):
+        layer_alignment(a, b, [x], [3])
+    deep = nn.Sequential(*[nn.Identity() for _ in range(70)])
+    with pytest.warns(UserWarning, match="70 leaf modules"):
+        layer_alignment(deep, None, [torch.randn(8, 4, dtype=torch.float64)], method="minibatch")
+
+
+def test_bad_arguments_name_themselves():
+    a, x = _cnn(0), [_data(8)]
+    for kw, name in (({"method": "fast"}, "method"), ({"kernel": "rbf"}, "kernel"), ({"pool": "sum"}, "pool"),
+                     ({"sketch_dim": 0}, "sketch_dim"), ({"budget_gib": 0}, "budget_gib"),
+                     ({"method": "minibatch", "rsa": True}, "rsa")):
+        with pytest.raises(ValueError, match=name):
+            layer_alignment(a, None, x, **kw)
+    with pytest.raises(ValueError, match="budget_gib"):
+        layer_alignment(a, None, x, method="exact", budget_gib=1e-6)
+    assert layer_alignment(a, None, x, budget_gib=1e-6).method == "sketch"  # auto falls back
+    with pytest.raises(ValueError, match="no batches"):
+        layer_alignment(a, None, [])
+
+
+def test_exports_and_heatmap(tmp_path):
+    a, b, x = _cnn(0), _cnn(1), _data(20)
+    res = layer_alignment(a, b, [x], ["0", "5"], ["2", "5", "7"], rsa=True)
+    data = json.loads(res.save_json(tmp_path / "l.json").read_text())
+    assert data["names_a"] == ["0", "5"] and data["cka"] == res.cka.tolist() and data["rsa"] == res.rsa.tolist()
+    rows = res.save_csv(tmp_path / "l.csv").read_text().splitlines()
+    assert rows[0] == "layer_a,layer_b,cka,rsa" and len(rows) == 7
+    assert float(rows[2].split(",")[2]) == float(res.cka[0, 1])
+    png = res.heatmap(tmp_path / "l.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    res.heatmap(tmp_path / "r.png", metric="rsa", annotate=False)
+    with pytest.raises(ValueError, match="metric"):
+        res.heatmap(tmp_path / "x.png", metric="svcca")
