@@ -1,8 +1,10 @@
 """Layer-by-layer alignment of two models: `layer_alignment(model_a, model_b, loader, layers_a, layers_b)`, every
 chosen layer of one model against every chosen layer of the other, from forward hooks, with one forward pass
 of each model per batch (both in eval mode; hooks removed and modes restored whatever happens). A layer's
-output is flattened to (b, p) per sample, after an optional spatial pooling (`pool="avg"` or `"max"` over the
-dimensions after the channels).
+output is flattened to (b, p) per sample, after an optional pooling: `pool="avg"` or `"max"` over the
+dimensions after the channels of (b, C, *spatial) outputs, `"tokens"` the mean over the tokens of (b, T, D)
+outputs (transformer blocks). `pairs="matching"` compares layer i with layer i only (the result's other
+entries are NaN), for layer lists of equal length.
 
 Methods, for layers of widths pᵢ (model a) and qⱼ (model b) over N samples in batches of b:
 
@@ -48,7 +50,8 @@ from .streaming import StreamingAlignment, _cross_stats, _norms2, _own_stats
 
 METHODS = ("auto", "exact", "minibatch", "sketch")
 KERNELS = ("linear", "cosine")
-POOLS = (None, "avg", "max")
+POOLS = (None, "avg", "max", "tokens")
+PAIRS = ("all", "matching")
 AUTO_LAYERS_WARN = 64  # automatic layer choice: warn above this many leaf modules
 
 
@@ -95,7 +98,9 @@ def _keep(store: dict, name: str, pool, module, inputs, output) -> None:
         raise TypeError(f"layer {name!r}: its output is a {type(output).__name__}, not a tensor")
     if name in store:
         raise ValueError(f"layer {name!r} ran twice in one forward pass (a shared module); hook another one")
-    if pool is not None and out.dim() > 2:
+    if pool == "tokens" and out.dim() == 3:  # (b, tokens, dim): the mean token
+        out = out.mean(1)
+    elif pool in ("avg", "max") and out.dim() > 2:  # (b, C, *spatial)
         dims = tuple(range(2, out.dim()))
         out = out.mean(dims) if pool == "avg" else out.amax(dims)
     store[name] = out.detach().flatten(1)
@@ -356,6 +361,7 @@ class _Minibatch:
 @torch.no_grad()
 def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layers_a=None, layers_b=None, *,
                     method: str = "auto", kernel: str = "linear", rsa: bool = False, pool: str | None = None,
+                    pairs: str = "all",
                     sketch_dim: int = 4096, seed: int = 0, budget_gib: float = 4.0, process_group=None,
                     progress: bool = False) -> LayerAlignment:
     """CKA (`kernel` "linear" or "cosine"; and with `rsa`, the cosine-RDM Pearson RSA) of every layer of
@@ -367,6 +373,8 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be one of {PAIRS}, got {pairs!r}")
     if isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 1:
         raise ValueError(f"sketch_dim must be an integer >= 1, got {sketch_dim!r}")
     if not budget_gib > 0:
@@ -378,14 +386,19 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
     mods_a = resolve_layers(model_a, layers_a, "layers_a")
     mods_b = mods_a if same and layers_b is None else resolve_layers(model_b, layers_b, "layers_b")
     names_a, names_b = list(mods_a), list(mods_b)
+    if pairs == "matching" and len(names_a) != len(names_b):
+        raise ValueError(f"pairs='matching' needs as many layers on both sides, got {len(names_a)} and "
+                         f"{len(names_b)}")
+    if pairs == "matching" and method == "minibatch":
+        raise ValueError("pairs='matching': the minibatch estimator computes every pair; use method='exact'")
     # the pairs whose statistics are kept: with one model, each unordered pair once
+    wanted = zip(names_a, names_b) if pairs == "matching" else ((a, b) for a in names_a for b in names_b)
     pairs, seen = [], set()
-    for a in names_a:
-        for b in names_b:
-            key = frozenset((a, b)) if same else (a, b)
-            if key not in seen:
-                seen.add(key)
-                pairs.append((a, b))
+    for a, b in wanted:
+        key = frozenset((a, b)) if same else (a, b)
+        if key not in seen:
+            seen.add(key)
+            pairs.append((a, b))
     store_a: dict[str, torch.Tensor] = {}
     store_b = store_a if same else {}
     hooks = [_hooks({**mods_a, **mods_b} if same else mods_a, store_a, pool)]
@@ -470,7 +483,9 @@ def _result(acc, method, names_a, names_b, pairs, same, kernel, rsa) -> LayerAli
         got[(a, b)] = acc.metrics(_key("a", a, same), _key("b", b, same), keys)
     for i, a in enumerate(names_a):
         for j, b in enumerate(names_b):
-            m = got.get((a, b)) or got[(b, a)]
+            m = got.get((a, b)) or got.get((b, a))
+            if m is None:  # pairs="matching": not computed
+                continue
             cka[i, j] = m[f"cka_{kernel}"]
             if rsa:
                 rsas[i, j] = m["rsa_pearson"]

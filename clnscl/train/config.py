@@ -110,6 +110,10 @@ class Config:
     knn_k: int = setting(20, "neighbours of the k-NN accuracy")
     theory_delta: float = setting(0.05, "failure probability δ of the theory/ records' bounds (Theorem 1 and the "
                                          "batch-composition condition hold with probability ≥ 1 − δ)")
+    layer_alignment: bool = setting(False, "at every evaluation, the linear CKA on the reference set of each block of "
+                                           "the anchor's encoder (then h and z) with the same block of every other "
+                                           "model: layer_cka/<model>/<block> (one more pass of the two models over "
+                                           "the reference set per compared model)")
     linear_probe: bool = setting(False, "also record linear/<model>: the accuracy on the reference set of a linear "
                                         "classifier fitted (L-BFGS, full batch) to the probe set's encoder features, "
                                         "at every evaluation")

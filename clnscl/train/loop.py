@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from .. import contrastive_loss
 from ..collectives import all_gather_rows, local_sizes
-from ..metrics import (StreamingAlignment, knn_accuracy, linear_probe_accuracy, loss_gap_bound, nccc_accuracy,
-                       weight_divergence)
+from ..metrics import (StreamingAlignment, knn_accuracy, layer_alignment, linear_probe_accuracy, loss_gap_bound,
+                       nccc_accuracy, weight_divergence)
 from .augment import Augment
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .global_bn import convert_global_batchnorm
-from .models import build_model
+from .models import build_model, encoder_blocks
 from .optim import build_optimizer, schedule
 from .pipeline import StepImages
 from .records import METRICS_FILE, append_record, open_tensorboard, read_records, rewrite_records, write_csv
@@ -269,6 +269,8 @@ class CoupledTrainer:
             rec[f"weight_div/{name}"] = weight_divergence(
                 _weight_matrices(self.models[0]), _weight_matrices(self.models[i]))["mean"]
         rec["loss_gap"], rec["loss_gap_bound"] = self._loss_gap()
+        if cfg.layer_alignment:
+            rec.update(self._layer_records(ref, mine))
         ref_y, probe_y = ref.labels[mine].to(self.device), probe.labels.to(self.device)
         for name, (h, _), ph in zip(self.names, feats, probe_h):  # the bank gathered, the queries this rank's
             ph = _gather_rows(ph, world)
@@ -278,6 +280,19 @@ class CoupledTrainer:
                 rec[f"linear/{name}"] = _sharded_accuracy(linear_probe_accuracy, ph, probe_y, h, ref_y, world)
         rec["anchor"] = self.names[0]
         return rec
+
+    def _layer_records(self, ref, mine: torch.Tensor) -> dict[str, float]:
+        """layer_cka/<model>/<block>: the anchor's block against the same block of every other model (linear
+        CKA, exact, pooled block outputs; this rank's reference rows, the statistics all-reduced)."""
+        blocks, pool = encoder_blocks(self.models[0], self.cfg.model)
+        group = dist.group.WORLD if self.world > 1 else None
+        out = {}
+        for name, model in zip(self.names[1:], self.models[1:]):
+            batches = (ref.load(part).to(self.device, non_blocking=True) for part in mine.split(512))
+            res = layer_alignment(self.models[0], model, batches, blocks, blocks, method="exact", pool=pool,
+                                  pairs="matching", process_group=group)
+            out.update({f"layer_cka/{name}/{b}": float(res.cka[i, i]) for i, b in enumerate(blocks)})
+        return out
 
     @torch.no_grad()
     def _loss_gap(self) -> tuple[float, float]:

@@ -99,3 +99,19 @@ def build_model(name: str, in_channels: int, num_classes: int, hidden_dim: int, 
         raise ValueError(f"model {name!r} is not available "
                          f"(choices: small_cnn, resnet18, resnet50, {', '.join(VIT_SIZES)})")
     return CoupledNet(encoder, dim, hidden_dim, projector_dim, num_classes)
+
+
+def encoder_blocks(model: CoupledNet, name: str) -> tuple[list[str], str]:
+    """The modules a per-layer alignment compares — the encoder's blocks (the small CNN's three conv stages,
+    ResNet's residual blocks, ViT's encoder layers), then the encoder (h) and the projector (z) — and the
+    pooling that makes their outputs vectors (channels for CNNs, the mean token for ViTs)."""
+    if name == "small_cnn":
+        blocks = [f"encoder.net.{i}" for i in (2, 5, 8)]
+    elif name in ("resnet18", "resnet50"):
+        blocks = [f"encoder.{stage}.{i}" for stage, layer in model.encoder.named_children()
+                  if stage.startswith("layer") for i in range(len(layer))]
+    elif name in VIT_SIZES:
+        blocks = [f"encoder.encoder.layers.{n}" for n, _ in model.encoder.encoder.layers.named_children()]
+    else:
+        raise ValueError(f"model {name!r}: no block list for the per-layer alignment")
+    return blocks + ["encoder", "projector"], "tokens" if name in VIT_SIZES else "avg"

@@ -10,6 +10,8 @@
 * ``losses.png``             training loss of every model;
 * ``theory.png``             when the run has cl and nscl: the similarity gap against Theorem 1's bound, CKA
                              and RSA against their lower bounds (`train/report_theory.py`);
+* ``layers.png``             with layer_alignment=true: per compared model, the CKA of every encoder block with
+                             the anchor's, block × evaluation (`train/report_layers.py`);
 
 into RUN_DIR and returns a markdown summary: a table per compared model and the paper's three qualitative
 findings, each stated as holds / does not hold / not applicable with the numbers behind it. The thresholds
@@ -23,6 +25,7 @@ import sys
 from pathlib import Path
 
 from .records import METRICS_FILE, read_records
+from .report_layers import has_layers, layers_figure
 from .report_theory import has_theory, theory_figure, theory_lines
 
 FIGURES = ("alignment.png", "weight_divergence.png", "loss_gap.png", "accuracy.png", "losses.png")
@@ -197,6 +200,8 @@ def _figures(records: list[dict], anchor: str, models: list[str], compared: list
     save(fig, "losses.png")
     if has_theory(records):
         notes += theory_figure(records, new, save, legend)
+    if has_layers(records):
+        notes += layers_figure(records, new, save)
     return notes
 
 
@@ -304,7 +309,8 @@ def write_report(run_dir) -> str:
     records, notes = read_metrics(path)
     anchor, models, compared = _models(records)
     notes += _figures(records, anchor, models, compared, path.parent)
-    figs = ", ".join(FIGURES + (("theory.png",) if has_theory(records) else ()))
+    figs = ", ".join(FIGURES + (("theory.png",) if has_theory(records) else ())
+                     + (("layers.png",) if has_layers(records) else ()))
     return summary(records, notes) + f"\n\nFigures in {path.parent}: {figs}"
 
 

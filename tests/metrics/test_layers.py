@@ -198,3 +198,24 @@ def test_exports_and_heatmap(tmp_path):
     res.heatmap(tmp_path / "r.png", metric="rsa", annotate=False)
     with pytest.raises(ValueError, match="metric"):
         res.heatmap(tmp_path / "x.png", metric="svcca")
+
+
+def test_matching_pairs_and_token_pooling():
+    """pairs='matching' computes layer i against layer i only; pool='tokens' averages (b, T, D) over T."""
+    a, b, x = _cnn(0), _cnn(1), _data(25)
+    full = layer_alignment(a, b, [x], ["0", "2", "5"], ["0", "2", "5"], method="exact")
+    diag = layer_alignment(a, b, [x], ["0", "2", "5"], ["0", "2", "5"], method="exact", pairs="matching")
+    torch.testing.assert_close(diag.cka.diagonal(), full.cka.diagonal())
+    assert bool(torch.isnan(diag.cka[~torch.eye(3, dtype=torch.bool)]).all())
+    with pytest.raises(ValueError, match="as many layers"):
+        layer_alignment(a, b, [x], ["0", "2"], ["0"], pairs="matching")
+    with pytest.raises(ValueError, match="pairs"):
+        layer_alignment(a, b, [x], pairs="some")
+    tokens = nn.Sequential(nn.Linear(4, 6), nn.Identity()).double()
+    t = torch.randn(20, 7, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    res = layer_alignment(tokens, None, [t], ["0"], ["1"], pool="tokens")
+    assert math.isclose(res.cka[0, 0], 1.0, rel_tol=1e-12)
+    with torch.no_grad():
+        mean_token = tokens[0](t).mean(1)
+    other = layer_alignment(tokens, nn.Sequential(nn.Identity()).double(), [t], ["0"], ["0"], pool="tokens")
+    assert math.isclose(other.cka[0, 0], oracle.cka(mean_token, t.mean(1)), rel_tol=1e-9)
