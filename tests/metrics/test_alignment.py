@@ -15,11 +15,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import subprocess
-import sys
 import textwrap
 import threading
-import time
 import warnings
 
 import numpy as np
@@ -29,7 +26,7 @@ import torch
 
 from clnscl.metrics import StreamingAlignment, cka, rsa, similarity_gap
 from tests.support import metrics_oracle as oracle
-from tests.support.processes import REPO, gloo_env
+from tests.support.processes import run_gloo_workers
 from tests.support.metrics_cases import (
     BACKENDS, EXACT, P, Q, SPEARMAN_BOUND, TOL, make_data, need, rng_for, spearman_tol,
     tied_data, usable_backends,
@@ -451,30 +448,8 @@ def test_all_reduce_two_processes(tmp_path):
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("needs torch.distributed with gloo")
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = gloo_env()
-    world, procs, logs = 2, [], []
-    for rank in range(world):
-        log = tmp_path / f"rank{rank}.log"
-        logs.append(log)
-        with open(log, "wb") as fh:
-            cmd = [sys.executable, str(script), str(rank), str(world), str(tmp_path / "store"), str(tmp_path)]
-            procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO)))
-    deadline, hung = time.monotonic() + 120, False
-    for p in procs:
-        try:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            hung = True
-    if hung:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-    logs_text = "\n".join(f"--- rank {r} (exit {p.returncode}):\n{logs[r].read_text(errors='replace')[-3000:]}" for r, p in enumerate(procs))
-    assert not hung, "the gloo group hung (killed after 120 s)\n" + logs_text
-    assert all(p.returncode == 0 for p in procs), logs_text
+    world = 2
+    run_gloo_workers(WORKER, world, tmp_path)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
     x, y = make_data("clustered", 257, seed="dist")
