@@ -427,7 +427,8 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
             if missing:
                 raise ValueError(f"layer {missing[0]!r} produced no output in the forward pass")
             if acc is None:
-                chosen, acc = _start(method, feats, pairs, same, budget_gib, process_group, names_a, names_b)
+                chosen, acc = _start(method, feats, pairs, same, budget_gib, process_group, names_a, names_b,
+                                     sketch_dim)
             _add(acc, chosen, feats, pairs, same, kernel, sketch_dim, seed)
     if acc is None:
         raise ValueError("loader: yielded no batches")
@@ -444,19 +445,21 @@ def _flat(feats: dict, same: bool) -> dict[str, torch.Tensor]:
     return {_key(side, name, same): f for (side, name), f in feats.items()}
 
 
-def _start(method, feats, pairs, same, budget_gib, group, names_a, names_b):
+def _start(method, feats, pairs, same, budget_gib, group, names_a, names_b, sketch_dim):
     """The method the call runs (`auto` resolved against the budget) and its accumulator."""
     if method == "minibatch":
         return method, _Minibatch(group, [_key("a", n, same) for n in names_a], [_key("b", n, same) for n in names_b])
     widths = {k: f.shape[1] for k, f in _flat(feats, same).items()}
     kpairs = [(_key("a", a, same), _key("b", b, same)) for a, b in pairs]
     need = _Exact.bytes_needed(widths, kpairs)
-    if method == "exact" and need > budget_gib * 2**30:
-        raise ValueError(f"method='exact' needs {need / 2**30:.2f} GiB of statistics for these layers (widest "
-                         f"{max(widths.values())} features), above budget_gib={budget_gib}; pool the layers "
-                         "(pool='avg'), or use method='sketch' or 'minibatch', or raise budget_gib")
     if method == "auto":
         method = "exact" if need <= budget_gib * 2**30 else "sketch"
+    if method == "sketch":
+        need = _Exact.bytes_needed({k: min(w, sketch_dim) for k, w in widths.items()}, kpairs)
+    if need > budget_gib * 2**30:
+        raise ValueError(f"method={method!r} needs {need / 2**30:.2f} GiB of statistics for these layers (widest "
+                         f"{max(widths.values())} features), above budget_gib={budget_gib}; pool the layers "
+                         "(pool='avg'), use method='minibatch', a smaller sketch_dim, or raise budget_gib")
     return method, _Exact(group)
 
 

@@ -180,7 +180,9 @@ def test_bad_arguments_name_themselves():
             layer_alignment(a, None, x, **kw)
     with pytest.raises(ValueError, match="budget_gib"):
         layer_alignment(a, None, x, method="exact", budget_gib=1e-6)
-    assert layer_alignment(a, None, x, budget_gib=1e-6).method == "sketch"  # auto falls back
+    assert layer_alignment(a, None, x, budget_gib=5e-4, sketch_dim=16).method == "sketch"  # auto falls back
+    with pytest.raises(ValueError, match="method='sketch' needs"):
+        layer_alignment(a, None, x, budget_gib=1e-6)  # even the sketch does not fit
     with pytest.raises(ValueError, match="no batches"):
         layer_alignment(a, None, [])
 
