@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -35,12 +36,38 @@ def torchrun() -> str:
     return path
 
 
-def run_gloo_workers(script: str, world: int, tmp_path: Path, timeout: float = 120.0) -> None:
-    """Run the Python source `script` as `world` processes (argv: rank, world, FileStore path, tmp_path) from
-    the repository, each writing its results under tmp_path; fail the test, with every rank's log, if one hangs
-    (all are killed after `timeout` seconds) or exits non-zero."""
+WORKER_FRAME = """
+import datetime, json, os, sys
+rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+code = 1
+try:
+    import torch, torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+{body}
+    with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
+        json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+    code = 0
+except BaseException:
+    import traceback
+    traceback.print_exc()
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(code)
+"""
+
+
+def run_gloo_workers(body: str, world: int, tmp_path: Path, timeout: float = 120.0) -> list:
+    """Run `body` (Python source that sets `result`, a JSON-able value, from `rank`, `world`, `torch` and `dist`
+    on an initialised gloo group) as `world` processes from the repository; every rank's `result`, in rank
+    order. Fails the test, with every rank's log, if one hangs (all are killed after `timeout` seconds) or
+    exits non-zero."""
+    import json
+
     worker = tmp_path / "worker.py"
-    worker.write_text(script)
+    worker.write_text(WORKER_FRAME.format(body=textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")))
     procs, logs = [], []
     for rank in range(world):
         logs.append(tmp_path / f"rank{rank}.log")
@@ -62,3 +89,4 @@ def run_gloo_workers(script: str, world: int, tmp_path: Path, timeout: float = 1
                      for r, p in enumerate(procs))
     assert not hung, f"the gloo group hung (killed after {timeout:.0f} s)\n" + text
     assert all(p.returncode == 0 for p in procs), text
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
