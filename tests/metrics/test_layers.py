@@ -258,3 +258,17 @@ def test_two_processes_with_their_parts_equal_one_process(tmp_path):
             if one.rsa is not None:
                 torch.testing.assert_close(torch.tensor(got["rsa"], dtype=torch.float64), one.rsa, rtol=1e-9,
                                            atol=1e-12)
+
+
+def test_minibatch_on_float32_features_keeps_float64_accuracy():
+    """Features with a large common offset (what ReLU blocks give): the per-batch centring lets the float32
+    Gram products carry the estimator's cancellations; the float32 run equals the float64 one to 1e-5."""
+    torch.manual_seed(4)
+    a = nn.Sequential(nn.Linear(20, 3000), nn.ReLU(), nn.Linear(3000, 50))
+    b = nn.Sequential(nn.Linear(20, 2000), nn.ReLU(), nn.Linear(2000, 40))
+    for m in (a, b):
+        nn.init.constant_(m[0].bias, 100.0)  # every unit on, the offset far above the spread (≈ 0.6)
+    x = torch.randn(64, 20, generator=torch.Generator().manual_seed(2))
+    f32 = layer_alignment(a, b, list(x.split(8)), method="minibatch")
+    f64 = layer_alignment(a.double(), b.double(), list(x.double().split(8)), method="minibatch")
+    torch.testing.assert_close(f32.cka, f64.cka, rtol=0, atol=1e-5)
