@@ -52,6 +52,7 @@ from .features import _eval_mode, _inputs
 from .streaming import StreamingAlignment, _cross_stats, _norms2, _own_stats
 
 METHODS = ("auto", "exact", "minibatch", "sketch")
+_GRAM_COLUMNS = 8192  # minibatch: feature columns centred and multiplied at a time
 KERNELS = ("linear", "cosine")
 POOLS = (None, "avg", "max", "tokens")
 PAIRS = ("all", "matching")
@@ -314,10 +315,18 @@ class _Minibatch:
         estimator's cancellations need."""
         grams = []
         for n in names:
-            f = feats[n].float() if feats[n].dtype in (torch.float16, torch.bfloat16) else feats[n]
-            f = torch.nn.functional.normalize(f, dim=1) if kernel == "cosine" else f
-            f = f - f.mean(0)
-            grams.append((f @ f.T).double())
+            f = feats[n]
+            exact = f if f.dtype in (torch.float32, torch.float64) else f.float()
+            scale = 1.0 / torch.linalg.vector_norm(exact, dim=1, keepdim=True).clamp_min(1e-12) \
+                if kernel == "cosine" else None
+            g = torch.zeros(f.shape[0], f.shape[0], dtype=torch.float64, device=f.device)
+            for start in range(0, f.shape[1], _GRAM_COLUMNS):  # column blocks: temporaries O(b · block)
+                blk = f[:, start:start + _GRAM_COLUMNS]
+                blk = blk.float() if blk.dtype in (torch.float16, torch.bfloat16) else blk
+                blk = blk * scale.to(blk.dtype) if scale is not None else blk
+                blk = blk - blk.mean(0)
+                g += (blk @ blk.T).double()
+            grams.append(g)
         g = torch.stack(grams)
         return g - torch.diag_embed(torch.diagonal(g, dim1=1, dim2=2))
 
@@ -423,8 +432,6 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
         for h in hooks:
             stack.enter_context(h)
         for batch in batches:
-            store_a.clear()
-            store_b.clear()
             x = _inputs(batch)
             dev_a = _device_of(model_a)
             model_a(x.to(dev_a) if dev_a is not None else x)
@@ -440,6 +447,9 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
                 chosen, acc = _start(method, feats, pairs, same, budget_gib, process_group, names_a, names_b,
                                      sketch_dim)
             _add(acc, chosen, feats, pairs, same, kernel, sketch_dim, seed)
+            del feats  # no batch's outputs outlive it: the next forward pass starts from the hooks' empty stores
+            store_a.clear()
+            store_b.clear()
     if acc is None:
         raise ValueError("loader: yielded no batches")
     if process_group is not None:
