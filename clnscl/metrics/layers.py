@@ -37,6 +37,7 @@ and the sums are all-reduced (every rank must see at least one batch), giving on
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import warnings
@@ -107,6 +108,8 @@ def _keep(store: dict, name: str, pool, module, inputs, output) -> None:
     elif pool in ("avg", "max") and out.dim() > 2:  # (b, C, *spatial)
         dims = tuple(range(2, out.dim()))
         out = out.mean(dims) if pool == "avg" else out.amax(dims)
+    else:  # a copy: a later in-place op (ReLU(inplace=True) after a norm layer) would change the output
+        out = out.detach().clone()
     store[name] = out.detach().flatten(1)
 
 
@@ -120,6 +123,36 @@ def _hooks(modules: dict[str, nn.Module], store: dict, pool):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> None:
+    dev = _device_of(model)
+    model(x.to(dev) if dev is not None else x)
+
+
+def _once(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor, which: str) -> dict[str, nn.Module]:
+    """The automatically chosen modules that run exactly once in a forward pass on x (a module called several
+    times, like a ResNet block's shared ReLU, or never, has no one output to compare); the others are left out
+    with a warning."""
+    calls = dict.fromkeys(modules, 0)
+
+    def count(name, *_):
+        calls[name] += 1
+
+    handles = [m.register_forward_hook(partial(count, n)) for n, m in modules.items()]
+    try:
+        _forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    dropped = [n for n, c in calls.items() if c != 1]
+    if dropped:
+        warnings.warn(f"{which}: {len(dropped)} automatically chosen module(s) left out because they do not run "
+                      f"exactly once per forward pass (e.g. {', '.join(dropped[:3])})", stacklevel=3)
+    kept = {n: m for n, m in modules.items() if calls[n] == 1}
+    if not kept:
+        raise ValueError(f"{which}: no module runs exactly once per forward pass; name the layers")
+    return kept
 
 
 def _device_of(model: nn.Module):
@@ -142,10 +175,14 @@ class LayerAlignment:
     samples: int
 
     def to_dict(self) -> dict:
+        """The names, settings and matrices as lists (an entry not computed or undefined is None)."""
+        def rows(m: torch.Tensor) -> list:
+            return [[None if math.isnan(v) else v for v in row] for row in m.tolist()]
+
         out = {"names_a": self.names_a, "names_b": self.names_b, "method": self.method, "kernel": self.kernel,
-               "samples": self.samples, "cka": self.cka.tolist()}
+               "samples": self.samples, "cka": rows(self.cka)}
         if self.rsa is not None:
-            out["rsa"] = self.rsa.tolist()
+            out["rsa"] = rows(self.rsa)
         return out
 
     def save_json(self, path) -> Path:
@@ -303,7 +340,7 @@ class _Minibatch:
     """Per pair the sums over batches of the unbiased HSIC of the batch's Gram matrices."""
 
     def __init__(self, group, names_a: list[str], names_b: list[str]):
-        self.group, self.n = group, 0
+        self.group, self.n, self.skipped = group, 0, 0
         self.names_a, self.names_b = names_a, names_b
         self.xy = self.xx = self.yy = None
 
@@ -341,8 +378,11 @@ class _Minibatch:
 
     def add(self, feats: dict[str, torch.Tensor], kernel: str) -> None:
         b = next(iter(feats.values())).shape[0]
-        if b < 4:
-            raise ValueError(f"method='minibatch': every batch needs at least 4 samples (unbiased HSIC), got {b}")
+        if b < 4:  # e.g. a DataLoader's last batch: the unbiased HSIC needs 4 samples
+            warnings.warn(f"method='minibatch': a batch of {b} sample(s) left out (the unbiased HSIC needs at "
+                          "least 4 samples a batch)", stacklevel=4)
+            self.skipped += b
+            return
         ka = self._grams(feats, self.names_a, kernel)
         kb = ka if self.names_b == self.names_a else self._grams(feats, self.names_b, kernel)
         xy = self._hsic(ka, kb)
@@ -366,6 +406,8 @@ class _Minibatch:
         self.yy, self.n = flat[la * lb + la:la * lb + la + lb], int(flat[-1])
 
     def cka(self) -> torch.Tensor:
+        if self.xy is None:
+            raise ValueError(f"method='minibatch': no batch of at least 4 samples (all {self.skipped} left out)")
         den = torch.sqrt(self.xx[:, None] * self.yy[None, :])
         bad = ~(den > 0)
         if bool(bad.any()):
@@ -404,54 +446,59 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
     model_b = model_a if model_b is None else model_b
     mods_a = resolve_layers(model_a, layers_a, "layers_a")
     mods_b = mods_a if same and layers_b is None else resolve_layers(model_b, layers_b, "layers_b")
-    names_a, names_b = list(mods_a), list(mods_b)
-    if pairs == "matching" and len(names_a) != len(names_b):
-        raise ValueError(f"pairs='matching' needs as many layers on both sides, got {len(names_a)} and "
-                         f"{len(names_b)}")
     if pairs == "matching" and method == "minibatch":
         raise ValueError("pairs='matching': the minibatch estimator computes every pair; use method='exact'")
-    # the pairs whose statistics are kept: with one model, each unordered pair once
-    wanted = zip(names_a, names_b) if pairs == "matching" else ((a, b) for a in names_a for b in names_b)
-    pairs, seen = [], set()
-    for a, b in wanted:
-        key = frozenset((a, b)) if same else (a, b)
-        if key not in seen:
-            seen.add(key)
-            pairs.append((a, b))
-    store_a: dict[str, torch.Tensor] = {}
-    store_b = store_a if same else {}
-    hooks = [_hooks({**mods_a, **mods_b} if same else mods_a, store_a, pool)]
-    if not same:
-        hooks.append(_hooks(mods_b, store_b, pool))
-    chosen, acc = method, None
-    batches = loader
+    batches = iter(loader)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("loader: yielded no batches")
     if progress:
         from tqdm import tqdm
-        batches = tqdm(loader, desc="layer alignment", unit="batch")
+        batches = tqdm(itertools.chain([first], batches), desc="layer alignment", unit="batch")
+    else:
+        batches = itertools.chain([first], batches)
     with _eval_mode(*({model_a, model_b})), contextlib.ExitStack() as stack:
-        for h in hooks:
-            stack.enter_context(h)
+        if layers_a is None:  # automatic choice: only the leaves that run once per forward pass
+            mods_a = _once(model_a, mods_a, _inputs(first), "layers_a")
+            mods_b = mods_a if same and layers_b is None else mods_b
+        if layers_b is None and not same:
+            mods_b = _once(model_b, mods_b, _inputs(first), "layers_b")
+        names_a, names_b = list(mods_a), list(mods_b)
+        if pairs == "matching" and len(names_a) != len(names_b):
+            raise ValueError(f"pairs='matching' needs as many layers on both sides, got {len(names_a)} and "
+                             f"{len(names_b)}")
+        # the pairs whose statistics are kept: with one model, each unordered pair once
+        wanted = zip(names_a, names_b) if pairs == "matching" else ((a, b) for a in names_a for b in names_b)
+        kept, seen = [], set()
+        for a, b in wanted:
+            key = frozenset((a, b)) if same else (a, b)
+            if key not in seen:
+                seen.add(key)
+                kept.append((a, b))
+        store_a: dict[str, torch.Tensor] = {}
+        store_b = store_a if same else {}
+        stack.enter_context(_hooks({**mods_a, **mods_b} if same else mods_a, store_a, pool))
+        if not same:
+            stack.enter_context(_hooks(mods_b, store_b, pool))
+        chosen, acc = method, None
         for batch in batches:
             x = _inputs(batch)
-            dev_a = _device_of(model_a)
-            model_a(x.to(dev_a) if dev_a is not None else x)
+            _forward(model_a, x)
             if not same:
-                dev_b = _device_of(model_b)
-                model_b(x.to(dev_b) if dev_b is not None else x)
+                _forward(model_b, x)
             feats = {**{("a", n): store_a[n] for n in names_a if n in store_a},
                      **{("b", n): store_b[n] for n in names_b if n in store_b}}
             missing = [n for n in names_a if n not in store_a] + [n for n in names_b if n not in store_b]
             if missing:
                 raise ValueError(f"layer {missing[0]!r} produced no output in the forward pass")
             if acc is None:
-                chosen, acc = _start(method, feats, pairs, same, budget_gib, process_group, names_a, names_b,
+                chosen, acc = _start(method, feats, kept, same, budget_gib, process_group, names_a, names_b,
                                      sketch_dim)
-            _add(acc, chosen, feats, pairs, same, kernel, sketch_dim, seed)
+            _add(acc, chosen, feats, kept, same, kernel, sketch_dim, seed)
             del feats  # no batch's outputs outlive it: the next forward pass starts from the hooks' empty stores
             store_a.clear()
             store_b.clear()
-    if acc is None:
-        raise ValueError("loader: yielded no batches")
+    pairs = kept
     if process_group is not None:
         acc.all_reduce()
     return _result(acc, chosen, names_a, names_b, pairs, same, kernel, rsa)
@@ -506,7 +553,7 @@ def _result(acc, method, names_a, names_b, pairs, same, kernel, rsa) -> LayerAli
         got[(a, b)] = acc.metrics(_key("a", a, same), _key("b", b, same), keys)
     for i, a in enumerate(names_a):
         for j, b in enumerate(names_b):
-            m = got.get((a, b)) or got.get((b, a))
+            m = got.get((a, b)) or (got.get((b, a)) if same else None)
             if m is None:  # pairs="matching": not computed
                 continue
             cka[i, j] = m[f"cka_{kernel}"]

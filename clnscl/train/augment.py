@@ -181,9 +181,11 @@ class Augment:
                     [h, w], device=extent.device)).any()):
                 raise ValueError(f"Augment: extent must be ({b}, 2) image heights and widths within the {h}×{w} "
                                  f"canvas, got shape {tuple(extent.shape)}")
-            if self.config.rotation > 0.0 and self.config.padding_mode != "zeros":
-                raise ValueError("Augment: images on a canvas (extent) are rotated with padding_mode='zeros' "
-                                 f"only (the canvas is not the image's border), got {self.config.padding_mode!r}")
+            smaller = bool((extent < torch.tensor([h, w], device=extent.device)).any())
+            if smaller and self.config.rotation > 0.0 and self.config.padding_mode != "zeros":
+                raise ValueError("Augment: images smaller than their canvas (extent) are rotated with "
+                                 "padding_mode='zeros' only (the canvas is not the image's border), got "
+                                 f"{self.config.padding_mode!r}")
         total = b if batch_size is None else int(batch_size)
         if offset < 0 or offset + b > total:
             raise ValueError(f"Augment: rows {offset}..{offset + b - 1} of x are not inside a batch of batch_size="

@@ -192,6 +192,10 @@ class Config:
             check_min("decode_size", self.decode_size, 8)
         check_range("decode_aspect", self.decode_aspect, 1.0, None)
         check_range("eval_cache_gib", self.eval_cache_gib, 0.0, None)
+        if self.decode_aspect > 1.0 and self.augment.rotation > 0.0 and self.augment.padding_mode != "zeros":
+            raise ConfigError("config key 'augment.padding_mode': images decoded with decode_aspect > 1 lie on "
+                              "canvases, where a rotation can only bring in zeros; use padding_mode=zeros or "
+                              "rotation=0")
         if not self.stream:
             for key, default in (("decode_size", None), ("decode_aspect", 1.0), ("gpu_decode", False)):
                 if getattr(self, key) != default:

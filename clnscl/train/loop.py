@@ -357,7 +357,8 @@ class CoupledTrainer:
         path, state = load_checkpoint(path)  # on the CPU: load_state_dict moves what it takes
         step, run = state["step"], state["run"]
         cfg = self.cfg.to_dict()
-        differ = [k for k in self._RUN_KEYS if run.get(k) != cfg[k]]
+        defaults = type(self.cfg)().to_dict()  # a key a checkpoint predates had its default then
+        differ = [k for k in self._RUN_KEYS if run.get(k, defaults[k]) != cfg[k]]
         if differ:
             raise ValueError(f"checkpoint {path} belongs to another run: {', '.join(differ)} differ "
                              f"(checkpoint {[run.get(k) for k in differ]}, config {[cfg[k] for k in differ]})")

@@ -6,14 +6,15 @@ files of the steps ahead (each worker one step's shard at a time, `prefetch` ste
 back in step order, in pinned memory as uint8 canvases with each image's extent (`datasets.on_canvas`), and
 are copied to the device without blocking and converted there. With `gpu_decode` the workers only read the
 files' bytes and the JPEGs are decoded on the device (`torchvision.io.decode_jpeg`, batched), resized
-there (`resize_shorter`); other formats are decoded by the CPU. The loader's batch sampler is a copy of the
-trainer's resumable sampler taken at the first step, so it runs ahead across epoch boundaries and stays exact
-after a resume: every delivered batch carries its indices, which must equal the step's (anything else is a
-RuntimeError, never a silently different batch).
+there (`resize_shorter`); other formats, and JPEGs the device decoder refuses, are decoded by PIL. The
+loader's batch sampler is a copy of the trainer's resumable sampler taken at the first step, so it runs ahead
+across epoch boundaries and stays exact after a resume: every delivered batch carries its indices, which must
+equal the step's (anything else is a RuntimeError, never a silently different batch).
 """
 from __future__ import annotations
 
 import copy
+import io
 from typing import Callable, Iterator
 
 import torch
@@ -66,22 +67,46 @@ def resize_shorter(image: torch.Tensor, size: int, max_aspect: float = 1.0) -> t
     return out[0, :, top:top + kh, left:left + kw].round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _pil_rgb(data: torch.Tensor, path: str) -> torch.Tensor:
+    """uint8 (3, H, W) of a file's bytes decoded by PIL (every format the CPU path reads); errors name the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+            img = img.convert("RGB")
+            (w, h), raw = img.size, img.tobytes()
+    except Exception as exc:
+        raise OSError(f"imagefolder: cannot read image {path}: {exc}") from exc
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1)
+
+
+def _one_jpeg(data: torch.Tensor, device: torch.device):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+
+
 def decode_on(device: torch.device, data: list[torch.Tensor], files: ImageFiles, paths: list[str]):
     """The canvases (B, 3, canvas, canvas) uint8 and extents (B, 2) on `device` of files given as their bytes:
-    the JPEGs decoded on `device` in one batched call, the other formats by the CPU."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    the JPEGs decoded on `device` in one batched call (one by one when that call fails), the other formats and
+    any JPEG the device decoder refuses by PIL on the CPU."""
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     jpeg = [k for k, d in enumerate(data) if bytes(d[:3].tolist()) == JPEG_MAGIC]
     images: list = [None] * len(data)
-    try:
-        if jpeg:
-            for k, img in zip(jpeg, decode_jpeg([data[k] for k in jpeg], mode=ImageReadMode.RGB, device=device)):
-                images[k] = img
-        for k, d in enumerate(data):
-            if images[k] is None:
-                images[k] = decode_image(d, mode=ImageReadMode.RGB).to(device)
-    except RuntimeError as exc:
-        raise OSError(f"imagefolder: cannot decode a batch of images (e.g. {paths[0]}): {exc}") from exc
+    if jpeg:
+        try:
+            decoded = decode_jpeg([data[k] for k in jpeg], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch: decode them one by one
+            decoded = [_one_jpeg(data[k], device) for k in jpeg]
+        for k, img in zip(jpeg, decoded):
+            images[k] = img
+    for k, d in enumerate(data):
+        if images[k] is None:
+            images[k] = _pil_rgb(d, paths[k]).to(device)
     canvases, extents = zip(*(on_canvas(resize_shorter(img, files.decode_size, files.max_aspect), files.canvas)
                               for img in images))
     return torch.stack(canvases), torch.stack(extents).to(device)

@@ -18,7 +18,6 @@ forms are the run's: `decoupled` picks the paper's formulas, else InfoNCE (see `
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -45,6 +44,7 @@ class TheoryRecords:
         counts = torch.bincount(train_labels.cpu())
         self.pi_max = float(counts.max()) / float(counts.sum())
         self.seen = 0.0
+        self._eta = (0, 0.0)  # (steps, Σ η over them) summed so far
 
     def observe(self, labels: torch.Tensor, views: int) -> None:
         """A training batch's sample labels (the global batch)."""
@@ -54,7 +54,10 @@ class TheoryRecords:
         """The theory/ keys at `step` from the anchor/other coupling terms (`StreamingAlignment.coupling_terms`)."""
         cfg = self.cfg
         b, tau, delta = cfg.batch_size, cfg.temperature, cfg.theory_delta
-        eta_sum = math.fsum(self.eta(t) for t in range(step))
+        done, eta_sum = self._eta if self._eta[0] <= step else (0, 0.0)
+        for t in range(done, step):  # left to right, as from step 0: a resumed run adds the same numbers
+            eta_sum += self.eta(t)
+        self._eta = (step, eta_sum)
         steps = max(step, 1)
         d = theory.delta_pi(self.pi_max, tau, b, steps, delta)
         bound = theory.theorem1_bound([eta_sum], tau, b, d)

@@ -122,11 +122,12 @@ def test_a_model_against_itself_is_symmetric_and_equals_passing_it_twice():
     a, x = _cnn(9), _data(33)
     calls = []
     a.register_forward_pre_hook(lambda m, inp: calls.append(1))
-    one = layer_alignment(a, None, list(x.split(11)), rsa=True)
-    assert len(calls) == 3  # one forward pass per batch
+    names = [str(i) for i in range(8)]
+    one = layer_alignment(a, None, list(x.split(11)), names, rsa=True)
+    assert len(calls) == 3  # one forward pass per batch (automatic layers add one probe pass)
     torch.testing.assert_close(one.cka, one.cka.T, rtol=0, atol=0)
     torch.testing.assert_close(one.cka.diagonal(), torch.ones(8, dtype=torch.float64))
-    twice = layer_alignment(a, _copy(a), list(x.split(11)), rsa=True)
+    twice = layer_alignment(a, _copy(a), list(x.split(11)), names, names, rsa=True)
     torch.testing.assert_close(one.cka, twice.cka, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(one.rsa, twice.rsa, rtol=1e-12, atol=1e-12)
     mb = layer_alignment(a, None, list(x.split(11)), method="minibatch")
@@ -272,3 +273,40 @@ def test_minibatch_on_float32_features_keeps_float64_accuracy():
     f32 = layer_alignment(a, b, list(x.split(8)), method="minibatch")
     f64 = layer_alignment(a.double(), b.double(), list(x.double().split(8)), method="minibatch")
     torch.testing.assert_close(f32.cka, f64.cka, rtol=0, atol=1e-5)
+
+
+
+def test_review_cases_inplace_outputs_matching_pairs_shared_modules_and_small_batches(tmp_path):
+    """A layer whose output a later in-place op changes keeps its own output; pairs='matching' between two models
+    leaves the other cells NaN (no transposed pair); an automatic choice leaves out a module that runs twice (a
+    ResNet block's shared ReLU) with a warning; a last batch of fewer than 4 samples is left out of the minibatch
+    estimate with a warning; NaN cells are JSON null."""
+    torch.manual_seed(0)
+    inplace = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(inplace=True), nn.Linear(16, 4)).double()
+    copy = nn.Sequential(*inplace[:2], nn.ReLU(), inplace[3])
+    x = torch.randn(40, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = layer_alignment(inplace, None, list(x.split(10)), ["1", "2"], method="exact").cka
+    want = layer_alignment(copy, None, list(x.split(10)), ["1", "2"], method="exact").cka
+    torch.testing.assert_close(got, want)
+    assert got[0, 1] < 0.99
+    a, b, xs = _cnn(0), _cnn(1), _data(20)
+    res = layer_alignment(a, b, [xs], ["0", "2", "4"], ["2", "4", "0"], method="exact", pairs="matching")
+    full = layer_alignment(a, b, [xs], ["0", "2", "4"], ["2", "4", "0"], method="exact")
+    torch.testing.assert_close(res.cka.diagonal(), full.cka.diagonal())
+    assert bool(torch.isnan(res.cka[~torch.eye(3, dtype=torch.bool)]).all())
+    assert json.loads(res.save_json(tmp_path / "m.json").read_text())["cka"][0][1] is None
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.act = nn.Linear(8, 8), nn.Linear(8, 8), nn.ReLU()
+
+        def forward(self, v):
+            return self.act(self.fc2(self.act(self.fc1(v))))
+
+    with pytest.warns(UserWarning, match="act"):
+        auto = layer_alignment(Shared().double(), None, [x], method="exact")
+    assert auto.names_a == ["fc1", "fc2"]
+    with pytest.warns(UserWarning, match="2 sample"):
+        mb = layer_alignment(a, b, [xs[:8], xs[8:16], xs[16:18]], ["0"], ["0"], method="minibatch")
+    assert mb.samples == 16

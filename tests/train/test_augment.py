@@ -191,3 +191,12 @@ def test_a_canvas_needs_extents_inside_it_and_zero_padding():
         Augment(padding_mode="reflection")(canvas, seeded(0), extent=torch.tensor([[4, 4], [10, 10]]))
     assert Augment()(canvas[:0], seeded(0), extent=torch.zeros(0, 2, dtype=torch.int64) + 1,
                      size=(4, 5)).shape == (0, 3, 4, 5)
+
+
+def test_images_that_fill_their_canvas_may_rotate_with_any_padding():
+    """The zero-padding rule is for images smaller than their canvas: full extents (decode_aspect = 1) behave
+    as no extent at all, with every padding mode."""
+    x = torch.rand(3, 3, 10, 10, generator=seeded(4))
+    aug = Augment(padding_mode="reflection", rotation=20.0)
+    full = aug(x, seeded(5), extent=torch.tensor([[10, 10]] * 3))
+    torch.testing.assert_close(full, aug(x, seeded(5)), rtol=0, atol=1e-6)

@@ -54,8 +54,15 @@ def test_the_gpu_decoders_path_equals_the_cpu_decoding_to_a_level(tmp_path):
     assert canvases.shape == want_c.shape == (5, 3, 27, 27) and torch.equal(extents, want_e)
     diff = (canvases.int() - want_c.int()).abs().float()
     assert diff.max() <= 6 and diff.mean() < 0.5, (diff.max(), diff.mean())
-    with pytest.raises(OSError, match="cannot decode"):
-        decode_on(torch.device("cpu"), [torch.tensor([255, 216, 255, 0, 1], dtype=torch.uint8)], files, ["bad.jpg"])
+    bad = torch.tensor([255, 216, 255, 0, 1], dtype=torch.uint8)  # a JPEG's magic, then nothing
+    with pytest.raises(OSError, match="bad.jpg"):  # the failing file named, not the batch's first
+        decode_on(torch.device("cpu"), [data[0], bad], files, [str(paths[0]), "bad.jpg"])
+    bmp = _picture(tmp_path / "5.bmp", 30, 41, 5, "BMP")  # a format torchvision's decoder lacks: PIL reads it
+    got, ext = decode_on(torch.device("cpu"), [torch.frombuffer(bytearray(bmp.read_bytes()), dtype=torch.uint8)],
+                         files, [str(bmp)])
+    want, want_ext = ImageFiles([bmp], torch.zeros(1), 16, decode_size=18, max_aspect=1.5).train_image(0)
+    assert torch.equal(ext[0], want_ext) and want_ext.tolist() == [18, 24]
+    assert (got[0].int() - want.int()).abs().max() <= 6
 
 
 def test_resize_shorter_equals_torchvision_resize_on_tensors():
@@ -143,3 +150,28 @@ def test_a_streamed_run_on_canvases_resumes_exactly(tmp_path):
     resumed = CoupledTrainer(load_config(None, over), tmp_path / "cut", log=lambda *_: None).run(resume=True)
     strip = lambda recs: [without_timings(r) for r in recs]  # noqa: E731
     assert strip(resumed) == strip(full) and full[-1]["step"] == 6
+
+
+def test_canvases_with_rotation_need_zero_padding_in_the_config():
+    with pytest.raises(ConfigError, match="padding_mode"):
+        Config(dataset="imagefolder", data_root="x", stream=True, decode_aspect=1.5,
+               augment={"rotation": 10.0, "padding_mode": "border"})
+
+
+def test_a_checkpoint_without_the_new_run_keys_resumes(tmp_path):
+    """A checkpoint written before decode_size, decode_aspect and gpu_decode existed holds none of them: they
+    had their defaults, so the run resumes (to the uninterrupted run's records)."""
+    from clnscl.train.checkpoint import load_checkpoint, save_checkpoint
+    from clnscl.train.config import load_config
+    from clnscl.train.loop import CoupledTrainer
+    from tests.train.test_loop import TINY, without_timings
+
+    over = [*TINY, "checkpoint_every=2"]
+    full = CoupledTrainer(load_config(None, over), tmp_path / "full", log=lambda *_: None).run()
+    CoupledTrainer(load_config(None, over), tmp_path / "cut", log=lambda *_: None).run(stop_after=4)
+    path, state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for key in ("decode_size", "decode_aspect", "gpu_decode"):
+        del state["run"][key]
+    save_checkpoint(state, path)
+    resumed = CoupledTrainer(load_config(None, over), tmp_path / "cut", log=lambda *_: None).run(resume=True)
+    assert [without_timings(r) for r in resumed] == [without_timings(r) for r in full]
