@@ -267,6 +267,16 @@ def _layer_seed(seed: int, key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
 
 
+def _sum_into(table: dict, key, sums: list[dict]) -> None:
+    """table[key] += sums (a tuple of dicts of tensors, summed key by key), or = sums the first time."""
+    if key not in table:
+        table[key] = tuple(sums)
+        return
+    for mine, new in zip(table[key], sums):
+        for k in mine:
+            mine[k] += new[k]
+
+
 class _Exact:
     """Per layer its own sums, per pair the cross sums (of the shifted rows and of the normalised rows)."""
 
@@ -297,21 +307,10 @@ class _Exact:
         for name, f in feats.items():
             raw, unit = f - self.shift[name], torch.nn.functional.normalize(f, dim=1)
             rows[name] = [(raw, _norms2(raw)), (unit, _norms2(unit))]
-            own = [_own_stats(a, n2, "x") for a, n2 in rows[name]]
-            if name in self.own:
-                for mine, new in zip(self.own[name], own):
-                    for key in mine:
-                        mine[key] += new[key]
-            else:
-                self.own[name] = tuple(own)
+            _sum_into(self.own, name, [_own_stats(a, n2, "x") for a, n2 in rows[name]])
         for a, b in pairs:
             cross = [_cross_stats(ra, na2, [rb], [nb2])[0] for (ra, na2), (rb, nb2) in zip(rows[a], rows[b])]
-            if (a, b) in self.cross:
-                for mine, new in zip(self.cross[(a, b)], cross):
-                    for key in mine:
-                        mine[key] += new[key]
-            else:
-                self.cross[(a, b)] = tuple(cross)
+            _sum_into(self.cross, (a, b), cross)
         self.n += next(iter(feats.values())).shape[0]
 
     def all_reduce(self) -> None:
@@ -376,6 +375,14 @@ class _Minibatch:
         ca, cb = ka.sum(1), kb.sum(1)
         return (trace + torch.outer(sa, sb) / ((b - 1) * (b - 2)) - 2.0 / (b - 2) * (ca @ cb.T)) / (b * (b - 3))
 
+    @staticmethod
+    def _hsic_self(k: torch.Tensor) -> torch.Tensor:
+        """Unbiased HSIC(K, K) of each zero-diagonal Gram k (L, b, b): the diagonal of `_hsic(k, k)`."""
+        b = k.shape[1]
+        s, c = k.sum((1, 2)), k.sum(1)
+        trace = k.square().sum((1, 2))
+        return (trace + s * s / ((b - 1) * (b - 2)) - 2.0 / (b - 2) * c.square().sum(1)) / (b * (b - 3))
+
     def add(self, feats: dict[str, torch.Tensor], kernel: str) -> None:
         b = next(iter(feats.values())).shape[0]
         if b < 4:  # e.g. a DataLoader's last batch: the unbiased HSIC needs 4 samples
@@ -386,8 +393,8 @@ class _Minibatch:
         ka = self._grams(feats, self.names_a, kernel)
         kb = ka if self.names_b == self.names_a else self._grams(feats, self.names_b, kernel)
         xy = self._hsic(ka, kb)
-        xx = torch.diagonal(xy).clone() if kb is ka else torch.diagonal(self._hsic(ka, ka)).clone()
-        yy = xx if kb is ka else torch.diagonal(self._hsic(kb, kb)).clone()
+        xx = torch.diagonal(xy).clone() if kb is ka else self._hsic_self(ka)
+        yy = xx if kb is ka else self._hsic_self(kb)
         if self.xy is None:
             self.xy, self.xx, self.yy = xy, xx, yy.clone()
         else:

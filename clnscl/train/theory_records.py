@@ -18,7 +18,6 @@ forms are the run's: `decoupled` picks the paper's formulas, else InfoNCE (see `
 """
 from __future__ import annotations
 
-
 import torch
 
 from .. import theory
