@@ -5,6 +5,8 @@ records under `theory/`
   Theorem 1 at this step, and gap_trivial = 2N (no two similarity matrices are further apart);
 - rho and r (Corollaries 1 and 2, exact from the streaming Gram statistics) with cka_bound and rsa_bound,
   their lower bounds, and cka_bound_thm1 and rsa_bound_thm1, the same through Theorem 1's gap bound;
+- k_norm ‖HΣ^anchorH‖_F and rdm_scale √M·σ_a, the norms ρ and r divide by: how well conditioned they are (a
+  feature error ε moves ρ by up to 2εN(2 + ρ)/k_norm and r by up to 2ε√M(2 + r)/rdm_scale);
 - same_class_max: the largest same-class fraction of any anchor's CL denominator in the batches so far,
   against same_class_limit = π_max + ε_{B,δ};
 - eta_sum: Σ_{t<T} η_t.
@@ -65,6 +67,7 @@ class TheoryRecords:
             "theory/gap": terms["sigma_gap"], "theory/gap_bound": bound, "theory/gap_trivial": 2.0 * self.n_ref,
             "theory/rho": terms["rho"], "theory/cka_bound": theory.cka_lower_bound(terms["rho"]),
             "theory/cka_bound_thm1": theory.cka_lower_bound(rho_b),
+            "theory/k_norm": terms["k_norm"], "theory/rdm_scale": terms["rdm_scale"],
             "theory/r": terms["r"], "theory/rsa_bound": theory.rsa_lower_bound(terms["r"]),
             "theory/rsa_bound_thm1": theory.rsa_lower_bound(r_b),
             "theory/same_class_max": self.seen,

@@ -24,7 +24,8 @@ def _materialised_terms(x, y):
     i, j = torch.triu_indices(n, n, 1)
     a, b = sx[i, j], sy[i, j]
     return {"gap": float((sx - sy).norm()), "rho": float((kx - ky).norm() / kx.norm()),
-            "r": float((a - b).norm() / (a - a.mean()).norm())}
+            "r": float((a - b).norm() / (a - a.mean()).norm()), "k_norm": float(kx.norm()),
+            "rdm_scale": float((a - a.mean()).norm())}
 
 
 def test_the_theory_records_are_the_runs_own_quantities(tmp_path):
@@ -38,7 +39,7 @@ def test_the_theory_records_are_the_runs_own_quantities(tmp_path):
     ref = trainer.data.reference
     (_, z_cl), (_, z_nscl) = _features(trainer.models[:2], ref, torch.arange(len(ref)), trainer.device)
     want = _materialised_terms(z_cl, z_nscl)
-    for key in ("gap", "rho", "r"):
+    for key in ("gap", "rho", "r", "k_norm", "rdm_scale"):
         assert math.isclose(last[f"theory/{key}"], want[key], rel_tol=1e-6), key
     assert math.isclose(last["theory/cka_bound"], (1 - want["rho"]) / (1 + want["rho"]), rel_tol=1e-6)
     assert last["theory/cka_bound"] <= last["cka_cosine/nscl"] and last["theory/rsa_bound"] <= last["rsa_pearson/nscl"]
