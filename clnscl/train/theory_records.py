@@ -54,23 +54,33 @@ class TheoryRecords:
     def record(self, step: int, terms: dict[str, float]) -> dict[str, float]:
         """The theory/ keys at `step` from the anchor/other coupling terms (`StreamingAlignment.coupling_terms`)."""
         cfg = self.cfg
-        b, tau, delta = cfg.batch_size, cfg.temperature, cfg.theory_delta
         done, eta_sum = self._eta if self._eta[0] <= step else (0, 0.0)
         for t in range(done, step):  # left to right, as from step 0: a resumed run adds the same numbers
             eta_sum += self.eta(t)
         self._eta = (step, eta_sum)
-        steps = max(step, 1)
-        d = theory.delta_pi(self.pi_max, tau, b, steps, delta)
-        bound = theory.theorem1_bound([eta_sum], tau, b, d)
-        rho_b, r_b = theory.bound_ratios(bound, terms)
-        return {
-            "theory/gap": terms["sigma_gap"], "theory/gap_bound": bound, "theory/gap_trivial": 2.0 * self.n_ref,
-            "theory/rho": terms["rho"], "theory/cka_bound": theory.cka_lower_bound(terms["rho"]),
-            "theory/cka_bound_thm1": theory.cka_lower_bound(rho_b),
-            "theory/k_norm": terms["k_norm"], "theory/rdm_scale": terms["rdm_scale"],
-            "theory/r": terms["r"], "theory/rsa_bound": theory.rsa_lower_bound(terms["r"]),
-            "theory/rsa_bound_thm1": theory.rsa_lower_bound(r_b),
-            "theory/same_class_max": self.seen,
-            "theory/same_class_limit": self.pi_max + theory.epsilon(b, steps, delta),
-            "theory/eta_sum": eta_sum,
-        }
+        return theory_record(terms, step=step, eta_sum=eta_sum, batch_size=cfg.batch_size,
+                             temperature=cfg.temperature, delta=cfg.theory_delta, pi_max=self.pi_max,
+                             same_class_seen=self.seen, reference_size=self.n_ref)
+
+
+def theory_record(terms: dict[str, float], *, step: int, eta_sum: float, batch_size: int, temperature: float,
+                  delta: float, pi_max: float, same_class_seen: float, reference_size: int) -> dict[str, float]:
+    """The theory/ keys after `step` steps whose rates sum to `eta_sum`, from the anchor/other coupling terms
+    (`StreamingAlignment.coupling_terms`), the largest class frequency `pi_max` and the largest same-class
+    fraction seen."""
+    b, tau = batch_size, temperature
+    steps = max(step, 1)
+    d = theory.delta_pi(pi_max, tau, b, steps, delta)
+    bound = theory.theorem1_bound([eta_sum], tau, b, d)
+    rho_b, r_b = theory.bound_ratios(bound, terms)
+    return {
+        "theory/gap": terms["sigma_gap"], "theory/gap_bound": bound, "theory/gap_trivial": 2.0 * reference_size,
+        "theory/rho": terms["rho"], "theory/cka_bound": theory.cka_lower_bound(terms["rho"]),
+        "theory/cka_bound_thm1": theory.cka_lower_bound(rho_b),
+        "theory/k_norm": terms["k_norm"], "theory/rdm_scale": terms["rdm_scale"],
+        "theory/r": terms["r"], "theory/rsa_bound": theory.rsa_lower_bound(terms["r"]),
+        "theory/rsa_bound_thm1": theory.rsa_lower_bound(r_b),
+        "theory/same_class_max": same_class_seen,
+        "theory/same_class_limit": pi_max + theory.epsilon(b, steps, delta),
+        "theory/eta_sum": eta_sum,
+    }

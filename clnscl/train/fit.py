@@ -1,0 +1,301 @@
+"""`fit`: a `Coupled` trained on any iterable of (views, labels) batches into a run directory.
+
+RUN_DIR holds metrics.jsonl (one record per evaluation, appended as made) and metrics.csv, checkpoint.pt
+(written atomically every `checkpoint_every` steps and at the end), the loggers' files and the report. A directory
+that holds a run is never written over by accident (`continues`).
+
+Long runs on shared clusters: SIGTERM or SIGUSR1 (SLURM's warning before a preemption) lets the current step
+finish, writes the checkpoint and raises `Preempted`, a SystemExit whose code is PREEMPTED_EXIT_CODE (75,
+sysexits' EX_TEMPFAIL: try again); the same call with resume=True (or "auto") ends with the records of the
+uninterrupted run. A non-finite loss or gradient raises `NonFiniteError` at that step (no model takes it and no
+checkpoint is written), or with on_nonfinite="skip" skips the step for every model.
+
+Resuming mid-epoch: an iterable with state_dict() / load_state_dict() (torchdata's StatefulDataLoader, the
+command line's samplers) is restored from its state; any other is iterated afresh from the random state it
+started its epoch with (a DataLoader's shuffling and workers' seeds come from it; `set_epoch(epoch)` is called
+on it or its sampler when it has one, as DistributedSampler needs) and the batches it had given are skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .coupled import NONFINITE, Coupled
+from .loggers import make_loggers
+from .records import METRICS_FILE, append_record, read_records, rewrite_records, write_csv
+
+RESUME_MODES = (False, True, "auto")
+PREEMPTED_EXIT_CODE = 75
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class Preempted(SystemExit):
+    """Raised by `fit` after a stop signal, once the checkpoint is written; its code is PREEMPTED_EXIT_CODE."""
+
+    def __init__(self, step: int, signame: str):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.step, self.signame = step, signame
+
+
+def continues(out: Path, resume=False, overwrite: bool = False) -> bool:
+    """Whether a run into `out` continues the one there (True) or starts afresh (False).
+
+    Raises:
+        ValueError: `out` holds a run and neither resume nor overwrite says what to do with it; an unknown
+            resume mode; resume together with overwrite.
+    """
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run in the directory, or "
+                         "replace it")
+    if resume == "auto":
+        return (out / CHECKPOINT_FILE).exists()
+    if resume:
+        return True
+    held = [name for name in (CHECKPOINT_FILE, METRICS_FILE) if (out / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"{out} holds a run ({', '.join(held)}): pass --resume to continue it (--resume auto: "
+                         "continue it if it has a checkpoint, else start afresh) or --overwrite to replace it")
+    return False
+
+
+class _StopSignals:
+    """Records SIGTERM / SIGUSR1 while installed (main thread only); the previous handlers come back on exit."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_every: int, epochs: int | None = None,
+        steps: int | None = None, checkpoint_every: int | None = None, resume=False, overwrite: bool = False,
+        loggers=None, progress: bool = True, probe: Iterable | None = None, gap: Iterable | None = None,
+        on_nonfinite: str = "stop", knn_k: int = 20, linear_probe: bool = False, theory_delta: float = 0.05,
+        log=None) -> list[dict]:
+    """Train `coupled` on `train` into the run directory `out`, evaluating on `reference`.
+
+    Args:
+        coupled: the models (`Coupled`).
+        train: an iterable of (views (B, V, ...), labels (B,)) batches — or views alone for ("cl",) — re-iterated
+            every epoch (a DataLoader; under a process group, this rank's shard of every batch).
+        reference, probe, gap: the evaluation sets of `Coupled.evaluate`.
+        out: the run directory.
+        eval_every: evaluate every this many steps (and after the first and the last).
+        epochs, steps: how long, exactly one of them (epochs needs len(train)).
+        checkpoint_every: write the checkpoint every this many steps (None: at every evaluation) and at the end.
+        resume: continue the run in `out` from its checkpoint (True), or when it has one ("auto").
+        overwrite: replace a run in `out`.
+        loggers: "tensorboard", "wandb" or objects with log(record) and close(); None: TensorBoard when installed.
+        progress: a progress bar over the steps (rank 0).
+        on_nonfinite: "stop" (raise NonFiniteError) or "skip" a step with a non-finite loss or gradient.
+        knn_k, linear_probe, theory_delta: passed to `Coupled.evaluate`.
+        log: where the run's messages go (default: tqdm.write to stderr).
+
+    Returns:
+        The records (rank 0; [] on the other ranks): step, epoch (with len(train)), time, samples_per_s, lr,
+        loss/<objective>, skipped_steps and `Coupled.evaluate`'s keys.
+
+    Raises:
+        Preempted: a stop signal arrived; the checkpoint is written.
+        NonFiniteError: a non-finite loss or gradient with on_nonfinite="stop".
+        ValueError: bad arguments, a directory holding a run, or a checkpoint of another run.
+    """
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    if (epochs is None) == (steps is None):
+        raise ValueError("fit: pass exactly one of epochs and steps")
+    _positive("eval_every", eval_every)
+    _positive("checkpoint_every", checkpoint_every, allow_none=True)
+    _positive("epochs", epochs, allow_none=True)
+    _positive("steps", steps, allow_none=True)
+    if on_nonfinite not in NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
+    epoch_len = len(train) if hasattr(train, "__len__") else None
+    if epochs is not None and not epoch_len:
+        raise ValueError("epochs: train has no len() (or is empty); pass steps instead")
+    total = steps if steps is not None else epochs * epoch_len
+    checkpoint_every = checkpoint_every or eval_every
+    out = Path(out)
+    lead = coupled.rank == 0
+    resumed = continues(out, resume, overwrite)
+    if coupled.group is not None:
+        dist.barrier(group=coupled.group)  # every rank has looked at the directory before rank 0 writes into it
+    out.mkdir(parents=True, exist_ok=True)
+    run = {"objectives": coupled.names, "temperature": coupled.temperature, "decoupled": coupled.decoupled,
+           "total_steps": total}
+    position = {"epoch": 0, "batch": 0, "epoch_rng": None, "train": None}
+    records: list[dict] = []
+    metrics = out / METRICS_FILE
+    if resumed:
+        path, state = load_checkpoint(out / CHECKPOINT_FILE)
+        differ = [k for k in run if state["run"].get(k) != run[k]]
+        if differ:
+            raise ValueError(f"checkpoint {path} belongs to another run: {', '.join(differ)} differ (checkpoint "
+                             f"{[state['run'].get(k) for k in differ]}, this run {[run[k] for k in differ]})")
+        coupled.load_state_dict(state["coupled"])
+        position = state["position"]
+        records = [r for r in read_records(metrics)[0]] if metrics.exists() else []
+        if lead:
+            rewrite_records(metrics, records)  # without a line cut short by the kill
+    elif lead:
+        metrics.unlink(missing_ok=True)
+    written = {r["step"] for r in records}
+    sinks = make_loggers(loggers, out, coupled.steps if resumed else None) if lead else []
+    for rec in records:
+        if rec["step"] > coupled.steps:  # recorded after the checkpoint: the purge dropped their events
+            for sink in sinks:
+                sink.log(rec)
+    elapsed = state.get("elapsed", 0.0) if resumed else 0.0
+    start = time.perf_counter() - elapsed
+    bar = tqdm(total=total, initial=coupled.steps, unit="step", dynamic_ncols=True, disable=not (progress and lead))
+    batches = _Batches(train, position, epoch_len)
+    with _StopSignals() as stop, bar, (metrics.open("a") if lead else contextlib.nullcontext()) as sink, \
+            contextlib.ExitStack() as closing:
+        for s in sinks:
+            closing.callback(s.close)
+        since, samples = time.perf_counter(), 0
+        while coupled.steps < total:
+            views, labels = batches.next()
+            lr = coupled.lr
+            losses = coupled.step(views, labels, on_nonfinite=on_nonfinite)
+            samples += len(views) * coupled.world
+            step = coupled.steps
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            if (step % eval_every == 0 or step == total or step == 1) and step not in written:
+                now = time.perf_counter()
+                rec = {"step": step, **({"epoch": step / epoch_len} if epoch_len else {}), "time": now - start,
+                       "samples_per_s": samples / max(now - since, 1e-9), "lr": lr,
+                       **{f"loss/{n}": v for n, v in losses.items()}, "skipped_steps": coupled.skipped,
+                       **coupled.evaluate(reference, probe, gap=gap, knn_k=knn_k, linear_probe=linear_probe,
+                                          theory_delta=theory_delta)}
+                records.append(rec)
+                if lead:
+                    append_record(sink, rec)
+                    write_csv(records, out / "metrics.csv")
+                    for s in sinks:
+                        s.log(rec)
+                    log(_progress_line(rec, total, coupled.names))
+                since, samples = time.perf_counter(), 0
+            signame = _agreed_stop(stop.received, coupled)
+            if signame or step % checkpoint_every == 0 or step == total:
+                state = {"step": step, "run": run, "elapsed": time.perf_counter() - start,
+                         "models": [m.state_dict() for m in coupled.models.values()],
+                         "coupled": coupled.state_dict(), "position": batches.position()}
+                if lead:
+                    save_checkpoint(state, out / CHECKPOINT_FILE)
+            if signame:
+                if coupled.group is not None:
+                    dist.barrier(group=coupled.group)
+                log(f"{signame}: stopped after step {step} of {total}; checkpoint {out / CHECKPOINT_FILE} written. "
+                    f"Run the same command with --resume (resume=True) to continue.")
+                raise Preempted(step, signame)
+    if lead:
+        write_csv(records, out / "metrics.csv")
+    return records if lead else []
+
+
+def _agreed_stop(received: str | None, coupled: Coupled) -> str | None:
+    """The stop signal's name if any rank received one (every rank then stops after the same step)."""
+    if coupled.group is None:
+        return received
+    flag = torch.tensor([1.0 if received else 0.0], device=coupled.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=coupled.group)
+    return (received or "SIGTERM") if flag.item() else None
+
+
+class _Batches:
+    """The training batches across epochs, with the position a checkpoint needs to continue them."""
+
+    def __init__(self, train, position: dict, epoch_len: int | None):
+        self.train, self.epoch_len = train, epoch_len
+        self.epoch, self.batch = int(position["epoch"]), int(position["batch"])
+        self.epoch_rng, self._train_state = position["epoch_rng"], position["train"]
+        self.it = None
+
+    def _stateful(self) -> bool:
+        return callable(getattr(self.train, "state_dict", None)) and callable(getattr(self.train, "load_state_dict",
+                                                                                    None))
+
+    def _start(self) -> None:
+        """Iterate the current epoch from its start, or from where a checkpoint left it."""
+        for target in (self.train, getattr(self.train, "sampler", None), getattr(self.train, "batch_sampler", None)):
+            if callable(getattr(target, "set_epoch", None)):
+                target.set_epoch(self.epoch)
+                break
+        if self._stateful() and self._train_state is not None:
+            self.train.load_state_dict(self._train_state)
+            self.it, self._train_state = iter(self.train), None
+            return
+        if self.batch == 0 or self.epoch_rng is None:
+            self.epoch_rng = torch.get_rng_state()
+            self.batch = 0
+            self.it = iter(self.train)
+            return
+        now = torch.get_rng_state()  # mid-epoch without a state: replay the epoch's start, skip what was given
+        torch.set_rng_state(self.epoch_rng)
+        self.it = iter(self.train)
+        for _ in range(self.batch):
+            next(self.it)
+        torch.set_rng_state(now)
+
+    def next(self):
+        """(views, labels or None) of the next batch, starting a new epoch when one ends."""
+        while True:
+            if self.it is None:
+                self._start()
+            try:
+                batch = next(self.it)
+            except StopIteration:
+                if self.batch == 0:
+                    raise ValueError("train: an epoch gave no batches") from None
+                self.epoch, self.batch, self.it = self.epoch + 1, 0, None
+                continue
+            self.batch += 1
+            if isinstance(batch, torch.Tensor):
+                return batch, None
+            if isinstance(batch, (tuple, list)) and len(batch) >= 1:
+                return batch[0], (batch[1] if len(batch) > 1 else None)
+            raise ValueError(f"train: expected batches (views, labels), got {type(batch).__name__}")
+
+    def position(self) -> dict:
+        """Where the batches are: epoch, batches given in it, the random state it started with, and the
+        iterable's own state when it has one."""
+        return {"epoch": self.epoch, "batch": self.batch, "epoch_rng": self.epoch_rng,
+                "train": self.train.state_dict() if self._stateful() else None}
+
+
+def _progress_line(rec: dict, total: int, names: list[str]) -> str:
+    losses = "  ".join(f"{n} {rec[f'loss/{n}']:.3f}" for n in names)
+    align = "  ".join(f"cka/{n} {rec[f'cka_cosine/{n}']:.3f}" for n in names[1:] if f"cka_cosine/{n}" in rec)
+    return f"step {rec['step']:5d}/{total}  {rec['time']:6.1f}s  loss: {losses}  |  {align}"
