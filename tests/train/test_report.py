@@ -96,7 +96,7 @@ def test_synthetic_run_figures_table_and_findings(tmp_path):
         assert _finding(text, n).startswith(f"- ({n}) holds:"), _finding(text, n)
     assert f"{last['cka_cosine/nscl']:.4f}" in _finding(text, 1)
     assert "0.001 → 0.064" in _finding(text, 2)
-    assert "gap 0.1600 vs bound 2.0000" in _finding(text, 3)
+    assert "loss gap 0.1600 vs bound 2.0000" in _finding(text, 3)
 
 
 @pytest.mark.parametrize("n, override", [
@@ -120,15 +120,17 @@ def test_each_finding_flips_when_violated(n, override):
         assert _finding(text, k).startswith(f"- ({k}) {expect}:"), _finding(text, k)
 
 
-def test_findings_not_applicable_without_nscl_or_with_one_evaluation(tmp_path):
+def test_findings_not_applicable_without_nscl(tmp_path):
     recs = [{k: v for k, v in r.items() if not k.endswith("/nscl")} for r in _records()]
     text = write_report(_write(tmp_path / "a", recs))
     assert "nscl" not in text.split("Paper findings")[0]
     assert _finding(text, 1).startswith("- (1) not applicable:")
     assert _finding(text, 2).startswith("- (2) not applicable:")
     assert _finding(text, 3).startswith("- (3) holds:")
-    text = write_report(_write(tmp_path / "b", _records(n=1)))
+    # a single evaluation without nscl: (2) still lacks its model, (3) lacks evaluations
+    text = write_report(_write(tmp_path / "b", recs[:1]))
     assert _finding(text, 2).startswith("- (2) not applicable:")
+    assert _finding(text, 3).startswith("- (3) not informative:")
 
 
 def test_truncated_last_line_is_skipped_with_a_note(tmp_path):
@@ -169,7 +171,7 @@ def test_degenerate_values_still_draw(tmp_path):
     for name in FIGURES:
         _check_png(tmp_path / "run" / name)
     assert "non-positive or NaN value(s) of weight_div/nscl" in text
-    assert "infinite or NaN bound" in text
+    assert "infinite or NaN loss-gap bound" in text
     assert _finding(text, 3).startswith("- (3) holds:")
 
 
@@ -194,4 +196,6 @@ def test_real_tiny_run_and_module_entry_point(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("clnscl.train.report", run_name="__main__")
     assert exit_.value.code == 0
-    assert capsys.readouterr().out.strip() == text.strip()
+    printed = capsys.readouterr().out
+    assert printed.strip() == text.strip()
+    assert (run / "summary.md").read_text() == printed
