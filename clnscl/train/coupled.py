@@ -159,6 +159,7 @@ class Coupled:
         self.schedulers: dict = {}
         self._trained: dict[str, nn.Module] = {}
         self.steps = 0  # optimiser steps taken (skipped steps included)
+        self.last_lr: float | None = None  # the anchor's rate in the last step taken (its first parameter group's)
         self.skipped = 0
         self.last_finite: dict[str, float] = {}
         self._priors = None if class_priors is None else torch.as_tensor(class_priors, dtype=torch.float64)
@@ -169,11 +170,6 @@ class Coupled:
     def anchor(self) -> str:
         return self.names[0]
 
-    @property
-    def lr(self) -> float:
-        """The anchor's learning rate for the next step (its first parameter group's)."""
-        self._setup()
-        return float(self.optimizers[self.anchor].param_groups[0]["lr"])
 
     # ------------------------------------------------------------------------------------------ set-up
     def _setup(self, z_dim: int | None = None) -> None:
@@ -248,7 +244,8 @@ class Coupled:
             self.skipped += 1
             return {n: row[0] for n, row in values.items()}
         self._observe(labels)
-        self._eta_sum += self.lr
+        self.last_lr = float(self.optimizers[self.anchor].param_groups[0]["lr"])
+        self._eta_sum += self.last_lr
         for name in self.names:
             self.optimizers[name].step()
             if self.schedulers[name] is not None:
@@ -473,7 +470,7 @@ class Coupled:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items() if s is not None},
             "rng": _rng_state(self.device),
-            "last_finite": dict(self.last_finite),
+            "last_finite": dict(self.last_finite), "last_lr": self.last_lr,
             "theory": {"class_counts": self._class_counts, "same_class_seen": self._same_class_seen,
                        "eta_sum": self._eta_sum, "batch": self._batch},
         }
@@ -496,6 +493,7 @@ class Coupled:
                     sched.load_state_dict(state["schedulers"][name])
         self.steps, self.skipped = int(state["steps"]), int(state["skipped"])
         self.last_finite = dict(state["last_finite"])
+        self.last_lr = state.get("last_lr")
         th = state["theory"]
         self._class_counts, self._same_class_seen = th["class_counts"].double(), float(th["same_class_seen"])
         self._eta_sum, self._batch = float(th["eta_sum"]), int(th["batch"])

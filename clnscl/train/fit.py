@@ -1,7 +1,8 @@
 """`fit`: a `Coupled` trained on any iterable of (views, labels) batches into a run directory.
 
 RUN_DIR holds metrics.jsonl (one record per evaluation, appended as made) and metrics.csv, checkpoint.pt
-(written atomically every `checkpoint_every` steps and at the end), the loggers' files and the report. A directory
+(written atomically every `checkpoint_every` steps and at the end), the loggers' files, classes.json and the
+report's figures and summary.md (`clnscl report`), written at the end. A directory
 that holds a run is never written over by accident (`continues`).
 
 Long runs on shared clusters: SIGTERM or SIGUSR1 (SLURM's warning before a preemption) lets the current step
@@ -18,6 +19,7 @@ on it or its sampler when it has one, as DistributedSampler needs) and the batch
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -33,6 +35,7 @@ from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .coupled import NONFINITE, Coupled
 from .loggers import make_loggers
 from .records import METRICS_FILE, append_record, read_records, rewrite_records, write_csv
+from .report import write_report
 
 RESUME_MODES = (False, True, "auto")
 PREEMPTED_EXIT_CODE = 75
@@ -186,7 +189,6 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
         since, samples = time.perf_counter(), 0
         while coupled.steps < total:
             views, labels = batches.next()
-            lr = coupled.lr
             losses = coupled.step(views, labels, on_nonfinite=on_nonfinite)
             samples += len(views) * coupled.world
             step = coupled.steps
@@ -195,7 +197,7 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
             if (step % eval_every == 0 or step == total or step == 1) and step not in written:
                 now = time.perf_counter()
                 rec = {"step": step, **({"epoch": step / epoch_len} if epoch_len else {}), "time": now - start,
-                       "samples_per_s": samples / max(now - since, 1e-9), "lr": lr,
+                       "samples_per_s": samples / max(now - since, 1e-9), "lr": coupled.last_lr,
                        **{f"loss/{n}": v for n, v in losses.items()}, "skipped_steps": coupled.skipped,
                        **coupled.evaluate(reference, probe, gap=gap, knn_k=knn_k, linear_probe=linear_probe,
                                           theory_delta=theory_delta)}
@@ -222,7 +224,18 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
                 raise Preempted(step, signame)
     if lead:
         write_csv(records, out / "metrics.csv")
+        _write_classes(out, coupled)
+        log(write_report(out))
     return records if lead else []
+
+
+def _write_classes(out: Path, coupled: Coupled) -> None:
+    """RUN_DIR/classes.json (the class indices, when no names were written there) for the report's chance
+    level: num_classes, else the classes the training labels reached."""
+    path = out / "classes.json"
+    classes = coupled.num_classes or len(coupled.state_dict()["theory"]["class_counts"])
+    if classes and not path.exists():
+        path.write_text(json.dumps([str(c) for c in range(classes)]))
 
 
 def _agreed_stop(received: str | None, coupled: Coupled) -> str | None:

@@ -31,7 +31,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DATASET_CLASSES
 from .records import METRICS_FILE, read_records
 from .report_layers import has_layers, layers_figure
 from .report_theory import has_theory, theory_figure, theory_lines
@@ -271,6 +270,8 @@ def run_chance(run_dir, records: list[dict]) -> Chance | None:
     if classes_path.is_file():
         classes = len(json.loads(classes_path.read_text()))
     else:
+        from .config import DATASET_CLASSES  # a run of the command line: its dataset's classes
+
         classes = cfg.get("num_classes") or DATASET_CLASSES.get(cfg.get("dataset"))
     if not classes:
         return None

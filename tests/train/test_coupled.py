@@ -188,7 +188,7 @@ def test_a_coupled_continued_from_its_state_dict_equals_the_uninterrupted_one():
     for n in first.names:
         for x, y in zip(first.models[n].state_dict().values(), second.models[n].state_dict().values()):
             assert torch.equal(x, y)
-    assert second.steps == 4 and second.lr == first.lr
+    assert second.steps == 4 and second.last_lr == first.last_lr
 
 
 def test_a_model_that_returns_z_alone_records_no_h_keys():
