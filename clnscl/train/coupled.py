@@ -49,15 +49,18 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
 
 
 class _Tower(nn.Module):
-    """A coupled model and, for "ce", its linear head: forward → (h or None, z, logits or None)."""
+    """A coupled model and, for "ce", its classifier (the model's own `logits(z)`, or a linear head on z):
+    forward → (h or None, z, logits or None)."""
 
-    def __init__(self, model: nn.Module, head: nn.Module | None):
+    def __init__(self, model: nn.Module, head: nn.Module | None, classify: bool):
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.classify = model, head, classify
 
     def forward(self, x):
         h, z = _split(self.model(x))
-        return h, z, (self.head(z) if self.head is not None else None)
+        if not self.classify:
+            return h, z, None
+        return h, z, (self.head(z) if self.head is not None else self.model.logits(z))
 
 
 def _split(out):
@@ -86,10 +89,10 @@ def _same_weights(models: list[nn.Module]) -> bool:
     return all(torch.equal(first[k], m.state_dict()[k]) for m in models[1:] for k in first)
 
 
-def weight_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters of 2+ dimensions (matrices, kernels): biases and norm parameters start at 0 or 1, which
-    makes a relative distance between them meaningless."""
-    return {n: p for n, p in model.named_parameters() if p.ndim > 1}
+def weight_matrices(model: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The parameters of 2+ dimensions (matrices, kernels; biases and norm parameters start at 0 or 1, which
+    makes a relative distance between them meaningless) that the anchor trains (`names`; None: all)."""
+    return {n: p for n, p in model.named_parameters() if p.ndim > 1 and (names is None or n in names)}
 
 
 class Coupled:
@@ -97,7 +100,9 @@ class Coupled:
 
     Args:
         model: any ``nn.Module`` whose forward maps a batch of inputs to z (N, d) or to (h, z); it is deep-copied
-            once per objective (the argument itself is never trained). Put it on its device first.
+            once per objective (the argument itself is never trained). Put it on its device first. A model with
+            a ``logits(z)`` method classifies with it under "ce" (its parameters frozen in the other copies);
+            else "ce" adds a linear head on z.
         objectives: the objectives, one model each, from "cl", "nscl", "supcon", "ce"; the first (the anchor, the
             model the others are compared with) must be contrastive.
         num_classes: the classes of the labels; needed by "ce" (its head's outputs).
@@ -113,6 +118,7 @@ class Coupled:
             from every rank and `evaluate` shares the reference set. None: one process.
         class_priors: the training distribution's class frequencies (for the theory records' π_max); None: the
             frequencies of the labels seen by `step` so far.
+        compile: ``torch.compile`` each model's training forward (evaluation uses the modules as they are).
 
     Raises:
         ValueError: an unknown or repeated objective, a non-contrastive anchor, "ce" without num_classes, a
@@ -123,7 +129,7 @@ class Coupled:
                  temperature: float = 0.5, decoupled: bool = False,
                  optimizer: Callable[..., torch.optim.Optimizer] = _default_optimizer,
                  scheduler: Callable | None = None, grad_clip: float | None = None, amp: bool = False,
-                 process_group=None, class_priors=None):
+                 process_group=None, class_priors=None, compile: bool = False):
         names = list(objectives)
         _check_objectives(names)
         if "ce" in names and (num_classes is None or int(num_classes) < 2):
@@ -140,12 +146,17 @@ class Coupled:
         self.group = process_group
         self.world = dist.get_world_size(process_group) if process_group is not None else 1
         self.rank = dist.get_rank(process_group) if process_group is not None else 0
-        self._make_optimizer, self._make_scheduler = optimizer, scheduler
+        self._make_optimizer, self._make_scheduler, self._compile = optimizer, scheduler, compile
         self.device = next(model.parameters()).device if any(True for _ in model.parameters()) else \
             torch.device("cpu")
         models = [copy.deepcopy(model) for _ in names]
         if not _same_weights(models):
             raise RuntimeError("model: its deep copies differ (a module whose state is not copied by deepcopy)")
+        self._own_logits = callable(getattr(model, "logits", None))
+        if self._own_logits:  # the classifier is trained by "ce" only
+            for name, m in zip(names, models):
+                if name != "ce":
+                    _classifier_params(m).requires_grad_(False)
         if process_group is not None:
             bn = (partial(nn.SyncBatchNorm.convert_sync_batchnorm, process_group=process_group)
                   if self.device.type == "cuda" else partial(convert_global_batchnorm, group=process_group))
@@ -159,7 +170,7 @@ class Coupled:
         self.schedulers: dict = {}
         self._trained: dict[str, nn.Module] = {}
         self.steps = 0  # optimiser steps taken (skipped steps included)
-        self.last_lr: float | None = None  # the anchor's rate in the last step taken (its first parameter group's)
+        self.last_lr: float | None = None  # the anchor's rate at the last step (its first parameter group's)
         self.skipped = 0
         self.last_finite: dict[str, float] = {}
         self._priors = None if class_priors is None else torch.as_tensor(class_priors, dtype=torch.float64)
@@ -176,17 +187,17 @@ class Coupled:
         """The heads, optimisers, schedules and DDP wrappers, once (the head needs z's width)."""
         if self.optimizers:
             return
-        if "ce" in self.names:
+        if "ce" in self.names and not self._own_logits:
             if z_dim is None:
                 raise RuntimeError("the 'ce' head is made at the first step (it needs z's width)")
             self.heads["ce"] = _seeded_linear(z_dim, self.num_classes, self._head_seed).to(self.device)
         for name, model in self.models.items():
-            tower = _Tower(model, self.heads.get(name))
-            self.optimizers[name] = self._make_optimizer(tower.parameters())
+            tower = _Tower(model, self.heads.get(name), classify=name == "ce")
+            self.optimizers[name] = self._make_optimizer([p for p in tower.parameters() if p.requires_grad])
             self.schedulers[name] = self._make_scheduler(self.optimizers[name]) if self._make_scheduler else None
             if self.group is not None:
                 tower = nn.parallel.DistributedDataParallel(tower, process_group=self.group)
-            self._trained[name] = tower
+            self._trained[name] = torch.compile(tower) if self._compile else tower
 
     # ---------------------------------------------------------------------------------------- training
     def step(self, views: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -213,7 +224,7 @@ class Coupled:
         b, v = views.shape[:2]
         flat = views.flatten(0, 1)
         if not self.optimizers:  # the first step: z's width makes the "ce" head
-            self._setup(z_dim=self._z_dim(flat) if "ce" in self.names else None)
+            self._setup(z_dim=self._z_dim(flat) if "ce" in self.names and not self._own_logits else None)
         rng = _rng_state(self.device)
         losses, norms = {}, {}
         for name in self.names:
@@ -232,6 +243,7 @@ class Coupled:
             dist.all_reduce(stacked, group=self.group)
             stacked[:, 0] /= self.world
         values = {n: row for n, row in zip(self.names, stacked.tolist())}
+        self.last_lr = float(self.optimizers[self.anchor].param_groups[0]["lr"])
         bad = next((n for n, (loss, norm) in values.items() if not (math.isfinite(loss) and math.isfinite(norm))),
                    None)
         if bad is not None:
@@ -243,8 +255,7 @@ class Coupled:
             self.steps += 1
             self.skipped += 1
             return {n: row[0] for n, row in values.items()}
-        self._observe(labels)
-        self.last_lr = float(self.optimizers[self.anchor].param_groups[0]["lr"])
+        self._observe(labels, v)
         self._eta_sum += self.last_lr
         for name in self.names:
             self.optimizers[name].step()
@@ -285,7 +296,7 @@ class Coupled:
         return contrastive_loss(z, labels, objective=name, temperature=self.temperature, decoupled=self.decoupled,
                                 process_group=self.group)
 
-    def _observe(self, labels) -> None:
+    def _observe(self, labels, views: int) -> None:
         """The batch's classes for the theory records: class counts and the largest same-class fraction of the
         global batch."""
         if labels is None:
@@ -299,7 +310,7 @@ class Coupled:
         if len(counts) > len(self._class_counts):
             counts, self._class_counts = self._class_counts, counts
         self._class_counts[: len(counts)] += counts
-        self._same_class_seen = max(self._same_class_seen, same_class_max(labels, 2, self.decoupled))
+        self._same_class_seen = max(self._same_class_seen, same_class_max(labels, views, self.decoupled))
 
     # --------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -366,9 +377,10 @@ class Coupled:
                 out = acc.compute()
                 for key in ("cka_cosine", "cka_linear", "rsa_pearson", "gap_relative"):
                     rec[f"{prefix}{key}/{name}"] = out[key]
+        trained = {n for n, p in self.models[self.anchor].named_parameters() if p.requires_grad}
         for name in others:
-            rec[f"weight_div/{name}"] = weight_divergence(weight_matrices(self.models[self.anchor]),
-                                                          weight_matrices(self.models[name]))["mean"]
+            rec[f"weight_div/{name}"] = weight_divergence(weight_matrices(self.models[self.anchor], trained),
+                                                          weight_matrices(self.models[name], trained))["mean"]
         if gap is not None:
             rec["loss_gap"], rec["loss_gap_bound"] = self._loss_gap(gap)
         pair = self._theory_pair()
@@ -498,6 +510,14 @@ class Coupled:
         self._class_counts, self._same_class_seen = th["class_counts"].double(), float(th["same_class_seen"])
         self._eta_sum, self._batch = float(th["eta_sum"]), int(th["batch"])
         _set_rng_state(state["rng"], self.device)
+
+
+def _classifier_params(model: nn.Module) -> nn.Module:
+    """The module holding a model's own classifier: its `head` (what `logits` applies)."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError("model: a model with its own logits(z) must hold the classifier as `model.head`")
+    return head
 
 
 def _check_objectives(names: list[str]) -> None:

@@ -11,7 +11,8 @@ sysexits' EX_TEMPFAIL: try again); the same call with resume=True (or "auto") en
 uninterrupted run. A non-finite loss or gradient raises `NonFiniteError` at that step (no model takes it and no
 checkpoint is written), or with on_nonfinite="skip" skips the step for every model.
 
-Resuming mid-epoch: an iterable with state_dict() / load_state_dict() (torchdata's StatefulDataLoader, the
+Under a process group every rank must draw the same random stream (seed every rank alike): the checkpoint
+holds rank 0's random state and every rank continues from it. Resuming mid-epoch: an iterable with state_dict() / load_state_dict() (torchdata's StatefulDataLoader, the
 command line's samplers) is restored from its state; any other is iterated afresh from the random state it
 started its epoch with (a DataLoader's shuffling and workers' seeds come from it; `set_epoch(epoch)` is called
 on it or its sampler when it has one, as DistributedSampler needs) and the batches it had given are skipped.
@@ -170,10 +171,11 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
         records = [r for r in read_records(metrics)[0]] if metrics.exists() else []
         if lead:
             rewrite_records(metrics, records)  # without a line cut short by the kill
-    elif lead:
+    elif lead:  # a new run (or the replaced one's files gone: a resume must not find them)
         metrics.unlink(missing_ok=True)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     written = {r["step"] for r in records}
-    sinks = make_loggers(loggers, out, coupled.steps if resumed else None) if lead else []
+    sinks = make_loggers(loggers, out, coupled.steps + 1 if resumed else None) if lead else []
     for rec in records:
         if rec["step"] > coupled.steps:  # recorded after the checkpoint: the purge dropped their events
             for sink in sinks:

@@ -2,11 +2,12 @@
 `close()`, with TensorBoard event files and Weights & Biases (offline or online) behind it.
 
 `make_loggers(specs, out, resume_step)` turns `fit`'s `loggers` argument — names ("tensorboard", "wandb") or
-objects with `log` and `close` — into loggers. A resumed run's TensorBoard events from its checkpoint on are
-dropped (purge_step) and written again; a resumed W&B run continues the run whose id RUN_DIR/wandb_id holds.
+objects with `log` and `close` — into loggers. A resumed run's TensorBoard events after its checkpoint are
+dropped (purge_step, the first step after it) and written again; a resumed W&B run continues the run whose id RUN_DIR/wandb_id holds.
 """
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -64,7 +65,7 @@ class WandbLogger:
             raise ImportError("the wandb logger needs the wandb package (pip install 'clnscl[wandb]')") from exc
         directory = Path(directory)
         id_file = directory / "wandb_id"
-        run_id = id_file.read_text().strip() if resume and id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if resume and id_file.exists() else secrets.token_hex(8)
         id_file.write_text(run_id)
         self.run = wandb.init(project=project, dir=str(directory), id=run_id, resume="allow", mode=mode,
                               config=config, reinit="create_new")
@@ -87,16 +88,24 @@ def make_loggers(specs: Iterable | None, out: Path, resume_step: int | None) -> 
             return []
         specs = ("tensorboard",)
     made = []
-    for spec in specs:
-        if spec == "tensorboard":
-            made.append(TensorBoardLogger(out / "tensorboard", purge_step=resume_step))
-        elif spec == "wandb":
-            import os
-
-            made.append(WandbLogger(out, mode=os.environ.get("WANDB_MODE", "offline"), resume=resume_step is not None))
-        elif callable(getattr(spec, "log", None)) and callable(getattr(spec, "close", None)):
-            made.append(spec)
-        else:
-            raise ValueError(f"loggers: {spec!r} is neither 'tensorboard', 'wandb' nor an object with log(record) "
-                             "and close()")
+    try:
+        for spec in specs:
+            made.append(_make(spec, out, resume_step))
+    except BaseException:
+        for logger in made:  # those started before the one that failed
+            logger.close()
+        raise
     return made
+
+
+def _make(spec, out: Path, resume_step: int | None):
+    if spec == "tensorboard":
+        return TensorBoardLogger(out / "tensorboard", purge_step=resume_step)
+    if spec == "wandb":
+        import os
+
+        return WandbLogger(out, mode=os.environ.get("WANDB_MODE", "offline"), resume=resume_step is not None)
+    if callable(getattr(spec, "log", None)) and callable(getattr(spec, "close", None)):
+        return spec
+    raise ValueError(f"loggers: {spec!r} is neither 'tensorboard', 'wandb' nor an object with log(record) and "
+                     "close()")
