@@ -147,8 +147,10 @@ class Coupled:
         self.world = dist.get_world_size(process_group) if process_group is not None else 1
         self.rank = dist.get_rank(process_group) if process_group is not None else 0
         self._make_optimizer, self._make_scheduler, self._compile = optimizer, scheduler, compile
-        self.device = next(model.parameters()).device if any(True for _ in model.parameters()) else \
-            torch.device("cpu")
+        first = next(model.parameters(), None)
+        if first is None:
+            raise ValueError("model: it has no parameters to train")
+        self.device = first.device
         models = [copy.deepcopy(model) for _ in names]
         if not _same_weights(models):
             raise RuntimeError("model: its deep copies differ (a module whose state is not copied by deepcopy)")
