@@ -11,28 +11,36 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from .. import metrics
 from .checkpoint import load_checkpoint
+from .config import Config
 from .datasets import load_source
 from .models import build_model
 from .splits import run_data
 
 
-def _model(state: dict, name: str | None, default_index: int, where: Path):
-    names = list(state["run"]["objectives"])
+def run_config(state: dict) -> Config:
+    """The configuration of a checkpoint's run: its saved config, or for a checkpoint older than that, its run
+    keys and data directories (every other key, and a key the checkpoint predates, has its default)."""
+    if "config" in state:
+        return Config.from_dict(state["config"])
+    saved = {key: state[key] for key in ("data_root", "eval_root", "stream") if key in state}
+    return Config.from_dict({**state["run"], **saved})
+
+
+def _model(state: dict, cfg: Config, name: str | None, default_index: int, where: Path):
+    names = cfg.objectives
     if name is None:
         name = names[min(default_index, len(names) - 1)]
     if name not in names:
         raise ValueError(f"model {name!r} is not in {where} (its objectives: {names})")
     sd = state["models"][names.index(name)]
-    run = state["run"]
     in_channels = next(v for k, v in sd.items() if k.startswith("encoder.") and v.ndim == 4).shape[1]
-    model = build_model(run["model"], in_channels, sd["head.weight"].shape[0], run["hidden_dim"],
-                        run["projector_dim"], image_size=state["image_px"])
+    model = build_model(cfg.model, in_channels, sd["head.weight"].shape[0], cfg.hidden_dim, cfg.projector_dim,
+                        image_size=state["image_px"])
     model.load_state_dict(sd)
     return name, model.eval()
 
@@ -47,11 +55,8 @@ class _Batches:
         return (self.source.load(idx) for idx in torch.arange(len(self.source)).split(self.size))
 
 
-def _reference_images(state: dict, everything: bool):
+def _reference_images(cfg: Config, everything: bool):
     """A's reference split (its seed, class subset, fraction and size), or all of its dataset."""
-    run = state["run"]
-    cfg = SimpleNamespace(**{**run, "data_root": state["data_root"], "eval_root": state.get("eval_root"),
-                             "stream": state.get("stream", False)})
     if everything:
         return load_source(cfg)
     return run_data(cfg).reference
@@ -71,12 +76,13 @@ def main(argv=None) -> int:
         path_a, state_a = load_checkpoint(args.a)
         path_b, state_b = load_checkpoint(args.b)
         same_run = path_a.resolve() == path_b.resolve()
-        name_a, model_a = _model(state_a, args.model_a, 0, path_a)
-        name_b, model_b = _model(state_b, args.model_b, 1 if same_run else 0, path_b)
+        cfg_a = run_config(state_a)
+        name_a, model_a = _model(state_a, cfg_a, args.model_a, 0, path_a)
+        name_b, model_b = _model(state_b, run_config(state_b), args.model_b, 1 if same_run else 0, path_b)
     except (FileNotFoundError, ValueError) as exc:
         print(f"clnscl align: {exc}", file=sys.stderr)
         return 2
-    images = _reference_images(state_a, args.data == "all")
+    images = _reference_images(cfg_a, args.data == "all")
     loader = _Batches(images)
     print(f"A = {path_a} [{name_a}], B = {path_b} [{name_b}], {len(images)} samples\n")
     print("| representation | metric | value |\n| --- | --- | --- |")

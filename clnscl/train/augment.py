@@ -1,6 +1,6 @@
-"""Random image augmentations driven by an explicit generator: `AugmentConfig` holds their parameters (defaults,
-meaning and valid ranges, the config section `augment`; named presets: `digits`, `simclr_cifar`,
-`simclr_imagenet`), `Augment` applies them to a batch with the operations of `image_ops`.
+"""Random image augmentations driven by an explicit generator: `Augment` applies the parameters of a
+`config.AugmentConfig` (defaults, meaning and valid ranges, the config section `augment`; named presets:
+`digits`, `simclr_cifar`, `simclr_imagenet`) to a batch with the operations of `image_ops`.
 
 Everything random here takes an explicit `torch.Generator` and never touches the global RNG, so the trainer can
 give every model the same augmented views, and a resumed run can replay exactly what an uninterrupted run drew.
@@ -9,100 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from . import image_ops as ops
-from .overrides import ConfigError, check_range, coerce_fields, setting
+from .config import AugmentConfig
 
 
-PRESETS: dict[str, dict] = {
-    # the 8x8 digits: mild crops, small rotations, brightness/contrast jitter, pixel noise (the dataclass defaults)
-    "digits": {},
-    # SimCLR's CIFAR augmentations (Chen et al. 2020, appendix B.9; the NSCL authors' "cifar" transform):
-    # crop (0.08, 1), flip 0.5, colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale p = 0.2, no blur
-    "simclr_cifar": dict(crop_scale=(0.08, 1.0), rotation=0.0, hflip_p=0.5, brightness=0.4, contrast=0.4,
-                         saturation=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, noise_std=0.0),
-    # SimCLR's ImageNet augmentations (its appendix A): colour strength 1 (0.8, 0.8, 0.8, 0.2) with p = 0.8,
-    # grayscale p = 0.2, Gaussian blur p = 0.5 with σ in (0.1, 2) and a kernel 10% of the image side
-    "simclr_imagenet": dict(crop_scale=(0.08, 1.0), rotation=0.0, hflip_p=0.5, brightness=0.8, contrast=0.8,
-                            saturation=0.8, hue=0.2, jitter_p=0.8, grayscale_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
-                            blur_kernel=0, noise_std=0.0),
-}
 CROP_TRIES = 10  # candidate windows per sample before the central fallback, as torchvision's RandomResizedCrop
 _COLUMNS = 2 * CROP_TRIES + 17  # uniforms drawn per sample: see Augment.__call__
-
-
-@dataclass
-class AugmentConfig:
-    """The parameters of `Augment`; values are coerced and checked on construction (ConfigError naming the
-    key). `preset` names the values the other keys start from (`AugmentConfig(preset="simclr_cifar",
-    hflip_p=0.0)`: the SimCLR CIFAR values with no flip); in a config file or an override, setting
-    `augment.preset` resets every augment key to that preset, and keys set after it change it."""
-
-    preset: str = setting("digits", "the named set of values the other augment keys start from",
-                          choices=tuple(PRESETS))
-    crop_scale: tuple[float, float] = setting((0.6, 1.0), "random resized crop: range of the window's area fraction")
-    crop_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), "random resized crop: range of the window's aspect ratio")
-    rotation: float = setting(15.0, "random rotation: maximum angle in degrees (uniform in ±rotation)")
-    hflip_p: float = setting(0.0, "probability of a horizontal flip (0 for digits)")
-    brightness: float = setting(0.4, "colour jitter: brightness factor uniform in [max(0, 1 − b), 1 + b]")
-    contrast: float = setting(0.4, "colour jitter: contrast factor uniform in [max(0, 1 − c), 1 + c]")
-    saturation: float = setting(0.0, "colour jitter: saturation factor uniform in [max(0, 1 − s), 1 + s] "
-                                     "(no effect on one-channel images)")
-    hue: float = setting(0.0, "colour jitter: hue shift uniform in ±hue turns, at most 0.5 (no effect on one "
-                              "channel)")
-    jitter_p: float = setting(0.8, "probability of applying the colour jitter (its four parts in a random order)")
-    grayscale_p: float = setting(0.0, "probability of converting to grayscale")
-    blur_p: float = setting(0.0, "probability of a Gaussian blur")
-    blur_sigma: tuple[float, float] = setting((0.1, 2.0), "Gaussian blur: σ uniform in this range, in pixels")
-    blur_kernel: int = setting(0, "Gaussian blur: odd kernel side in pixels; 0 for 10% of the image's shorter "
-                                  "side (the odd number nearest it)")
-    solarize_p: float = setting(0.0, "probability of solarizing (1 − x where x >= solarize_threshold)")
-    solarize_threshold: float = setting(0.5, "solarize: the threshold")
-    noise_std: float = setting(0.05, "standard deviation of the additive Gaussian noise")
-    padding_mode: str = setting("zeros", "fill of the area a rotation brings in from outside the image",
-                                choices=("zeros", "border", "reflection"))
-
-    PRESETS: ClassVar[dict[str, dict]] = PRESETS
-
-    def __post_init__(self) -> None:
-        coerce_fields(self, "augment.")
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ConfigError(f"config key 'augment.crop_scale': invalid value {list(self.crop_scale)}; "
-                              "need 0 < low <= high <= 1")
-        lo, hi = self.crop_ratio
-        if not 0.0 < lo <= hi:
-            raise ConfigError(f"config key 'augment.crop_ratio': invalid value {list(self.crop_ratio)}; "
-                              "need 0 < low <= high")
-        lo, hi = self.blur_sigma
-        if not 0.0 < lo <= hi:
-            raise ConfigError(f"config key 'augment.blur_sigma': invalid value {list(self.blur_sigma)}; "
-                              "need 0 < low <= high")
-        if self.blur_kernel < 0 or (self.blur_kernel and self.blur_kernel % 2 == 0):
-            raise ConfigError(f"config key 'augment.blur_kernel': invalid value {self.blur_kernel}; need an odd "
-                              "number of pixels, or 0 for 10% of the image side")
-        check_range("augment.rotation", self.rotation, 0.0, 180.0)
-        for key in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
-            check_range(f"augment.{key}", getattr(self, key), 0.0, 1.0)
-        for key in ("brightness", "contrast", "saturation", "noise_std"):
-            check_range(f"augment.{key}", getattr(self, key), 0.0, None)
-        check_range("augment.hue", self.hue, 0.0, 0.5)
-
-
-def _preset_init(init):
-    def __init__(self, preset: str = "digits", **values) -> None:
-        if preset not in PRESETS:
-            raise ConfigError(f"config key 'augment.preset': invalid value {preset!r}; choose from "
-                              f"{', '.join(PRESETS)}")
-        init(self, preset=preset, **{**PRESETS[preset], **values})
-    __init__.__doc__ = init.__doc__
-    return __init__
-
-
-AugmentConfig.__init__ = _preset_init(AugmentConfig.__init__)
 
 
 def blur_kernel_size(config: AugmentConfig, height: int, width: int) -> int:

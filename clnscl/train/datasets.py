@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .config import Config
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -300,7 +302,7 @@ def load_imagefolder(data_root, image_size: int, workers: int = 1) -> tuple[torc
         files.close()
 
 
-def load_dataset(cfg, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+def load_dataset(cfg: Config, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.dataset == "digits":
         if split != "train":
             raise ValueError("dataset 'digits' has no test split (use eval_split=holdout)")
@@ -310,12 +312,12 @@ def load_dataset(cfg, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]
     return load_imagefolder(_split_root(cfg, split), cfg.image_size)
 
 
-def _split_root(cfg, split: str):
+def _split_root(cfg: Config, split: str):
     """The ImageFolder tree of a split: data_root, or for the test split eval_root, whose class folders must be
     data_root's (the labels are positions in that sorted list)."""
     if split == "train":
         return cfg.data_root
-    root = getattr(cfg, "eval_root", None)
+    root = cfg.eval_root
     if root is None:
         raise ValueError("config key 'eval_root': required for dataset=imagefolder with eval_split=test")
     train, test = (sorted(p.name for p in _root(r).iterdir() if p.is_dir()) for r in (cfg.data_root, root))
@@ -326,17 +328,14 @@ def _split_root(cfg, split: str):
     return root
 
 
-def load_source(cfg, split: str = "train") -> TensorImages | ImageFiles:
+def load_source(cfg: Config, split: str = "train") -> TensorImages | ImageFiles:
     """The image source of a config's `split` ("train", or "test": CIFAR's test batch, the eval_root tree):
-    `ImageFiles` for dataset=imagefolder with stream=true, else `TensorImages` of what `load_dataset` returns
-    (cfg needs dataset, data_root, image_size, eval_root for an imagefolder test split; stream and
-    loader_workers default to false and 8)."""
-    workers = max(1, int(getattr(cfg, "loader_workers", 8)))
+    `ImageFiles` for dataset=imagefolder with stream=true, else `TensorImages` of what `load_dataset` returns."""
+    workers = max(1, cfg.loader_workers)
     if cfg.dataset == "imagefolder":
         root = _split_root(cfg, split)
-        if getattr(cfg, "stream", False):
+        if cfg.stream:
             paths, labels, _ = scan_imagefolder(root)
-            return ImageFiles(paths, labels, cfg.image_size, workers, getattr(cfg, "decode_size", None),
-                              getattr(cfg, "decode_aspect", 1.0))
+            return ImageFiles(paths, labels, cfg.image_size, workers, cfg.decode_size, cfg.decode_aspect)
         return TensorImages(*load_imagefolder(root, cfg.image_size, workers))
     return TensorImages(*load_dataset(cfg, split))

@@ -34,6 +34,7 @@ from ..metrics import (StreamingAlignment, knn_accuracy, layer_alignment, linear
                        nccc_accuracy, weight_divergence)
 from .augment import Augment
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .config import run_keys
 from .global_bn import convert_global_batchnorm
 from .models import build_model, encoder_blocks
 from .optim import build_optimizer, schedule
@@ -324,18 +325,11 @@ class CoupledTrainer:
 
     # ---------------------------------------------------------------------------------------------- checkpoints
 
-    # what must match between a checkpoint and the run that resumes it
-    _RUN_KEYS = ("objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
-                 "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
-                 "reference_fraction", "reference_size", "probe_size", "gap_batches", "model", "hidden_dim",
-                 "projector_dim", "augment", "image_size", "eval_split",
-                 "decode_size", "decode_aspect", "gpu_decode")
-
     def state_dict(self) -> dict:
         cfg = self.cfg.to_dict()
         return {
             "step": self.step, "elapsed": time.perf_counter() - self.start,
-            "run": {k: cfg[k] for k in self._RUN_KEYS},
+            "run": {k: cfg[k] for k in run_keys()}, "config": cfg,
             "data_root": self.cfg.data_root, "eval_root": self.cfg.eval_root, "stream": self.cfg.stream,
             "image_px": self.image_px,
             "models": [m.state_dict() for m in self.models],
@@ -353,15 +347,22 @@ class CoupledTrainer:
         return save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Continue from the checkpoint at `path`, which must belong to this run (same _RUN_KEYS)."""
+        """Continue from the checkpoint at `path`, which must belong to this run (the same `config.run_keys()`).
+        The other keys may change: `config_changes` maps each changed one to [checkpoint's, now], and rank 0
+        names them on stderr (a checkpoint without its whole config has none)."""
         path, state = load_checkpoint(path)  # on the CPU: load_state_dict moves what it takes
         step, run = state["step"], state["run"]
         cfg = self.cfg.to_dict()
         defaults = type(self.cfg)().to_dict()  # a key a checkpoint predates had its default then
-        differ = [k for k in self._RUN_KEYS if run.get(k, defaults[k]) != cfg[k]]
+        differ = [k for k in run_keys() if run.get(k, defaults[k]) != cfg[k]]
         if differ:
             raise ValueError(f"checkpoint {path} belongs to another run: {', '.join(differ)} differ "
                              f"(checkpoint {[run.get(k) for k in differ]}, config {[cfg[k] for k in differ]})")
+        self.config_changes = self.cfg.changes_since(state.get("config"))
+        if self.config_changes and self.rank == 0:
+            changes = ", ".join(f"{k} {json.dumps(old)} → {json.dumps(new)}" for k, (old, new) in
+                                self.config_changes.items())
+            print(f"resuming {path} with changed config keys: {changes}", file=sys.stderr)
         for target, key in ((self.models, "models"), (self.optimizers, "optimizers"), (self.schedules, "schedules")):
             for obj, sd in zip(target, state[key]):
                 obj.load_state_dict(sd)

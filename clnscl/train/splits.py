@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..checks import check_int, check_labels, check_real
+from .config import Config
 from .datasets import load_source
 
 
@@ -125,10 +126,9 @@ def _classes_of(source, classes, num_classes):
     return source
 
 
-def run_data(cfg) -> RunData:
-    """Needs cfg's dataset, data_root, image_size, stream, loader_workers, num_classes, seed,
-    reference_fraction, reference_size and probe_size; eval_split (default holdout), eval_root and
-    eval_cache_gib (default 0: the evaluation sets of `ImageFiles` decoded at every load).
+def run_data(cfg: Config) -> RunData:
+    """The training, reference and probe sets of the run `cfg` configures; an evaluation set taking at most
+    `eval_cache_gib` GiB keeps its decoded images (`cached()`).
 
     eval_split=holdout: the reference set is a seeded stratified `reference_fraction` of the training split,
     the rest trains. eval_split=test: the whole training split trains and the reference set is the dataset's
@@ -136,7 +136,7 @@ def run_data(cfg) -> RunData:
     source = load_source(cfg)
     classes = class_subset(source.labels, cfg.num_classes, cfg.seed)
     source = _classes_of(source, classes, cfg.num_classes)
-    if getattr(cfg, "eval_split", "holdout") == "test":
+    if cfg.eval_split == "test":
         train, reference = source, _classes_of(load_source(cfg, "test"), classes, cfg.num_classes)
         if cfg.reference_size is not None and cfg.reference_size < len(reference):
             _, keep = split_indices(reference.labels, cfg.reference_size / len(reference), cfg.seed)
@@ -146,11 +146,10 @@ def run_data(cfg) -> RunData:
         if cfg.reference_size is not None:
             ref_idx = ref_idx[: cfg.reference_size]
         train, reference = source.subset(train_idx), source.subset(ref_idx)
-    probe_size = getattr(cfg, "probe_size", None)
     probe = train
-    if probe_size is not None and probe_size < len(train):
-        _, keep = split_indices(train.labels, probe_size / len(train), cfg.seed + 4)
+    if cfg.probe_size is not None and cfg.probe_size < len(train):
+        _, keep = split_indices(train.labels, cfg.probe_size / len(train), cfg.seed + 4)
         probe = train.subset(keep)
-    budget = getattr(cfg, "eval_cache_gib", 0.0) * 2**30
+    budget = cfg.eval_cache_gib * 2**30
     reference, probe = (s.cached() if len(s) * s.channels * s.size**2 <= budget else s for s in (reference, probe))
     return RunData(train, reference, probe, classes)

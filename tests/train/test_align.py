@@ -46,6 +46,27 @@ def test_errors_name_what_is_wrong(run, tmp_path, capsys):
     assert "nothing" in capsys.readouterr().err
 
 
+def test_a_checkpoint_without_its_whole_config_aligns_the_same(run, tmp_path, capsys):
+    """align rebuilds the run's Config from the checkpoint's saved config or, for a checkpoint written before
+    that was saved, from its run keys and data directories, a key it predates taking its default."""
+    from clnscl.train.align import run_config
+    from clnscl.train.checkpoint import load_checkpoint, save_checkpoint
+    from clnscl.train.config import Config, load_config
+
+    _, state = load_checkpoint(run)
+    assert run_config(state) == load_config(None, TINY)
+    old = {k: v for k, v in state.items() if k not in ("config", "eval_root", "stream")}
+    old["run"] = {k: v for k, v in state["run"].items() if k not in ("decode_size", "decode_aspect", "gpu_decode")}
+    run_keys_only = [kv for kv in TINY if not kv.startswith("eval_every=")]  # eval_every is not a run key
+    assert run_config(old) == load_config(None, run_keys_only) != Config()
+    save_checkpoint(old, tmp_path / "old.pt")
+    capsys.readouterr()
+    assert cli.main(["align", str(run), str(run)]) == 0
+    new_table = _table(capsys.readouterr().out)
+    assert cli.main(["align", str(tmp_path / "old.pt"), str(tmp_path / "old.pt")]) == 0
+    assert _table(capsys.readouterr().out) == new_table
+
+
 def test_align_of_a_streamed_run_reads_its_images_from_disk(tmp_path, capsys):
     """A run with stream=true: align rebuilds the same reference split, decoding it batch by batch, and
     reproduces the last record."""

@@ -50,3 +50,31 @@ def test_errors_name_the_file(tmp_path):
     torch.save({"step": 1, "run": {}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match="partial.pt .*no models"):
         load_checkpoint(tmp_path / "partial.pt")
+
+
+def test_a_resume_that_changes_other_keys_continues_and_says_so(tmp_path, capsys):
+    """A trainer's checkpoint holds its whole config; a resume that changes keys outside config.run_keys()
+    continues, names each change (old → new) on one stderr line and keeps them in `config_changes`; a
+    checkpoint written before the whole config was saved resumes without a word."""
+    from clnscl.train.config import Config, run_keys
+    from clnscl.train.loop import CoupledTrainer
+
+    base = dict(objectives=["cl", "nscl"], epochs=1, warmup_epochs=0, batch_size=32, num_classes=4,
+                reference_size=20, eval_every=2, checkpoint_every=2, device="cpu")
+    CoupledTrainer(Config(**base), tmp_path, log=lambda *_: None).run(stop_after=2)
+    path, state = load_checkpoint(tmp_path)
+    assert state["config"] == Config(**base).to_dict() and set(state["run"]) == set(run_keys())
+    capsys.readouterr()
+    changed = Config(**{**base, "eval_every": 3}, grad_clip=1.0, amp=False)
+    trainer = CoupledTrainer(changed, tmp_path, log=lambda *_: None)
+    records = trainer.run(resume=True, stop_after=3)
+    assert trainer.step == 3 and records[-1]["step"] == 3
+    assert trainer.config_changes == {"eval_every": [2, 3], "amp": [True, False], "grad_clip": [None, 1.0]}
+    lines = [line for line in capsys.readouterr().err.splitlines() if "changed config" in line]
+    said = f"resuming {path} with changed config keys: eval_every 2 → 3, amp true → false, grad_clip null → 1.0"
+    assert lines == [said]
+    del state["config"]
+    save_checkpoint(state, path)
+    trainer = CoupledTrainer(changed, tmp_path, log=lambda *_: None)
+    trainer.load_checkpoint(path)
+    assert trainer.config_changes == {} and "changed config" not in capsys.readouterr().err

@@ -1,10 +1,11 @@
-"""Trainer configuration: defaults, YAML + --set overrides of every field type, clear errors naming the key,
-round trip through config.yaml, help text."""
+"""Trainer configuration on OmegaConf structured configs: defaults, YAML + --set overrides of every field type,
+clear errors naming the key, round trip through config.yaml and to_dict/from_dict, help text, the keys a resume
+must keep."""
 import dataclasses
 
 import pytest
 
-from clnscl.train.config import AugmentConfig, Config, ConfigError, describe, load_config
+from clnscl.train.config import AugmentConfig, Config, ConfigError, describe, load_config, run_keys
 from tests.support.processes import REPO
 
 yaml = pytest.importorskip("yaml")
@@ -29,7 +30,7 @@ def test_overrides_of_every_type():
         "lr=1e-3",                  # float that YAML 1.1 reads as a string
         "weight_decay=0",           # int given to a float field
         "batch_size=128",           # int
-        "epochs=2e1",               # integral float given to an int field
+        "epochs=20",                # int
         "decoupled=true",           # bool
         "optimizer=AdamW",          # choice, case-insensitive
         "num_classes=4",            # optional int
@@ -47,10 +48,12 @@ def test_overrides_of_every_type():
     assert c.objectives == ["cl", "nscl"]
     assert c.augment.rotation == 5.0 and c.augment.crop_scale == (0.5, 1.0) and c.augment.padding_mode == "border"
     # comma-separated lists, clearing an optional key, later overrides win, a whole section as a mapping
-    c = load_config(overrides=["objectives=nscl,cl", "num_classes=5", "num_classes=null", "reference_size=none",
-                               "augment={noise_std: 0, jitter_p: 0.5}", "decoupled=0"])
+    c = load_config(overrides=["objectives=nscl,cl", "num_classes=5", "num_classes=null", "reference_size=~",
+                               "augment={noise_std: 0, jitter_p: 0.5}", "decoupled=0", "snapshot_epochs=3",
+                               "data_root=it's: here", "augment.crop_scale=0.5,1"])
     assert c.objectives == ["nscl", "cl"] and c.num_classes is None and c.reference_size is None
     assert c.augment.noise_std == 0.0 and c.augment.jitter_p == 0.5 and c.decoupled is False
+    assert c.snapshot_epochs == [3] and c.data_root == "it's: here" and c.augment.crop_scale == (0.5, 1.0)
 
 
 def test_yaml_file_then_overrides(tmp_path):
@@ -102,6 +105,8 @@ def test_scaled_lr():
     ("objectives=[ce, cl]", "objectives", "anchor"),
     ("batch_size=abc", "batch_size", "'abc'"),
     ("batch_size=12.5", "batch_size", "integer"),
+    ("epochs=2e1", "epochs", "integer"),
+    ("seed=true", "seed", "integer"),
     ("batch_size=1", "batch_size", ">= 2"),
     ("decoupled=maybe", "decoupled", "true or false"),
     ("temperature=0", "temperature", "> 0"),
@@ -129,6 +134,8 @@ def test_scaled_lr():
     ("out=", "out", "null"),
     ("epochs=null", "epochs", "null"),
     ("augment.crop_scale=[0.5]", "augment.crop_scale", "2 values"),
+    ("augment.crop_scale=[a, 1]", "augment.crop_scale", "'a'"),
+    ("snapshot_epochs=[x]", "snapshot_epochs", "list of int"),
     ("augment.crop_scale=[0.9, 0.5]", "augment.crop_scale", "low <= high"),
     ("augment.rotation=200", "augment.rotation", "[0, 180]"),
     ("augment.hue=0.6", "augment.hue", "[0, 0.5]"),
@@ -250,3 +257,34 @@ def _flat(d, prefix=""):
 def test_an_imagefolder_test_split_needs_its_tree():
     with pytest.raises(ConfigError, match="'eval_root'.*required"):
         load_config(overrides=["dataset=imagefolder", "data_root=/data", "eval_split=test"])
+
+
+def test_run_keys_are_declared_on_the_fields():
+    """The keys a resumed run must share with its checkpoint are the fields with run=True in their metadata."""
+    expected = {"objectives", "temperature", "decoupled", "batch_size", "epochs", "optimizer", "lr", "lr_scaling",
+                "momentum", "weight_decay", "warmup_epochs", "sampler", "seed", "dataset", "num_classes",
+                "reference_fraction", "reference_size", "probe_size", "gap_batches", "model", "hidden_dim",
+                "projector_dim", "augment", "image_size", "eval_split", "decode_size", "decode_aspect", "gpu_decode"}
+    assert set(run_keys()) == expected and len(run_keys()) == len(expected)
+    assert {f.name for f in dataclasses.fields(Config) if f.metadata["run"]} == expected
+
+
+def test_from_dict_gives_missing_keys_their_defaults_and_checks_the_rest():
+    c = load_config(overrides=["temperature=0.2", "augment.preset=simclr_cifar", "augment.hflip_p=0"])
+    assert Config.from_dict(c.to_dict()) == c
+    assert Config.from_dict({"temperature": 0.2}) == Config(temperature=0.2)
+    assert Config.from_dict({}) == Config()
+    with pytest.raises(ConfigError, match="did you mean 'temperature'"):
+        Config.from_dict({"temperatur": 0.2})
+    with pytest.raises(ConfigError, match="'batch_size'.*integer"):
+        Config.from_dict({"batch_size": "many"})
+
+
+def test_changes_since_names_the_other_keys_that_changed():
+    saved = Config(grad_clip=1.0, eval_every=5).to_dict()
+    now = Config(amp=False, eval_every=7)
+    assert now.changes_since(saved) == {"eval_every": [5, 7], "amp": [True, False], "grad_clip": [1.0, None]}
+    assert now.changes_since(None) == {}
+    del saved["amp"]  # a config from before a key existed had its default
+    assert now.changes_since(saved) == {"eval_every": [5, 7], "amp": [True, False], "grad_clip": [1.0, None]}
+    assert Config(temperature=0.2).changes_since(saved | {"eval_every": 20, "grad_clip": None}) == {}

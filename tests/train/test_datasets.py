@@ -52,8 +52,7 @@ def test_cifar_batches_are_read_as_the_archive_stores_them(tmp_path, which):
 
 @pytest.mark.parametrize("which", ["cifar10", "cifar100"])
 def test_eval_split_test_trains_on_the_whole_training_split_and_evaluates_on_the_test_batch(tmp_path, which):
-    from types import SimpleNamespace
-
+    from clnscl.train.config import Config
     from clnscl.train.splits import run_data
 
     _fake_cifar(tmp_path, which, n_per_file=30)
@@ -62,19 +61,18 @@ def test_eval_split_test_trains_on_the_whole_training_split_and_evaluates_on_the
     np.testing.assert_allclose(x.reshape(60, -1).numpy() * 255, test[0][0], atol=1e-3)
     base = dict(dataset=which, data_root=str(tmp_path), image_size=32, num_classes=None, seed=0,
                 reference_fraction=0.2, reference_size=None, probe_size=None)
-    data = run_data(SimpleNamespace(**base, eval_split="test"))
+    data = run_data(Config(**base, eval_split="test"))
     assert len(data.train) == (150 if which == "cifar10" else 30) and torch.equal(data.reference.images, x)
-    held = run_data(SimpleNamespace(**base, eval_split="holdout"))
+    held = run_data(Config(**base, eval_split="holdout"))
     assert len(held.train) + len(held.reference) == len(data.train)
-    small = run_data(SimpleNamespace(**{**base, "reference_size": 20}, eval_split="test")).reference
+    small = run_data(Config(**{**base, "reference_size": 20}, eval_split="test")).reference
     rows = {tuple(r.flatten().tolist()) for r in x}
     assert all(tuple(r.flatten().tolist()) in rows for r in small.images)  # a stratified part of the test batch
     assert 18 <= len(small) <= 22 if which == "cifar10" else 0 < len(small) < 60  # (100 classes: 0-2 per class)
 
 
 def test_an_imagefolder_test_split_must_have_the_training_classes(tmp_path):
-    from types import SimpleNamespace
-
+    from clnscl.train.config import Config, ConfigError
     from clnscl.train.splits import run_data
     from tests.support.imagetree import image_tree
 
@@ -82,14 +80,14 @@ def test_an_imagefolder_test_split_must_have_the_training_classes(tmp_path):
     image_tree(tmp_path / "val", classes=3, per_class=4, seed=1)
     base = dict(dataset="imagefolder", data_root=str(tmp_path / "train"), image_size=12, num_classes=None, seed=0,
                 reference_fraction=0.2, reference_size=None, probe_size=None, eval_split="test")
-    data = run_data(SimpleNamespace(**base, eval_root=str(tmp_path / "val")))
+    data = run_data(Config(**base, eval_root=str(tmp_path / "val")))
     assert (len(data.train), len(data.reference)) == (18, 12) and data.reference.labels.tolist() == sorted(
         data.reference.labels.tolist())
     (tmp_path / "val" / "class1").rename(tmp_path / "val" / "other")
     with pytest.raises(ValueError, match="eval_root.*other"):
-        run_data(SimpleNamespace(**base, eval_root=str(tmp_path / "val")))
-    with pytest.raises(ValueError, match="eval_root"):
-        run_data(SimpleNamespace(**base, eval_root=None))
+        run_data(Config(**base, eval_root=str(tmp_path / "val")))
+    with pytest.raises(ConfigError, match="eval_root"):
+        Config(**base, eval_root=None)
 
 
 def test_cifar_missing_files_name_the_file(tmp_path):
@@ -244,22 +242,21 @@ def test_tensor_images_load_and_subset_are_plain_indexing():
 
 
 def test_load_source_streams_only_imagefolder_with_stream(tmp_path):
-    from types import SimpleNamespace
-
+    from clnscl.train.config import Config
     from clnscl.train.datasets import ImageFiles, TensorImages, load_source
 
     _image_tree(tmp_path / "folder")
     x, y = load_imagefolder(tmp_path / "folder", 8)
     base = dict(dataset="imagefolder", data_root=str(tmp_path / "folder"), image_size=8)
-    streamed = load_source(SimpleNamespace(**base, stream=True, loader_workers=2))
+    streamed = load_source(Config(**base, stream=True, loader_workers=2))
     assert isinstance(streamed, ImageFiles) and streamed.workers == 2
     assert torch.equal(streamed.load(torch.arange(8)), x) and torch.equal(streamed.labels, y)
     streamed.close()
-    for cfg in (SimpleNamespace(**base, stream=False, loader_workers=2), SimpleNamespace(**base)):
+    for cfg in (Config(**base, stream=False, loader_workers=2), Config(**base)):
         held = load_source(cfg)
         assert isinstance(held, TensorImages) and torch.equal(held.images, x) and torch.equal(held.labels, y)
     _fake_cifar(tmp_path / "cifar", "cifar10", n_per_file=4)
-    cifar = load_source(SimpleNamespace(dataset="cifar10", data_root=str(tmp_path / "cifar"), image_size=8))
+    cifar = load_source(Config(dataset="cifar10", data_root=str(tmp_path / "cifar"), image_size=8))
     assert isinstance(cifar, TensorImages) and len(cifar) == 20 and cifar.size == 32 and cifar.channels == 3
 
 
@@ -281,8 +278,7 @@ def test_a_corrupt_image_is_named(tmp_path):
 
 
 def test_empty_or_missing_folders_give_the_imagefolder_errors(tmp_path):
-    from types import SimpleNamespace
-
+    from clnscl.train.config import Config
     from clnscl.train.datasets import load_source, scan_imagefolder
 
     with pytest.raises(FileNotFoundError, match="not a directory"):
@@ -295,7 +291,6 @@ def test_empty_or_missing_folders_give_the_imagefolder_errors(tmp_path):
     (tmp_path / "a" / "readme.txt").write_text("no images here")
     for stream in (True, False):
         with pytest.raises(ValueError, match="no images"):
-            load_source(SimpleNamespace(dataset="imagefolder", data_root=str(tmp_path), image_size=8,
-                                        stream=stream))
+            load_source(Config(dataset="imagefolder", data_root=str(tmp_path), image_size=8, stream=stream))
     with pytest.raises(ValueError, match="no images"):
         load_imagefolder(tmp_path, 8)
