@@ -55,6 +55,9 @@ def _distributed(command, *args) -> int:
 
 
 def _train(args) -> int:
+    """0 when the run ends; 2 for a bad config, data or checkpoint; 3 when a loss or gradient is not finite;
+    75 (clnscl.train.PREEMPTED_EXIT_CODE) after SIGTERM / SIGUSR1, its checkpoint written (rerun with --resume)."""
+    from .train import NonFiniteError, Preempted
     from .train.config import load_config
     from .train.run import train
 
@@ -64,6 +67,11 @@ def _train(args) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:  # bad config, data or checkpoint
         print(f"clnscl train: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteError as exc:
+        print(f"clnscl train: {exc}", file=sys.stderr)
+        return 3
+    except Preempted as exc:
+        return exc.code
     return 0
 
 

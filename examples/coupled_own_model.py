@@ -1,7 +1,8 @@
 """Couple your own model on your own data: CL against NSCL, SupCon and CE under shared randomness.
 
 An MLP with dropout on vectors drawn around 5 class centres; each sample's two views add noise and drop
-features. Runs on the CPU in well under a minute, into runs/own_model: metrics.jsonl, checkpoint.pt, figures, summary.md.
+features. Runs on the CPU in well under a minute, into runs/own_model: metrics.jsonl, checkpoint.pt, the
+report's figures and summary.md.
 """
 import torch
 from torch import nn

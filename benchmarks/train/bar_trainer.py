@@ -23,9 +23,11 @@ import torch
 from benchmarks.support.timing import timed
 from clnscl.metrics import StreamingAlignment, weight_divergence
 from clnscl.train.augment import Augment
+from clnscl.train.batches import GapBatches, SourceBatches
 from clnscl.train.config import load_config
+from clnscl.train.coupled import weight_matrices
 from clnscl.train.datasets import TensorImages
-from clnscl.train.loop import CoupledTrainer, _features, _weight_matrices
+from clnscl.train.loop import CoupledTrainer
 
 
 def step_time(objectives: list[str], steps: int, out: str) -> tuple[float, CoupledTrainer]:
@@ -45,16 +47,28 @@ def enlarge_reference(trainer: CoupledTrainer, n: int) -> None:
     base, gen = ref.load(torch.arange(len(ref))), torch.Generator().manual_seed(0)
     copies = -(-n // len(ref))
     images = torch.cat([Augment()(base, gen) for _ in range(copies)])[:n]
-    trainer.data.reference = TensorImages(images, ref.labels.repeat(copies)[:n])
+    trainer.data.reference = ref = TensorImages(images, ref.labels.repeat(copies)[:n])
+    cfg = trainer.cfg
+    trainer.reference = SourceBatches(ref, torch.arange(n))
+    trainer.gap = GapBatches(ref, trainer.augment, seed=cfg.seed, batch_size=cfg.batch_size, count=cfg.gap_batches,
+                             rank=0, world=1)
+
+
+@torch.no_grad()
+def _features(models, batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(h, z)] of every model over the batches, in eval mode."""
+    outs = [[m.eval()(x) for x, _ in batches] for m in models]
+    for m in models:
+        m.train()
+    return [(torch.cat([h for h, _ in o]), torch.cat([z for _, z in o])) for o in outs]
 
 
 def evaluation_parts(trainer: CoupledTrainer) -> dict[str, float]:
     """Seconds of one whole evaluation and of its parts (recomputed separately, in the same order)."""
-    data, dev, models = trainer.data, trainer.device, trainer.models
-    everything = torch.arange(len(data.reference)), torch.arange(len(data.probe))
+    models = trainer.models
     _, whole = timed(trainer.evaluate)
-    feats, t_ref = timed(lambda: _features(models, data.reference, everything[0], dev))
-    _, t_probe = timed(lambda: _features(models, data.probe, everything[1], dev))
+    feats, t_ref = timed(lambda: _features(models, trainer.reference))
+    _, t_probe = timed(lambda: _features(models, trainer.probe))
 
     def alignment():
         for k in (0, 1):
@@ -63,10 +77,10 @@ def evaluation_parts(trainer: CoupledTrainer) -> dict[str, float]:
             for acc in accs:
                 acc.compute()
         for model in models[1:]:
-            weight_divergence(_weight_matrices(models[0]), _weight_matrices(model))
+            weight_divergence(weight_matrices(models[0]), weight_matrices(model))
 
     _, t_align = timed(alignment)
-    _, t_gap = timed(trainer._loss_gap)
+    _, t_gap = timed(lambda: trainer.coupled._loss_gap(trainer.gap))
     return {"whole": whole, "forward, reference": t_ref, "forward, probe": t_probe, "alignment metrics": t_align,
             "loss gap": t_gap, "accuracies (rest)": whole - t_ref - t_probe - t_align - t_gap}
 

@@ -16,7 +16,7 @@ import torch
 
 from .. import metrics
 from .checkpoint import load_checkpoint
-from .config import Config
+from .config import Config, run_keys
 from .datasets import load_source
 from .models import build_model
 from .splits import run_data
@@ -28,7 +28,8 @@ def run_config(state: dict) -> Config:
     if "config" in state:
         return Config.from_dict(state["config"])
     saved = {key: state[key] for key in ("data_root", "eval_root", "stream") if key in state}
-    return Config.from_dict({**state["run"], **saved})
+    run = {k: v for k, v in state["run"].items() if k in run_keys()}  # not fit's own (total_steps)
+    return Config.from_dict({**run, **saved})
 
 
 def _model(state: dict, cfg: Config, name: str | None, default_index: int, where: Path):

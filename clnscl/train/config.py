@@ -303,6 +303,9 @@ class Config:
                                                 "required)")
     grad_clip: Optional[float] = setting(None, "clip each model's gradient norm to this value before its optimiser "
                                                "step (the NSCL authors clip at 1.0; null: no clipping)")
+    on_nonfinite: str = setting("stop", "a step whose loss or gradient is not finite: stop the run there, naming the "
+                                        "step, the objective and its last finite loss (exit code 3), or skip the "
+                                        "step for every model (counted in skipped_steps)", choices=("stop", "skip"))
     deterministic: bool = setting(False, "deterministic algorithms for the run's process: torch's (warning where an "
                                          "op has none), cuDNN's, cuBLAS's workspace, the loss's Triton kernels "
                                          "without atomics; false: cuDNN's autotuner (benchmark mode) on CUDA")

@@ -33,15 +33,18 @@ NONFINITE = ("stop", "skip")
 
 
 class NonFiniteError(FloatingPointError):
-    """A non-finite loss or gradient: the step, the objective and its last finite loss are in the message and in
-    the attributes `step`, `objective`, `last_finite`."""
+    """A non-finite loss, gradient or weight: the step, the objective and its last finite loss are in the message
+    and in the attributes `step`, `objective`, `last_finite`."""
 
     def __init__(self, step: int, objective: str, what: str, last_finite: float | None):
         self.step, self.objective, self.last_finite = step, objective, last_finite
         last = "none yet" if last_finite is None else f"{last_finite:.6g}"
-        super().__init__(f"step {step}: the {objective} model's {what} is not finite (its last finite loss: {last}); "
-                         "no model took this step. Lower the learning rate, set grad_clip, or pass "
-                         "on_nonfinite='skip' to skip such steps")
+        taken = ("its step left them so; no checkpoint holds them" if what == "weights" else
+                 "no model took this step")
+        verb = "are" if what == "weights" else "is"
+        super().__init__(f"step {step}: the {objective} model's {what} {verb} not finite (its last finite loss: "
+                         f"{last}); {taken}. Lower the learning rate, set grad_clip, or skip such steps "
+                         "(on_nonfinite='skip')")
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -178,6 +181,8 @@ class Coupled:
         self._priors = None if class_priors is None else torch.as_tensor(class_priors, dtype=torch.float64)
         self._class_counts = torch.zeros(0, dtype=torch.float64)
         self._same_class_seen, self._eta_sum, self._batch = 0.0, 0.0, 0
+        if "ce" not in names or self._own_logits:  # else the head waits for z's width, at the first step
+            self._setup()
 
     @property
     def anchor(self) -> str:
@@ -266,6 +271,15 @@ class Coupled:
         self.steps += 1
         self.last_finite = {n: row[0] for n, row in values.items()}
         return dict(self.last_finite)
+
+    def check_weights(self) -> None:
+        """Raise NonFiniteError naming the first model whose parameters or floating buffers (batch-norm
+        statistics) are not all finite (a step can overflow them from a finite gradient)."""
+        for name, model in self.models.items():
+            tensors = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point()),
+                       *(self.heads[name].parameters() if name in self.heads else ())]
+            if not all(bool(torch.isfinite(t).all()) for t in tensors):
+                raise NonFiniteError(self.steps, name, "weights", self.last_finite.get(name))
 
     def _z_dim(self, flat: torch.Tensor) -> int:
         """z's width, from a forward of the anchor in eval mode on two inputs (random streams untouched)."""
@@ -357,7 +371,9 @@ class Coupled:
         kept, ref_labels, n_ref = [], [], 0
         for batch in reference:
             x, y = _batch_xy(batch)
-            feats = [_split(m(x.to(self.device, non_blocking=True))) for m in self.models.values()]
+            x = x.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                feats = [tuple(None if t is None else t.float() for t in _split(m(x))) for m in self.models.values()]
             n_ref += len(x)
             for prefix, k in (("", 1), ("h/", 0)):
                 if feats[0][k] is not None and others:

@@ -9,13 +9,15 @@ Long runs on shared clusters: SIGTERM or SIGUSR1 (SLURM's warning before a preem
 finish, writes the checkpoint and raises `Preempted`, a SystemExit whose code is PREEMPTED_EXIT_CODE (75,
 sysexits' EX_TEMPFAIL: try again); the same call with resume=True (or "auto") ends with the records of the
 uninterrupted run. A non-finite loss or gradient raises `NonFiniteError` at that step (no model takes it and no
-checkpoint is written), or with on_nonfinite="skip" skips the step for every model.
+checkpoint is written), or with on_nonfinite="skip" skips the step for every model; weights that a step made
+non-finite raise it when a checkpoint is due, which is then not written.
 
 Under a process group every rank must draw the same random stream (seed every rank alike): the checkpoint
-holds rank 0's random state and every rank continues from it. Resuming mid-epoch: an iterable with state_dict() / load_state_dict() (torchdata's StatefulDataLoader, the
-command line's samplers) is restored from its state; any other is iterated afresh from the random state it
-started its epoch with (a DataLoader's shuffling and workers' seeds come from it; `set_epoch(epoch)` is called
-on it or its sampler when it has one, as DistributedSampler needs) and the batches it had given are skipped.
+holds rank 0's random state and every rank continues from it. Resuming mid-epoch: an iterable with
+state_dict() / load_state_dict() (torchdata's StatefulDataLoader, the command line's samplers) is restored
+from its state; any other is iterated afresh from the random state it started its epoch with (a DataLoader's
+shuffling and workers' seeds come from it; `set_epoch(epoch)` is called on it or its sampler when it has one,
+as DistributedSampler needs) and the batches it had given are skipped.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -106,6 +108,8 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
         steps: int | None = None, checkpoint_every: int | None = None, resume=False, overwrite: bool = False,
         loggers=None, progress: bool = True, probe: Iterable | None = None, gap: Iterable | None = None,
         on_nonfinite: str = "stop", knn_k: int = 20, linear_probe: bool = False, theory_delta: float = 0.05,
+        snapshot_epochs: Iterable[int] = (), extra_records: Callable[[Coupled], dict] | None = None,
+        checkpoint_extra: dict | None = None, identity: dict | None = None, until: int | None = None,
         log=None) -> list[dict]:
     """Train `coupled` on `train` into the run directory `out`, evaluating on `reference`.
 
@@ -124,11 +128,19 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
         progress: a progress bar over the steps (rank 0).
         on_nonfinite: "stop" (raise NonFiniteError) or "skip" a step with a non-finite loss or gradient.
         knn_k, linear_probe, theory_delta: passed to `Coupled.evaluate`.
+        snapshot_epochs: also keep the checkpoint of the end of these epochs as snapshots/epoch_<E>.pt.
+        extra_records: called with `coupled` at every evaluation (every rank); its keys join the record.
+        checkpoint_extra: more entries of every checkpoint (plain data: what a reader of the run needs).
+        identity: more keys of the run's identity (plain data), stored in the checkpoint's "run" and checked
+            on resume where the checkpoint has them.
+        until: train only up to this step of the schedule (a part of the run; the checkpoints are those due, the
+            report waits for the end, and resume continues).
         log: where the run's messages go (default: tqdm.write to stderr).
 
     Returns:
-        The records (rank 0; [] on the other ranks): step, epoch (with len(train)), time, samples_per_s, lr,
-        loss/<objective>, skipped_steps and `Coupled.evaluate`'s keys.
+        The records (rank 0; [] on the other ranks): step, epoch (with len(train)), time, samples_per_s,
+        data_wait_s (seconds spent waiting for batches since the record before), lr, loss/<objective>,
+        skipped_steps, anchor and `Coupled.evaluate`'s keys.
 
     Raises:
         Preempted: a stop signal arrived; the checkpoint is written.
@@ -138,37 +150,31 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     if (epochs is None) == (steps is None):
         raise ValueError("fit: pass exactly one of epochs and steps")
-    _positive("eval_every", eval_every)
-    _positive("checkpoint_every", checkpoint_every, allow_none=True)
-    _positive("epochs", epochs, allow_none=True)
-    _positive("steps", steps, allow_none=True)
+    for name, value in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every), ("epochs", epochs),
+                        ("steps", steps), ("until", until)):
+        _positive(name, value, allow_none=name != "eval_every")
     if on_nonfinite not in NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
     epoch_len = len(train) if hasattr(train, "__len__") else None
-    if epochs is not None and not epoch_len:
-        raise ValueError("epochs: train has no len() (or is empty); pass steps instead")
+    if (epochs is not None or snapshot_epochs) and not epoch_len:
+        raise ValueError("epochs, snapshot_epochs: train has no len() (or is empty); pass steps instead")
     total = steps if steps is not None else epochs * epoch_len
     checkpoint_every = checkpoint_every or eval_every
+    snapshot_epochs = set(snapshot_epochs)
     out = Path(out)
     lead = coupled.rank == 0
     resumed = continues(out, resume, overwrite)
     if coupled.group is not None:
         dist.barrier(group=coupled.group)  # every rank has looked at the directory before rank 0 writes into it
     out.mkdir(parents=True, exist_ok=True)
-    run = {"objectives": coupled.names, "temperature": coupled.temperature, "decoupled": coupled.decoupled,
-           "total_steps": total}
-    position = {"epoch": 0, "batch": 0, "epoch_rng": None, "train": None}
-    records: list[dict] = []
+    run = {**(identity or {}), "objectives": coupled.names, "temperature": coupled.temperature,
+           "decoupled": coupled.decoupled, "total_steps": total}
     metrics = out / METRICS_FILE
+    records: list[dict] = []
+    elapsed, position = 0.0, None
     if resumed:
-        path, state = load_checkpoint(out / CHECKPOINT_FILE)
-        differ = [k for k in run if state["run"].get(k) != run[k]]
-        if differ:
-            raise ValueError(f"checkpoint {path} belongs to another run: {', '.join(differ)} differ (checkpoint "
-                             f"{[state['run'].get(k) for k in differ]}, this run {[run[k] for k in differ]})")
-        coupled.load_state_dict(state["coupled"])
-        position = state["position"]
-        records = [r for r in read_records(metrics)[0]] if metrics.exists() else []
+        elapsed, position = restore(coupled, out / CHECKPOINT_FILE, run)
+        records = read_records(metrics)[0] if metrics.exists() else []
         if lead:
             rewrite_records(metrics, records)  # without a line cut short by the kill
     elif lead:  # a new run (or the replaced one's files gone: a resume must not find them)
@@ -180,17 +186,26 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
         if rec["step"] > coupled.steps:  # recorded after the checkpoint: the purge dropped their events
             for sink in sinks:
                 sink.log(rec)
-    elapsed = state.get("elapsed", 0.0) if resumed else 0.0
     start = time.perf_counter() - elapsed
+    end = total if until is None else min(until, total)
     bar = tqdm(total=total, initial=coupled.steps, unit="step", dynamic_ncols=True, disable=not (progress and lead))
-    batches = _Batches(train, position, epoch_len)
+    batches = Batches(train, position, epoch_len)
+
+    def save(path: Path, step: int) -> None:
+        coupled.check_weights()  # never a checkpoint of non-finite weights
+        state = checkpoint_state(coupled, batches, run, time.perf_counter() - start, checkpoint_extra)
+        if lead:
+            save_checkpoint(state, path)
+
     with _StopSignals() as stop, bar, (metrics.open("a") if lead else contextlib.nullcontext()) as sink, \
             contextlib.ExitStack() as closing:
         for s in sinks:
             closing.callback(s.close)
-        since, samples = time.perf_counter(), 0
-        while coupled.steps < total:
+        since, samples, waited = time.perf_counter(), 0, 0.0
+        while coupled.steps < end:
+            t0 = time.perf_counter()
             views, labels = batches.next()
+            waited += time.perf_counter() - t0
             losses = coupled.step(views, labels, on_nonfinite=on_nonfinite)
             samples += len(views) * coupled.world
             step = coupled.steps
@@ -199,10 +214,12 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
             if (step % eval_every == 0 or step == total or step == 1) and step not in written:
                 now = time.perf_counter()
                 rec = {"step": step, **({"epoch": step / epoch_len} if epoch_len else {}), "time": now - start,
-                       "samples_per_s": samples / max(now - since, 1e-9), "lr": coupled.last_lr,
-                       **{f"loss/{n}": v for n, v in losses.items()}, "skipped_steps": coupled.skipped,
+                       "samples_per_s": samples / max(now - since, 1e-9), "data_wait_s": waited,
+                       "lr": coupled.last_lr, **{f"loss/{n}": v for n, v in losses.items()},
+                       "skipped_steps": coupled.skipped,
                        **coupled.evaluate(reference, probe, gap=gap, knn_k=knn_k, linear_probe=linear_probe,
-                                          theory_delta=theory_delta)}
+                                          theory_delta=theory_delta),
+                       **(extra_records(coupled) if extra_records is not None else {}), "anchor": coupled.anchor}
                 records.append(rec)
                 if lead:
                     append_record(sink, rec)
@@ -210,21 +227,20 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
                     for s in sinks:
                         s.log(rec)
                     log(_progress_line(rec, total, coupled.names))
-                since, samples = time.perf_counter(), 0
+                since, samples, waited = time.perf_counter(), 0, 0.0
             signame = _agreed_stop(stop.received, coupled)
             if signame or step % checkpoint_every == 0 or step == total:
-                state = {"step": step, "run": run, "elapsed": time.perf_counter() - start,
-                         "models": [m.state_dict() for m in coupled.models.values()],
-                         "coupled": coupled.state_dict(), "position": batches.position()}
-                if lead:
-                    save_checkpoint(state, out / CHECKPOINT_FILE)
+                save(out / CHECKPOINT_FILE, step)
+            epoch, in_epoch = divmod(step, epoch_len) if epoch_len else (0, 1)
+            if in_epoch == 0 and epoch in snapshot_epochs:
+                save(out / "snapshots" / f"epoch_{epoch}.pt", step)
             if signame:
                 if coupled.group is not None:
                     dist.barrier(group=coupled.group)
                 log(f"{signame}: stopped after step {step} of {total}; checkpoint {out / CHECKPOINT_FILE} written. "
                     f"Run the same command with --resume (resume=True) to continue.")
                 raise Preempted(step, signame)
-    if lead:
+    if lead and coupled.steps == total:
         write_csv(records, out / "metrics.csv")
         _write_classes(out, coupled)
         log(write_report(out))
@@ -240,6 +256,30 @@ def _write_classes(out: Path, coupled: Coupled) -> None:
         path.write_text(json.dumps([str(c) for c in range(classes)]))
 
 
+def checkpoint_state(coupled: Coupled, batches: "Batches", run: dict, elapsed: float,
+                     extra: dict | None = None) -> dict:
+    """A run's checkpoint: step, the run's identity, elapsed seconds, the models' state dicts (in objective
+    order), `Coupled.state_dict()`, the data position and `extra`."""
+    return {"step": coupled.steps, "run": run, "elapsed": elapsed,
+            "models": [m.state_dict() for m in coupled.models.values()], "coupled": coupled.state_dict(),
+            "position": batches.position(), **(extra or {})}
+
+
+def restore(coupled: Coupled, path: Path, run: dict | None = None) -> tuple[float, dict]:
+    """Load the checkpoint at `path` into `coupled` (checking `run`, the identity it must have, on the keys the
+    checkpoint has); its elapsed seconds and data position."""
+    path, state = load_checkpoint(path)
+    if "coupled" not in state:
+        raise ValueError(f"checkpoint {path} was written by an older clnscl (before Coupled and fit) and cannot be "
+                         "continued; start the run afresh (--overwrite)")
+    differ = [k for k in run or {} if k in state["run"] and state["run"][k] != run[k]]
+    if differ:
+        raise ValueError(f"checkpoint {path} belongs to another run: {', '.join(differ)} differ (checkpoint "
+                         f"{[state['run'].get(k) for k in differ]}, this run {[run[k] for k in differ]})")
+    coupled.load_state_dict(state["coupled"])
+    return float(state.get("elapsed", 0.0)), state["position"]
+
+
 def _agreed_stop(received: str | None, coupled: Coupled) -> str | None:
     """The stop signal's name if any rank received one (every rank then stops after the same step)."""
     if coupled.group is None:
@@ -249,10 +289,12 @@ def _agreed_stop(received: str | None, coupled: Coupled) -> str | None:
     return (received or "SIGTERM") if flag.item() else None
 
 
-class _Batches:
-    """The training batches across epochs, with the position a checkpoint needs to continue them."""
+class Batches:
+    """The training batches across epochs, with the position a checkpoint needs to continue them (None: the
+    start)."""
 
-    def __init__(self, train, position: dict, epoch_len: int | None):
+    def __init__(self, train, position: dict | None, epoch_len: int | None):
+        position = position or {"epoch": 0, "batch": 0, "epoch_rng": None, "train": None}
         self.train, self.epoch_len = train, epoch_len
         self.epoch, self.batch = int(position["epoch"]), int(position["batch"])
         self.epoch_rng, self._train_state = position["epoch_rng"], position["train"]

@@ -3,7 +3,8 @@
 
 `make_loggers(specs, out, resume_step)` turns `fit`'s `loggers` argument — names ("tensorboard", "wandb") or
 objects with `log` and `close` — into loggers. A resumed run's TensorBoard events after its checkpoint are
-dropped (purge_step, the first step after it) and written again; a resumed W&B run continues the run whose id RUN_DIR/wandb_id holds.
+dropped (purge_step, the first step after it) and written again; a resumed W&B run continues the run whose
+id RUN_DIR/wandb_id holds.
 """
 from __future__ import annotations
 

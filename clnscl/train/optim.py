@@ -8,6 +8,7 @@ plain SGD steps without weight decay or trust ratio.
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -46,10 +47,11 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """cfg's optimiser over model's parameters at cfg.scaled_lr(); weight decay on tensors of 2+ dimensions."""
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norm layers
+def build_optimizer(cfg, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """cfg's optimiser over `params` at cfg.scaled_lr(); weight decay on tensors of 2+ dimensions."""
+    params = list(params)
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]  # biases and norm layers
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     lr = cfg.scaled_lr()
     if cfg.optimizer == "sgd":

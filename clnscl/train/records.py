@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
-TIMINGS = ("time", "images_per_s", "samples_per_s", "data_wait_s")
+TIMINGS = ("time", "samples_per_s", "data_wait_s")
 
 
 def without_timings(record: dict) -> dict:

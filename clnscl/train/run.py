@@ -13,32 +13,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .checkpoint import CHECKPOINT_FILE
 from .config import Config
+from .fit import continues
 from .loop import CoupledTrainer
-from .records import METRICS_FILE, write_csv
-from .report import write_report
-
-RESUME_MODES = (False, True, "auto")
-
-
-def continues(out: Path, resume=False, overwrite: bool = False) -> bool:
-    """Whether a run into `out` continues the one there (True) or starts afresh (False); ValueError when `out`
-    holds a run and neither resume nor overwrite says what to do with it."""
-    if resume not in RESUME_MODES:
-        raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: continue the run in the directory, or "
-                         "replace it")
-    if resume == "auto":
-        return (out / CHECKPOINT_FILE).exists()
-    if resume:
-        return True
-    held = [name for name in (CHECKPOINT_FILE, METRICS_FILE) if (out / name).exists()]
-    if held and not overwrite:
-        raise ValueError(f"{out} holds a run ({', '.join(held)}): pass --resume to continue it (--resume auto: "
-                         "continue it if it has a checkpoint, else start afresh) or --overwrite to replace it")
-    return False
+from .records import METRICS_FILE
 
 
 def add_run_dir_flags(parser) -> None:
@@ -58,12 +36,10 @@ def train(cfg: Config, out, resume=False, overwrite: bool = False, log=print) ->
     resume = continues(out, resume, overwrite)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # every rank has looked at the directory before rank 0 writes into it
-    trainer = CoupledTrainer(cfg, out)
+    trainer = CoupledTrainer(cfg, out, log=log)
     if trainer.rank == 0:
         cfg.save(out)
     records = trainer.run(resume=resume)
     if trainer.rank == 0:
-        write_csv(records, out / "metrics.csv")
         log(f"metrics: {out / METRICS_FILE} ({len(records)} evaluations)")
-        log(write_report(out))
     return records

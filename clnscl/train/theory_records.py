@@ -35,34 +35,6 @@ def same_class_max(labels: torch.Tensor, views: int, decoupled: bool) -> float:
     return (n - 1) / (b - 1) if decoupled else (n - 1) * views / (b * views - 1)
 
 
-class TheoryRecords:
-    """The theory/ records of a run whose models include cl and nscl (`applies`), one of them the anchor."""
-
-    def __init__(self, cfg, names: list[str], train_labels: torch.Tensor, reference_size: int, eta) -> None:
-        self.cfg, self.eta, self.n_ref = cfg, eta, reference_size
-        self.applies = {"cl", "nscl"} <= set(names) and names[0] in ("cl", "nscl")
-        self.other = ("nscl" if names[0] == "cl" else "cl") if self.applies else None
-        counts = torch.bincount(train_labels.cpu())
-        self.pi_max = float(counts.max()) / float(counts.sum())
-        self.seen = 0.0
-        self._eta = (0, 0.0)  # (steps, Σ η over them) summed so far
-
-    def observe(self, labels: torch.Tensor, views: int) -> None:
-        """A training batch's sample labels (the global batch)."""
-        self.seen = max(self.seen, same_class_max(labels.cpu(), views, self.cfg.decoupled))
-
-    def record(self, step: int, terms: dict[str, float]) -> dict[str, float]:
-        """The theory/ keys at `step` from the anchor/other coupling terms (`StreamingAlignment.coupling_terms`)."""
-        cfg = self.cfg
-        done, eta_sum = self._eta if self._eta[0] <= step else (0, 0.0)
-        for t in range(done, step):  # left to right, as from step 0: a resumed run adds the same numbers
-            eta_sum += self.eta(t)
-        self._eta = (step, eta_sum)
-        return theory_record(terms, step=step, eta_sum=eta_sum, batch_size=cfg.batch_size,
-                             temperature=cfg.temperature, delta=cfg.theory_delta, pi_max=self.pi_max,
-                             same_class_seen=self.seen, reference_size=self.n_ref)
-
-
 def theory_record(terms: dict[str, float], *, step: int, eta_sum: float, batch_size: int, temperature: float,
                   delta: float, pi_max: float, same_class_seen: float, reference_size: int) -> dict[str, float]:
     """The theory/ keys after `step` steps whose rates sum to `eta_sum`, from the anchor/other coupling terms

@@ -14,8 +14,9 @@ def _trainer(tmp_path, amp: bool) -> CoupledTrainer:
                  out=str(tmp_path))
     trainer = CoupledTrainer(cfg, tmp_path, log=lambda *_: None)
     if amp:  # as on CUDA: autocast to bf16, models in channels_last
-        trainer.amp = True
-        trainer.models = [m.to(memory_format=torch.channels_last) for m in trainer.models]
+        trainer.coupled.amp = True
+        for m in trainer.models:
+            m.to(memory_format=torch.channels_last)
     return trainer
 
 

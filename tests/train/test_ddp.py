@@ -133,7 +133,8 @@ def _assert_records_agree(two: list, one: list, run, single, config: dict) -> di
 
     from clnscl.train.checkpoint import load_checkpoint
     from clnscl.train.config import Config
-    from clnscl.train.loop import CoupledTrainer, _features
+    from clnscl.train.loop import CoupledTrainer
+    from tests.support.features import features as _features
     from tests.support.conditioning import abs_tolerance, row_error, weight_error
 
     _, state = load_checkpoint(run)  # weights_only: a distributed run's checkpoint holds no code

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -380,3 +381,21 @@ def test_overwrite_replaces_the_run_so_that_resume_auto_never_continues_the_repl
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6], (
         f"fit(overwrite=True) kept the replaced run's checkpoint (step {left}) beside the new run's "
         "metrics.jsonl, and resume='auto' continued the replaced run under the new run's records")
+
+
+def test_the_command_line_stops_a_diverging_run_naming_the_step_and_the_model(tmp_path, capsys):
+    """`clnscl train --set lr=1e8` (tried on issue 20: it trained on to an evaluation that then failed on NaN
+    features) stops at the first non-finite step with exit code 3, naming the step, the model and its last
+    finite loss; its checkpoint, if any, holds finite weights only."""
+    from clnscl import cli
+    from clnscl.train.checkpoint import load_checkpoint
+
+    sets = ["epochs=2", "batch_size=64", "num_classes=4", "reference_size=40", "eval_every=1000", "lr=1e8",
+            "checkpoint_every=1"]
+    code = cli.main(["train", "--out", str(tmp_path / "run"), *[a for kv in sets for a in ("--set", kv)]])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert re.search(r"clnscl train: step \d+: the \w+ model's (loss|gradient norm|weights) (is|are) not finite "
+                     r"\(its last finite loss: [-+.\de]+\)", err), err
+    _, state = load_checkpoint(tmp_path / "run")
+    assert all(torch.isfinite(v).all() for sd in state["models"] for v in sd.values() if v.is_floating_point())

@@ -168,7 +168,7 @@ def test_the_linear_probe_is_recorded_when_asked_for(tmp_path):
     """linear_probe=true adds linear/<model>: metrics.linear_probe_accuracy of the probe set's encoder features
     against the reference set's, for every model; off by default."""
     from clnscl.metrics import linear_probe_accuracy
-    from clnscl.train.loop import _features
+    from tests.support.features import features as _features
 
     trainer = CoupledTrainer(load_config(None, [*TINY, "linear_probe=true"]), tmp_path / "lp", log=lambda *_: None)
     rec = trainer.run(stop_after=1)[-1]

@@ -35,7 +35,7 @@ def test_records_hold_the_learning_rate_throughput_and_data_wait(tmp_path):
     trainer = _trainer(tmp_path / "r")
     records = trainer.run(stop_after=9)
     for rec in records:
-        assert rec["images_per_s"] > 0 and rec["data_wait_s"] >= 0 and rec["lr"] > 0
+        assert rec["samples_per_s"] > 0 and rec["data_wait_s"] >= 0 and rec["lr"] > 0
     lrs = [r["lr"] for r in records]
     assert lrs[0] < lrs[-1] <= trainer.cfg.scaled_lr()  # warming up over the first epoch
     assert set(TIMINGS) <= set(records[0]) and "lr" in without_timings(records[0])
@@ -58,7 +58,7 @@ def test_tensorboard_holds_every_recorded_number_once_per_step_across_a_resume(t
     records = _trainer(out, extra).run(resume=True)
     scalars = _scalars(out / "tensorboard")
     numbers = {k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float))}
-    assert numbers <= set(scalars) and {"lr", "images_per_s", "data_wait_s", "loss/cl"} <= set(scalars)
+    assert numbers <= set(scalars) and {"lr", "samples_per_s", "data_wait_s", "loss/cl"} <= set(scalars)
     steps = [r["step"] for r in records]
     assert [s for s, _ in scalars["loss/cl"]] == steps  # each once, the resumed run's included
     assert [v for _, v in scalars["cka_cosine/nscl"]] == pytest.approx([r["cka_cosine/nscl"] for r in records])
@@ -87,6 +87,6 @@ def test_snapshots_keep_the_checkpoint_of_the_configured_epochs(tmp_path):
     path, state = load_checkpoint(out / "snapshots" / "epoch_1.pt")
     assert state["step"] == trainer.sampler.epoch_length
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_1.pt"]
-    assert "cuda_rng" in state and (state["cuda_rng"] is None) == (not torch.cuda.is_available())
+    assert ("cuda" in state["coupled"]["rng"]) == (trainer.device.type == "cuda")  # the random states too
     with pytest.raises(ConfigError, match="snapshot_epochs"):
         load_config(None, [*TINY, "snapshot_epochs=[3]"])  # past the last epoch
