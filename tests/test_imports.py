@@ -114,3 +114,17 @@ def test_the_public_names_are_where_users_find_them():
     for op in ("masked_lse", "masked_lse_backward", "pairwise_moments", "pairwise_histograms",
                "pairwise_rank_product"):
         assert hasattr(torch.ops.clnscl, op), op
+
+
+def test_the_trainer_library_imports_none_of_the_command_lines_batteries():
+    """`clnscl.train` (Coupled, fit) knows only modules, optimisers and batches: importing it, in a fresh
+    interpreter, loads no dataset, split, augmentation, sampler, pipeline, model builder or configuration."""
+    import subprocess
+    import sys
+
+    code = "import sys, clnscl.train; print(' '.join(m for m in sys.modules if m.startswith('clnscl.train')))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=str(REPO)).stdout.split())
+    batteries = {f"clnscl.train.{m}" for m in ("datasets", "splits", "augment", "image_ops", "samplers", "pipeline",
+                                               "models", "optim", "config", "batches", "loop", "run")}
+    assert "clnscl.train.fit" in loaded and not loaded & batteries, sorted(loaded & batteries)

@@ -1,5 +1,6 @@
 """checkpoint.pt: written atomically, read back whole from a file or a run directory, loaded with
 weights_only=True (a file that would run code when unpickled is refused), clear errors naming the file."""
+import json
 import os
 
 import pytest
@@ -73,6 +74,8 @@ def test_a_resume_that_changes_other_keys_continues_and_says_so(tmp_path, capsys
     lines = [line for line in capsys.readouterr().err.splitlines() if "changed config" in line]
     said = f"resuming {path} with changed config keys: eval_every 2 → 3, amp true → false, grad_clip null → 1.0"
     assert lines == [said]
+    assert json.loads(records[-1]["config_changes"]) == trainer.config_changes  # and in the next record
+    assert all("config_changes" not in r for r in records[:-1])
     del state["config"]
     save_checkpoint(state, path)
     trainer = CoupledTrainer(changed, tmp_path, log=lambda *_: None)
