@@ -399,3 +399,38 @@ def test_the_command_line_stops_a_diverging_run_naming_the_step_and_the_model(tm
                      r"\(its last finite loss: [-+.\de]+\)", err), err
     _, state = load_checkpoint(tmp_path / "run")
     assert all(torch.isfinite(v).all() for sd in state["models"] for v in sd.values() if v.is_floating_point())
+
+
+def test_clnscl_train_stopped_by_sigterm_resumes_to_the_uninterrupted_records(tmp_path):
+    """`clnscl train` in a child process gets a real SIGTERM after its third record: it exits with code 75 and
+    a checkpoint; the same command with --resume ends with the records of a run never stopped."""
+    sets = ["epochs=3", "batch_size=64", "num_classes=4", "reference_size=40", "eval_every=2", "checkpoint_every=50",
+            "warmup_epochs=1", "tensorboard=false"]
+    args = [a for kv in sets for a in ("--set", kv)]
+    env = gloo_env()
+
+    def train(out, *extra):
+        return subprocess.Popen([sys.executable, "-m", "clnscl", "train", "--out", str(out), *args, *extra],
+                                env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    cut = tmp_path / "cut"
+    proc = train(cut)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        path = cut / METRICS_FILE
+        if path.exists() and len(path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == PREEMPTED_EXIT_CODE, out[-3000:]
+    assert "SIGTERM: stopped after step" in out
+    _, state = load_checkpoint(cut)
+    whole = tmp_path / "whole"
+    for p, what in ((train(cut, "--resume"), "resumed"), (train(whole), "uninterrupted")):
+        text = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, f"{what}: {text[-3000:]}"
+    steps_total = read_records(whole / METRICS_FILE)[0][-1]["step"]
+    assert 0 < state["step"] < steps_total
+    assert ([without_timings(r) for r in read_records(cut / METRICS_FILE)[0]]
+            == [without_timings(r) for r in read_records(whole / METRICS_FILE)[0]])
