@@ -7,7 +7,10 @@ With K = XXᵀ and L = YYᵀ every quantity is a function of sums over the rows:
   1ᵀK̃L̃1 = sₓᵀ(XᵀY)s_y − sₓ·Σx_i‖y_i‖² − s_y·Σy_i‖x_i‖² + Σ‖x_i‖²‖y_i‖²   (Song et al.'s unbiased HSIC);
   over the pairs i < j of a = cos(x_i, x_j), b = cos(y_i, y_j) (rows x̂ normalised):
   Σa = (‖ŝₓ‖² − Σ‖x̂_i‖²)/2,  Σa² = (‖X̂ᵀX̂‖²_F − Σ‖x̂_i‖⁴)/2,  Σab = (‖X̂ᵀŶ‖²_F − Σ‖x̂_i‖²‖ŷ_i‖²)/2;
-  ‖Σ_X − Σ_Y‖²_F = ‖X̂ᵀX̂‖²_F + ‖ŶᵀŶ‖²_F − 2‖X̂ᵀŶ‖²_F.
+  ‖Σ_X − Σ_Y‖²_F = ‖X̂ᵀX̂‖²_F + ‖ŶᵀŶ‖²_F − 2‖X̂ᵀŶ‖²_F, which cancels when the two are nearly equal; so when
+  p = q the sums of the difference Ê = Ŷ − X̂ are kept too (Ĝ = X̂ᵀX̂, G_ee = ÊᵀÊ, G_xe = X̂ᵀÊ) and
+  ‖Σ_Y − Σ_X‖²_F = ‖X̂Êᵀ + ÊX̂ᵀ + ÊÊᵀ‖²_F = 2⟨Ĝ, G_ee⟩ + ‖G_ee‖² + 2 tr(G_xe²) + 4 tr(G_xe G_ee),
+  every term of the order of the gap (centred sums give ‖K_Y − K_X‖ the same way).
 The sums for linear CKA are taken over rows minus a shift (the first chunk's means): CKA is
 translation-invariant, and centred sums keep float64 precision when features share a large offset; `merge`
 and `all_reduce` move sums to a common shift exactly (every sum expanded algebraically).
@@ -48,13 +51,55 @@ def _cross_stats(a: torch.Tensor, na2: torch.Tensor, bs: list[torch.Tensor],
             for i, (b, nb2) in enumerate(zip(bs, nb2s))]
 
 
-def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """The statistics of rows a paired with each b of bs (float64), those of a computed once."""
+def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor], differences: bool = False) -> list[dict[str, torch.Tensor]]:
+    """The statistics of rows a paired with each b of bs (float64), those of a computed once. With
+    `differences`, each b as wide as a also gets the sums of e = b − a (`_diff_stats`), and its G_yy and G_xy
+    are made from them (G_xy = G_xx + G_xe, G_yy = G_xy + G_xeᵀ + G_ee): as many products as without."""
     n = torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device)
     na2, nb2s = _norms2(a), [_norms2(b) for b in bs]
     own_x = _own_stats(a, na2, "x")
-    return [{"n": n, **own_x, **_own_stats(b, nb2, "y"), **cross}
-            for b, nb2, cross in zip(bs, nb2s, _cross_stats(a, na2, bs, nb2s))]
+    paired = [differences and b.shape[1] == a.shape[1] for b in bs]
+    apart = [i for i, d in enumerate(paired) if not d]
+    crosses = _cross_stats(a, na2, [bs[i] for i in apart], [nb2s[i] for i in apart]) if apart else []
+    out = []
+    for b, nb2, d in zip(bs, nb2s, paired):
+        if not d:
+            out.append({"n": n, **own_x, **_own_stats(b, nb2, "y"), **crosses.pop(0)})
+            continue
+        st = {"n": n, **own_x, "sy": b.sum(0), "ny2": nb2.sum(), "ny4": nb2.square().sum(), "y_ny2": b.T @ nb2,
+              "nxy": na2 @ nb2, "x_ny2": a.T @ nb2, "y_nx2": b.T @ na2, **_diff_stats(a, b, na2, nb2)}
+        st["xy"] = own_x["xx"] + st["xe"]
+        st["yy"] = st["xy"] + st["xe"].T + st["ee"]
+        out.append(st)
+    return out
+
+
+def _diff_stats(a: torch.Tensor, b: torch.Tensor, na2: torch.Tensor, nb2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums of the difference e = b − a of paired rows (p = q; na2, nb2 their squared norms): eᵀe, aᵀe, Σe and
+    Σ(‖b_i‖² − ‖a_i‖²)² (the diagonal of Σ_Y − Σ_X for normalised rows)."""
+    e = b - a
+    return {"ee": e.T @ e, "xe": a.T @ e, "se": e.sum(0), "nd2": (nb2 - na2).square().sum()}
+
+
+def _gap2(g: torch.Tensor, gee: torch.Tensor, gxe: torch.Tensor) -> torch.Tensor:
+    """‖X̂Êᵀ + ÊX̂ᵀ + ÊÊᵀ‖²_F from Ĝ = X̂ᵀX̂, G_ee = ÊᵀÊ, G_xe = X̂ᵀÊ (no cancellation of large terms)."""
+    return (2 * (g * gee).sum() + gee.square().sum() + 2 * (gxe * gxe.T).sum() + 4 * (gxe * gee).sum()).clamp_min(0)
+
+
+def _gaps2(u: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(‖Σ_Y − Σ_X‖²_F, ‖K_Y − K_X‖²_F, Σ_{i<j}(b − a)²) of the normalised rows' sums: from the difference's
+    sums when they were kept (p = q), else from the sides' (cancelling when the two are nearly equal)."""
+    n = u["n"]
+    if "ee" in u:
+        full = _gap2(u["xx"], u["ee"], u["xe"])
+        centred = _gap2(u["xx"] - torch.outer(u["sx"], u["sx"]) / n, u["ee"] - torch.outer(u["se"], u["se"]) / n,
+                        u["xe"] - torch.outer(u["sx"], u["se"]) / n)
+        return full, centred, ((full - u["nd2"]) / 2).clamp_min(0)
+    fxx, fyy, fxy = u["xx"].square().sum(), u["yy"].square().sum(), u["xy"].square().sum()
+    hxx, hyy = _hsic_biased(u["xx"], u["sx"], u["sx"], n), _hsic_biased(u["yy"], u["sy"], u["sy"], n)
+    hxy = _hsic_biased(u["xy"], u["sx"], u["sy"], n)
+    pairs = ((fxx - u["nx4"]) + (fyy - u["ny4"]) - 2 * (fxy - u["nxy"])) / 2
+    return (fxx + fyy - 2 * fxy).clamp_min(0), (hxx + hyy - 2 * hxy).clamp_min(0), pairs.clamp_min(0)
 
 
 def _reshift(st: dict[str, torch.Tensor], dx: torch.Tensor, dy: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -159,7 +204,7 @@ class StreamingAlignment:
                     acc._shift = (shift_x, b.mean(0))
             shifted = [b - acc._shift[1].to(b.device) for acc, b in zip(accumulators, bs)]
             raw = _batch_stats(a - shift_x, shifted)
-            unit = _batch_stats(F.normalize(a, dim=1), [F.normalize(b, dim=1) for b in bs])
+            unit = _batch_stats(F.normalize(a, dim=1), [F.normalize(b, dim=1) for b in bs], differences=True)
             for acc, r, u in zip(accumulators, raw, unit):
                 acc._add(r, u)
             shifts = [shift_x]
@@ -245,16 +290,13 @@ class StreamingAlignment:
         if self.n < 3:
             raise ValueError(f"coupling_terms: needs at least 3 samples, got {self.n}")
         u = self._unit
-        hxx, hyy = _hsic_biased(u["xx"], u["sx"], u["sx"], u["n"]), _hsic_biased(u["yy"], u["sy"], u["sy"], u["n"])
-        hxy = _hsic_biased(u["xy"], u["sx"], u["sy"], u["n"])
-        fxx, fyy, fxy = u["xx"].square().sum(), u["yy"].square().sum(), u["xy"].square().sum()
+        hxx = _hsic_biased(u["xx"], u["sx"], u["sx"], u["n"])
         pairs = self.n * (self.n - 1) / 2
         sum_a = (u["sx"].square().sum() - u["nx2"]) / 2
-        sum_aa, sum_bb, sum_ab = (fxx - u["nx4"]) / 2, (fyy - u["ny4"]) / 2, (fxy - u["nxy"]) / 2
-        terms = {"k_norm": float(hxx.sqrt()), "k_gap": float((hxx + hyy - 2 * hxy).clamp_min(0).sqrt()),
-                 "sigma_gap": float((fxx + fyy - 2 * fxy).clamp_min(0).sqrt()),
-                 "rdm_gap": float((sum_aa + sum_bb - 2 * sum_ab).clamp_min(0).sqrt()),
-                 "rdm_scale": float((sum_aa - sum_a**2 / pairs).clamp_min(0).sqrt())}
+        sum_aa = (u["xx"].square().sum() - u["nx4"]) / 2
+        full, centred, rdm = _gaps2(u)
+        terms = {"k_norm": float(hxx.sqrt()), "k_gap": float(centred.sqrt()), "sigma_gap": float(full.sqrt()),
+                 "rdm_gap": float(rdm.sqrt()), "rdm_scale": float((sum_aa - sum_a**2 / pairs).clamp_min(0).sqrt())}
         terms["rho"] = terms["k_gap"] / terms["k_norm"] if terms["k_norm"] > 0 else math.inf
         terms["r"] = terms["rdm_gap"] / terms["rdm_scale"] if terms["rdm_scale"] > 0 else math.inf
         return terms
@@ -298,7 +340,7 @@ class StreamingAlignment:
                                   "pairwise engine")
         else:
             out["rsa_pearson"] = float((pairs * sum_ab - sum_a * sum_b) / torch.sqrt(var_a * var_b))
-        gap = torch.sqrt((fxx + fyy - 2 * fxy).clamp_min(0))
+        gap = torch.sqrt(_gaps2(u)[0])
         out["gap_frobenius"] = float(gap)
         if fxx > 0:
             out["gap_relative"] = float(gap / torch.sqrt(fxx))
