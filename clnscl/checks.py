@@ -6,12 +6,40 @@ ValueError.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def accepts_numpy(*names: str):
+    """A decorator: the arguments `names` of the function may be numpy arrays, taken as tensors sharing their
+    memory (`torch.from_numpy`: float64 stays float64, integer labels stay integers)."""
+
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            for name in names:
+                if name in bound.arguments:
+                    bound.arguments[name] = as_tensor(bound.arguments[name])
+            return fn(*bound.args, **bound.kwargs)
+
+        return wrapper
+
+    return wrap
+
+
+def as_tensor(x):
+    """A numpy array as a tensor sharing its memory (its dtype kept); anything else as it is."""
+    return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
 
 
 def check_tensor(x, name: str, shape: str) -> None:

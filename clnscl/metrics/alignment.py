@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from ..checks import check_choice, check_real
+from ..checks import accepts_numpy, check_choice, check_real
 from . import pairwise, reference
 from .pairwise import BACKENDS
 from .streaming import StreamingAlignment, check_pair
@@ -81,6 +81,7 @@ def _undefined(x, minimum: int, what: str) -> bool:
     return False
 
 
+@accepts_numpy("x", "y")
 def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> float:
     """Centred kernel alignment HSIC(K, L)/√(HSIC(K, K)·HSIC(L, L)) of x (N, p) and y (N, q).
 
@@ -104,6 +105,7 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> fl
     return reference.cka(x, y, kernel, sigma, unbiased)
 
 
+@accepts_numpy("x", "y")
 def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
     """Correlation of the two representational dissimilarity matrices over the pairs i < j.
 
@@ -133,6 +135,7 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
     return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y))
 
 
+@accepts_numpy("x", "y")
 def similarity_gap(x, y, backend="auto") -> dict[str, float]:
     """Distance between the cosine-similarity matrices Σ_X, Σ_Y: `frobenius` ‖Σ_X − Σ_Y‖_F, `relative`
     (÷ ‖Σ_X‖_F) and `max_abs` max_ij |Σ_X − Σ_Y|."""

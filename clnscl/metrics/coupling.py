@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..checks import check_labels, check_temperature
+from ..checks import accepts_numpy, check_labels, check_temperature
 
 __all__ = ["weight_divergence", "loss_gap_bound"]
 
@@ -61,6 +61,7 @@ def _ratio(d2: float, a2: float, b2: float) -> float:
     return 0.0 if den == 0 else math.sqrt(d2) / den
 
 
+@accepts_numpy("labels")
 def loss_gap_bound(labels, temperature) -> float:
     """Upper bound on ℓ_CL − ℓ_NSCL for a batch with these labels: log(1 + n_max·e^{2/τ}/(N − n_max)).
 

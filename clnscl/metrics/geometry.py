@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from ..checks import check_labels, check_matrix
+from ..checks import accepts_numpy, check_labels, check_matrix
 
 __all__ = ["cdnv", "directional_cdnv"]
 
@@ -77,6 +77,7 @@ def _too_few_classes(c: int, what: str, return_matrix: bool, device):
 
 
 @torch.no_grad()
+@accepts_numpy("features", "labels")
 def cdnv(features, labels, return_matrix: bool = False):
     """Class-distance normalised variance (Galanti et al., 2022), averaged over ordered pairs i ≠ j.
 
@@ -103,6 +104,7 @@ def cdnv(features, labels, return_matrix: bool = False):
 
 
 @torch.no_grad()
+@accepts_numpy("features", "labels")
 def directional_cdnv(features, labels, return_matrix: bool = False):
     """Directional CDNV: the CDNV with each variance taken only along the line between the two means.
 

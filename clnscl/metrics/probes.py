@@ -9,7 +9,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_choice, check_int, check_real
+from ..checks import accepts_numpy, check_choice, check_int, check_real
 from . import geometry
 from .geometry import check_labelled, class_stats, compute_dtype, rows_per_block
 
@@ -48,6 +48,7 @@ def _accuracy(pred_labels: torch.Tensor, test_labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+@accepts_numpy("train_features", "train_labels", "test_features", "test_labels")
 def nccc_accuracy(train_features, train_labels, test_features, test_labels, n_shot=None, seed: int = 0) -> float:
     """Accuracy of the nearest class-centre classifier (NCC).
 
@@ -97,6 +98,7 @@ METRICS = ("cosine", "euclidean")
 
 
 @torch.no_grad()
+@accepts_numpy("train_features", "train_labels", "test_features", "test_labels")
 def knn_accuracy(
     train_features, train_labels, test_features, test_labels, k: int = 20, metric: str = "cosine", chunk: int = 4096
 ) -> float:
@@ -166,6 +168,7 @@ def knn_accuracy(
     return _accuracy(classes[torch.cat(preds)], test_labels)
 
 
+@accepts_numpy("train_features", "train_labels", "test_features", "test_labels")
 def linear_probe_accuracy(
     train_features,
     train_labels,

@@ -24,7 +24,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_matrix
+from ..checks import as_tensor, check_matrix
 
 # A centred Gram matrix this small relative to the raw one is a constant representation (HSIC(K, K) = 0).
 _CONSTANT_RTOL = 1e-10
@@ -175,7 +175,7 @@ class StreamingAlignment:
         return 0 if self._raw is None else int(self._raw["n"])
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add a batch of paired rows (any float dtype; accumulated in float64)."""
+        """Add a batch of paired rows (tensors or numpy arrays, any float dtype; accumulated in float64)."""
         self.update_shared([self], x, [y])
 
     @staticmethod
@@ -186,6 +186,7 @@ class StreamingAlignment:
         were shifted differently (by earlier separate updates) are updated separately."""
         if len(accumulators) != len(ys):
             raise ValueError(f"ys: one batch per accumulator expected, got {len(ys)} for {len(accumulators)}")
+        x, ys = as_tensor(x), [as_tensor(y) for y in ys]
         if not accumulators:
             return
         for acc, y in zip(accumulators, ys):

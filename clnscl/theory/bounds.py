@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_matrix, check_real, check_temperature
+from ..checks import accepts_numpy, check_matrix, check_real, check_temperature
 
 
 def _batch(batch_size) -> int:
@@ -108,6 +108,7 @@ def rsa_lower_bound(r: float) -> float:
     return -1.0 if v == math.inf else (1.0 - v) / (1.0 + v)
 
 
+@accepts_numpy("x", "y")
 def coupling_ratios(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """ρ and r of two representations (N, p), (N, q), exact from the materialised N × N matrices (float64;
     `StreamingAlignment.coupling_terms` gives the same from streaming statistics): k_norm ‖K_X‖_F, k_gap

@@ -398,7 +398,7 @@ def test_shared_update_bad_input_raises():
     with pytest.raises(ValueError, match="feature sizes"):
         StreamingAlignment.update_shared(accs, x, [ys[0], ys[1][:, :3], ys[2]])
     with pytest.raises(TypeError, match=r"\by\b"):
-        StreamingAlignment.update_shared(accs[:1], x, [ys[0].numpy()])
+        StreamingAlignment.update_shared(accs[:1], x, [ys[0].tolist()])  # numpy is taken; a list is not
     StreamingAlignment.update_shared([], x, [])  # nothing to do
     assert [a.n for a in accs] == [11, 11, 11]
 
