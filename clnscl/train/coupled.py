@@ -188,6 +188,10 @@ class Coupled:
     def anchor(self) -> str:
         return self.names[0]
 
+    @property
+    def classes_seen(self) -> int:
+        """The number of classes the training labels reached so far (largest label + 1)."""
+        return len(self._class_counts)
 
     # ------------------------------------------------------------------------------------------ set-up
     def _setup(self, z_dim: int | None = None) -> None:
@@ -284,7 +288,7 @@ class Coupled:
     def _z_dim(self, flat: torch.Tensor) -> int:
         """z's width, from a forward of the anchor in eval mode on two inputs (random streams untouched)."""
         model = self.models[self.anchor]
-        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with torch.no_grad(), _forked_rng(self.device):
             model.eval()
             try:
                 return int(_split(model(flat[:2]))[1].shape[-1])
@@ -350,7 +354,7 @@ class Coupled:
             returns h), weight_div/…, with gap: loss_gap and loss_gap_bound, with cl and nscl trained (one the
             anchor): theory/… (see `theory_records`), with a probe: nccc/…, knn/… (linear/…) of every model.
         """
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with _forked_rng(self.device):
             modes = {n: m.training for n, m in self.models.items()}
             if self.group is not None:  # batch-norm running statistics: rank 0's everywhere
                 for model in self.models.values():
@@ -379,7 +383,7 @@ class Coupled:
                 if feats[0][k] is not None and others:
                     StreamingAlignment.update_shared(accs[prefix], feats[0][k], [f[k] for f in feats[1:]])
             if probe is not None:
-                kept.append([(f[0] if f[0] is not None else f[1]).float() for f in feats])
+                kept.append([f[0] if f[0] is not None else f[1] for f in feats])
                 if y is None:
                     raise ValueError("reference: the accuracies score the reference samples, whose batches must "
                                      "then be (x, labels)")
@@ -565,6 +569,12 @@ def _rng_state(device: torch.device) -> dict:
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+def _forked_rng(device: torch.device):
+    """torch.random.fork_rng over the CPU stream and, on CUDA, `device`'s: what runs inside leaves them as they
+    were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:

@@ -191,10 +191,11 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
     bar = tqdm(total=total, initial=coupled.steps, unit="step", dynamic_ncols=True, disable=not (progress and lead))
     batches = Batches(train, position, epoch_len)
 
-    def save(path: Path, step: int) -> None:
+    def save(*paths: Path) -> None:
+        """One checkpoint of the run as it stands, written to each of `paths` (rank 0)."""
         coupled.check_weights()  # never a checkpoint of non-finite weights
         state = checkpoint_state(coupled, batches, run, time.perf_counter() - start, checkpoint_extra)
-        if lead:
+        for path in paths if lead else ():
             save_checkpoint(state, path)
 
     with _StopSignals() as stop, bar, (metrics.open("a") if lead else contextlib.nullcontext()) as sink, \
@@ -217,9 +218,8 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
                        "samples_per_s": samples / max(now - since, 1e-9), "data_wait_s": waited,
                        "lr": coupled.last_lr, **{f"loss/{n}": v for n, v in losses.items()},
                        "skipped_steps": coupled.skipped,
-                       **coupled.evaluate(reference, probe, gap=gap, knn_k=knn_k, linear_probe=linear_probe,
-                                          theory_delta=theory_delta),
-                       **(extra_records(coupled) if extra_records is not None else {}), "anchor": coupled.anchor}
+                       **evaluation(coupled, reference, probe, gap=gap, knn_k=knn_k, linear_probe=linear_probe,
+                                    theory_delta=theory_delta, extra_records=extra_records)}
                 records.append(rec)
                 if lead:
                     append_record(sink, rec)
@@ -229,11 +229,12 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
                     log(_progress_line(rec, total, coupled.names))
                 since, samples, waited = time.perf_counter(), 0, 0.0
             signame = _agreed_stop(stop.received, coupled)
-            if signame or step % checkpoint_every == 0 or step == total:
-                save(out / CHECKPOINT_FILE, step)
             epoch, in_epoch = divmod(step, epoch_len) if epoch_len else (0, 1)
+            paths = [out / CHECKPOINT_FILE] if signame or step % checkpoint_every == 0 or step == total else []
             if in_epoch == 0 and epoch in snapshot_epochs:
-                save(out / "snapshots" / f"epoch_{epoch}.pt", step)
+                paths.append(out / "snapshots" / f"epoch_{epoch}.pt")
+            if paths:
+                save(*paths)
             if signame:
                 if coupled.group is not None:
                     dist.barrier(group=coupled.group)
@@ -247,11 +248,20 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
     return records if lead else []
 
 
+def evaluation(coupled: Coupled, reference: Iterable, probe: Iterable | None = None, *,
+               gap: Iterable | None = None, knn_k: int = 20, linear_probe: bool = False, theory_delta: float = 0.05,
+               extra_records: Callable[[Coupled], dict] | None = None) -> dict:
+    """The evaluation keys of one record: `Coupled.evaluate`'s, `extra_records(coupled)`'s and the anchor."""
+    return {**coupled.evaluate(reference, probe, gap=gap, knn_k=knn_k, linear_probe=linear_probe,
+                               theory_delta=theory_delta),
+            **(extra_records(coupled) if extra_records is not None else {}), "anchor": coupled.anchor}
+
+
 def _write_classes(out: Path, coupled: Coupled) -> None:
     """RUN_DIR/classes.json (the class indices, when no names were written there) for the report's chance
     level: num_classes, else the classes the training labels reached."""
     path = out / "classes.json"
-    classes = coupled.num_classes or len(coupled.state_dict()["theory"]["class_counts"])
+    classes = coupled.num_classes or coupled.classes_seen
     if classes and not path.exists():
         path.write_text(json.dumps([str(c) for c in range(classes)]))
 

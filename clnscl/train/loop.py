@@ -29,7 +29,7 @@ from .batches import GapBatches, SourceBatches, TrainBatches, part
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .config import run_keys
 from .coupled import Coupled
-from .fit import Batches, checkpoint_state, fit, restore
+from .fit import Batches, checkpoint_state, evaluation, fit, restore
 from .models import build_model, encoder_blocks
 from .optim import build_optimizer, schedule
 from .samplers import StratifiedBatches, UniformBatches
@@ -137,9 +137,9 @@ class CoupledTrainer:
     def evaluate(self) -> dict[str, float]:
         """One record of alignment, weight divergence, loss gap and accuracies (every rank takes part)."""
         cfg = self.cfg
-        return {**self.coupled.evaluate(self.reference, self.probe, gap=self.gap, knn_k=cfg.knn_k,
-                                        linear_probe=cfg.linear_probe, theory_delta=cfg.theory_delta),
-                **self._extra_records(self.coupled), "anchor": self.names[0]}
+        return evaluation(self.coupled, self.reference, self.probe, gap=self.gap, knn_k=cfg.knn_k,
+                          linear_probe=cfg.linear_probe, theory_delta=cfg.theory_delta,
+                          extra_records=self._extra_records)
 
     def _extra_records(self, coupled: Coupled) -> dict:
         """The per-layer records (layer_alignment) and, at the first evaluation after a resume that changed
