@@ -7,6 +7,7 @@
 #include <c10/macros/Macros.h>
 
 #include <cmath>
+#include <utility>
 
 namespace clnscl {
 
@@ -50,6 +51,14 @@ C10_HOST_DEVICE inline int64_t bin_of(double v, double lo, double width, int64_t
   if (!(t > 0.0)) return 0;
   const auto b = static_cast<int64_t>(t);
   return b < bins - 1 ? b : bins - 1;
+}
+
+// The run [first, last) of part `part` of `parts` equal runs of `total` items (the tile pairs of a pass): a pass
+// cut into parts, for progress or for ranks, visits every tile pair once over its parts.
+inline std::pair<int64_t, int64_t> part_range(int64_t total, int64_t part, int64_t parts) {
+  TORCH_CHECK(parts >= 1 && part >= 0 && part < parts, "pairwise: need 0 <= part < parts, got part ", part,
+              " of ", parts);
+  return {total * part / parts, total * (part + 1) / parts};
 }
 
 }  // namespace clnscl

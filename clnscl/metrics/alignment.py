@@ -61,17 +61,22 @@ def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
     return (2 * pair_kl + n - 2.0 / n * (full_k @ full_l) + full_k.sum() * full_l.sum() / n**2) / (n - 1) ** 2
 
 
-def _rbf_cka_engine(x, y, sigma, unbiased) -> float:
-    sx, sy = (sigma, sigma) if sigma is not None else pairwise.median_distances(x, y)
+def _rbf_cka_engine(x, y, sigma, unbiased, progress) -> tuple[float, dict[str, float]]:
+    """(RBF CKA, the σ used with its error bound) from the engine's passes."""
+    if sigma is not None:
+        (sx, ex), (sy, ey) = (sigma, 0.0), (sigma, 0.0)
+    else:
+        (sx, ex), (sy, ey) = pairwise.median_distances(x, y, progress=progress)
+    sigmas = {"sigma_x": sx, "sigma_y": sy, "sigma_x_error": ex, "sigma_y_error": ey}
     if not (sx > 0 and sy > 0):
         warnings.warn("cka: a representation has all pairwise distances 0 (median σ = 0): NaN")
-        return math.nan
-    s, rk, rl = pairwise.moments(x, y, pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2))
+        return math.nan, sigmas
+    s, rk, rl = pairwise.moments(x, y, pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2), progress=progress)
     n = x.shape[0]
     hkl = _hsic_from_sums(s[10], rk, rl, n, unbiased)
     hkk = _hsic_from_sums(s[11], rk, rk, n, unbiased)
     hll = _hsic_from_sums(s[12], rl, rl, n, unbiased)
-    return float(hkl / torch.sqrt(hkk * hll))
+    return float(hkl / torch.sqrt(hkk * hll)), sigmas
 
 
 def _undefined(x, minimum: int, what: str) -> bool:
@@ -82,76 +87,141 @@ def _undefined(x, minimum: int, what: str) -> bool:
 
 
 @accepts_numpy("x", "y")
-def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto") -> float:
+def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto", *, return_sigma=False, progress=None):
     """Centred kernel alignment HSIC(K, L)/√(HSIC(K, K)·HSIC(L, L)) of x (N, p) and y (N, q).
 
-    kernel "linear" (K = x xᵀ), "cosine" (linear on L2-normalised rows: the CKA of the cosine-similarity
-    matrices) or "rbf" (K_ij = exp(−‖x_i − x_j‖²/2σ²), σ given, else the median of ‖x_i − x_j‖ over i < j of
-    each representation). HSIC is the biased estimator, or Song et al.'s unbiased one (N ≥ 4).
+    Args:
+        x, y: the two representations, rows paired (tensors or numpy arrays).
+        kernel: "linear" (K = x xᵀ), "cosine" (linear on L2-normalised rows: the CKA of the cosine-similarity
+            matrices) or "rbf" (K_ij = exp(−‖x_i − x_j‖²/2σ²)).
+        sigma: the RBF bandwidth; None takes the median of ‖x_i − x_j‖ over i < j of each representation
+            (located in a histogram by the pairwise engine; see metrics/pairwise.py).
+        unbiased: Song et al.'s unbiased HSIC (N ≥ 4) instead of the biased estimator.
+        backend: "auto", "cpu", "cuda" or "reference" (the RBF kernel's pairwise pass).
+        return_sigma: with kernel="rbf", also return {"sigma_x", "sigma_y", "sigma_x_error", "sigma_y_error"}: the
+            bandwidths used and bounds on the median's error (0 when sigma is given or the median is exact).
+        progress: a tqdm bar over the O(N²) passes (None: when stderr is a terminal).
+
+    Returns:
+        The CKA (NaN, with a warning, where undefined), or (CKA, sigmas) with return_sigma.
+
+    Raises:
+        ValueError: a bad shape or choice; return_sigma with a kernel other than "rbf".
     """
     check_pair(x, y)
     check_choice("kernel", kernel, KERNELS)
     check_choice("backend", backend, BACKENDS.names)
     if sigma is not None:
         check_real(sigma, "sigma", 0.0, lo_open=True)
+    if return_sigma and kernel != "rbf":
+        raise ValueError(f"return_sigma: only the RBF kernel has a bandwidth, got kernel={kernel!r}")
     if kernel != "rbf":
         key = f"cka_{kernel}{'_unbiased' if unbiased else ''}"
         return _gram(x, y, key)[key]
+    value, sigmas = _rbf_cka(x, y, sigma, unbiased, backend, progress)
+    return (value, sigmas) if return_sigma else value
+
+
+def _rbf_cka(x, y, sigma, unbiased, backend, progress) -> tuple[float, dict[str, float]]:
     if _undefined(x, 4 if unbiased else 2, "cka") or _constant_warned(x, y, False, "cka"):
-        return math.nan
+        return math.nan, dict.fromkeys(("sigma_x", "sigma_y", "sigma_x_error", "sigma_y_error"), math.nan)
     device = _engine(backend, x)
     if device is not None:
-        return _rbf_cka_engine(x.to(device), y.to(device), sigma, unbiased)
-    return reference.cka(x, y, kernel, sigma, unbiased)
+        return _rbf_cka_engine(x.to(device), y.to(device), sigma, unbiased, progress)
+    sx, sy = (sigma, sigma) if sigma is not None else (reference.median_distance(x), reference.median_distance(y))
+    sigmas = {"sigma_x": sx, "sigma_y": sy, "sigma_x_error": 0.0, "sigma_y_error": 0.0}
+    return reference.cka(x, y, kernel="rbf", sigma=sigma, unbiased=unbiased), sigmas
 
 
 @accepts_numpy("x", "y")
-def rsa(x, y, rdm="cosine", method="pearson", backend="auto") -> float:
+def rsa(x, y, rdm="cosine", method="pearson", backend="auto", *, return_error=False, progress=None):
     """Correlation of the two representational dissimilarity matrices over the pairs i < j.
 
-    rdm "cosine" (1 − cos(x_i, x_j)) or "euclidean" (‖x_i − x_j‖); method "pearson" or "spearman"
-    (Pearson correlation of average ranks, ties included).
+    Args:
+        x, y: the two representations, rows paired (tensors or numpy arrays).
+        rdm: "cosine" (1 − cos(x_i, x_j)) or "euclidean" (‖x_i − x_j‖).
+        method: "pearson", or "spearman" (Pearson correlation of average ranks, ties included; the engine ranks
+            by histogram bins with an a-posteriori bound ≤ 1e-3 on the error, see metrics/pairwise.py).
+        backend: "auto", "cpu", "cuda" or "reference".
+        return_error: also return a bound on |value − exact value| (0 where no approximation is made: Pearson,
+            exact ranks).
+        progress: a tqdm bar over the O(N²) passes (None: when stderr is a terminal).
+
+    Returns:
+        The correlation (NaN, with a warning, where undefined), or (correlation, error bound) with return_error.
+
+    Raises:
+        ValueError: a bad shape or choice.
     """
     check_pair(x, y)
     check_choice("rdm", rdm, RDMS)
     check_choice("method", method, METHODS)
     check_choice("backend", backend, BACKENDS.names)
+    value, error = _rsa(x, y, rdm, method, backend, progress)
+    return (value, error) if return_error else value
+
+
+def _rsa(x, y, rdm, method, backend, progress) -> tuple[float, float]:
     if _undefined(x, 3, "rsa") or _constant_warned(x, y, rdm == "cosine", "rsa"):  # < 2 pairs, or 0/0
-        return math.nan
+        return math.nan, 0.0
     if (rdm, method) == ("cosine", "pearson") and backend == "auto":
         value = _gram(x, y)["rsa_pearson"]  # no key named: NaN here warns nobody, the engine takes over
         if not math.isnan(value):  # else nearly constant RDMs: the pairs themselves are better conditioned
-            return value
+            return value, 0.0
     device = _engine(backend, x)
     if device is None:
-        return reference.rsa(x, y, rdm, method)
+        return reference.rsa(x, y, rdm, method), 0.0
     x, y = x.to(device), y.to(device)
     code = pairwise.COSINE if rdm == "cosine" else pairwise.EUCLIDEAN
     if method == "spearman":
-        return pairwise.spearman(x, y, code)[0]
-    s, _, _ = pairwise.moments(x, y, code)
+        return pairwise.spearman(x, y, code, progress=progress)
+    s, _, _ = pairwise.moments(x, y, code, progress=progress)
     m = x.shape[0] * (x.shape[0] - 1) / 2
     var_x, var_y = m * s[1] - s[0] ** 2, m * s[3] - s[2] ** 2
-    return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y))
+    return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y)), 0.0
 
 
 @accepts_numpy("x", "y")
-def similarity_gap(x, y, backend="auto") -> dict[str, float]:
-    """Distance between the cosine-similarity matrices Σ_X, Σ_Y: `frobenius` ‖Σ_X − Σ_Y‖_F, `relative`
-    (÷ ‖Σ_X‖_F) and `max_abs` max_ij |Σ_X − Σ_Y|."""
+def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None) -> dict[str, float]:
+    """Distance between the cosine-similarity matrices Σ_X = X̂X̂ᵀ and Σ_Y of x (N, p) and y (N, q).
+
+    Args:
+        x, y: the two representations, rows paired (tensors or numpy arrays).
+        max_abs: also compute max_ij |Σ_X − Σ_Y|, an O(N²) pass over the pairs (the pairwise engine).
+        backend: where that pass runs: "auto", "cpu", "cuda" or "reference".
+        progress: a tqdm bar over the O(N²) pass (None: when stderr is a terminal).
+
+    Returns:
+        {"frobenius": ‖Σ_X − Σ_Y‖_F, "relative": ÷ ‖Σ_X‖_F} from Gram statistics (O((p+q)²) memory, accurate for
+        nearly equal representations when p = q), and "max_abs" with max_abs=True; NaN where undefined.
+
+    Raises:
+        ValueError: a bad shape or choice.
+    """
     check_pair(x, y)
     check_choice("backend", backend, BACKENDS.names)
+    if not isinstance(max_abs, bool):
+        raise TypeError(f"max_abs must be True or False, got {max_abs!r}")
+    keys = ("frobenius", "relative", "max_abs") if max_abs else ("frobenius", "relative")
     if x.shape[0] == 0:
         warnings.warn("similarity_gap needs at least 1 sample, got 0 samples: NaN")
-        return dict.fromkeys(("frobenius", "relative", "max_abs"), math.nan)
+        return dict.fromkeys(keys, math.nan)
     gram = _gram(x, y, "gap_frobenius", "gap_relative")
-    device = _engine(backend, x)
+    out = {"frobenius": gram["gap_frobenius"], "relative": gram["gap_relative"]}
+    if max_abs:
+        out["max_abs"] = _max_abs_gap(x, y, backend, progress)
+    return out
+
+
+def _max_abs_gap(x, y, backend, progress) -> float:
+    """max_ij |Σ_X − Σ_Y| (the diagonal Σ_ii ∈ {0, 1}: 0 for a zero row)."""
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        max_abs = math.nan
-    elif device is not None:
-        off_diagonal = float(pairwise.moments(x.to(device), y.to(device), pairwise.COSINE)[0][9])
-        diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())  # Σ_ii ∈ {0, 1}
-        max_abs = max(off_diagonal, diagonal) if x.shape[0] > 1 else diagonal
-    else:
-        max_abs = reference.similarity_gap(x, y)["max_abs"]
-    return {"frobenius": gram["gap_frobenius"], "relative": gram["gap_relative"], "max_abs": max_abs}
+        return math.nan
+    device = _engine(backend, x)
+    if device is None:
+        return reference.similarity_gap(x, y)["max_abs"]
+    diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())
+    if x.shape[0] == 1:
+        return diagonal
+    off_diagonal = float(pairwise.moments(x.to(device), y.to(device), pairwise.COSINE, progress=progress)[0][9])
+    return max(off_diagonal, diagonal)

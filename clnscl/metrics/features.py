@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..progress import progress_bar
 from .streaming import StreamingAlignment
 
 
@@ -33,14 +34,26 @@ def _eval_mode(*models: nn.Module):
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: Iterable, *, device=None, dtype=torch.float16,
-                     select: Callable | None = None) -> torch.Tensor:
-    """model(inputs) for every batch of `loader`, in eval mode, concatenated on `device` in `dtype`.
+                     select: Callable | None = None, progress: bool | None = None) -> torch.Tensor:
+    """model(inputs) for every batch of `loader`, in eval mode under no_grad, concatenated on `device` in `dtype`.
 
-    select picks the representation from the model's output (e.g. `lambda out: out[1]`).
+    Args:
+        model: any module; its training mode is restored afterwards.
+        loader: batches of `inputs` or `(inputs, labels, ...)`.
+        device: where the inputs go (None: where they are).
+        dtype: the dtype the features are kept in.
+        select: picks the representation from the model's output (e.g. `lambda out: out[1]`).
+        progress: a tqdm bar over the batches (None: when stderr is a terminal).
+
+    Returns:
+        The features (N, D), each output flattened.
+
+    Raises:
+        ValueError: the loader yielded no batches.
     """
     parts = []
     with _eval_mode(model):
-        for batch in loader:
+        for batch in progress_bar(loader, progress=progress, desc="features", unit="batch"):
             out = model(_inputs(batch).to(device) if device is not None else _inputs(batch))
             out = select(out) if select is not None else out
             parts.append(out.detach().flatten(1).to(dtype))
@@ -51,16 +64,30 @@ def extract_features(model: nn.Module, loader: Iterable, *, device=None, dtype=t
 
 @torch.no_grad()
 def align_models(model_a: nn.Module, model_b: nn.Module, loader: Iterable, *, device=None,
-                 keep_features: bool = False, dtype=torch.float16, select: Callable | None = None):
-    """Run both models on the same batches (eval mode) and accumulate their alignment statistics.
+                 keep_features: bool = False, dtype=torch.float16, select: Callable | None = None,
+                 progress: bool | None = None):
+    """Run both models on the same batches (eval mode, no_grad) and accumulate their alignment statistics.
 
-    Returns (StreamingAlignment, features) where features is None, or, with keep_features=True, the pair
-    (features_a, features_b) kept on the device in `dtype` for the pairwise metrics.
+    Args:
+        model_a, model_b: any modules; their training modes are restored afterwards.
+        loader: batches of `inputs` or `(inputs, labels, ...)`.
+        device: where the inputs go (None: where they are).
+        keep_features: also keep both models' features (for the pairwise metrics).
+        dtype: the dtype kept features are stored in.
+        select: picks the representation from a model's output (e.g. `lambda out: out[1]`).
+        progress: a tqdm bar over the batches (None: when stderr is a terminal).
+
+    Returns:
+        (StreamingAlignment, features) where features is None, or, with keep_features=True, the pair
+        (features_a, features_b) kept on the device in `dtype`.
+
+    Raises:
+        ValueError: the loader yielded no batches.
     """
     acc = StreamingAlignment()
     kept: tuple[list, list] = ([], [])
     with _eval_mode(model_a, model_b):
-        for batch in loader:
+        for batch in progress_bar(loader, progress=progress, desc="features", unit="batch"):
             x = _inputs(batch)
             x = x.to(device) if device is not None else x
             fa, fb = model_a(x), model_b(x)

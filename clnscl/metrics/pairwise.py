@@ -13,7 +13,11 @@ still above 1e-3 (values crowded into few bins, e.g. near-ties of discrete data)
 exact ranks and larger N report the bound with a warning.
 The bins span bounds known without a pass: [0, 2] for 1 − cos, [0, 2·max‖x_i − x̄‖] for distances.
 The RBF bandwidth σ = None is the median of ‖x_i − x_j‖ over i < j, located in a 2^16-bin histogram of the
-distances and interpolated linearly inside its bin (|error| ≤ bin width = 2·max‖x_i − x̄‖/2^16).
+distances and interpolated linearly inside its bin (|error| ≤ the spread of the values in that bin, at most the bin
+width 2·max‖x_i − x̄‖/2^16; `cka(..., return_sigma=True)` reports the σ and this bound).
+
+Progress: a pass cut into parts (each op's `part` of `parts`) shows a tqdm bar over them; the parts' results
+combine to the whole pass's.
 
 Backends (the rule of clnscl/dispatch.py): "cpu" and "cuda" run the engine on that device (the inputs are moved
 there), "reference" materialises the N×N matrices (metrics/reference.py); "auto" takes the engine of the
@@ -22,18 +26,21 @@ inputs' device, else the CPU one, else the reference with a warning.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import torch
 
 from .. import extension
 from ..dispatch import Backend, Registry
+from ..progress import progress_bar
 from . import reference
 
 COSINE, EUCLIDEAN = 0, 1
 BINS, FINE_BINS = 1 << 16, 1 << 20
 SPEARMAN_BOUND = 1e-3
 EXACT_MAX_N = 4096  # up to 8.4M pairs: materialising and sorting them is cheaper than failing the bound
+PART_PAIRS, MAX_PARTS = 1 << 22, 100  # a pass shown with a bar: parts of at least 4M pairs, at most 100 parts
 
 
 class Engine(Backend):
@@ -62,15 +69,59 @@ def _ops(x: torch.Tensor):
     return torch.ops.clnscl
 
 
-def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0):
+def _parts(n: int, progress: bool | None) -> int:
+    """How many parts to cut a pass over the pairs of n rows into: one, unless a bar is shown (then parts of at
+    least PART_PAIRS pairs, at most MAX_PARTS)."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return 1
+    return max(1, min(MAX_PARTS, n * (n - 1) // 2 // PART_PAIRS))
+
+
+def _pass(op, x, combine, *, progress: bool | None, desc: str):
+    """op(part, parts) over the parts of a pass (a tqdm bar over them), combined; results on the CPU."""
+    parts = _parts(x.shape[0], progress)
+    total = None
+    for part in progress_bar(range(parts), progress=progress if parts > 1 else False, desc=desc, unit="part"):
+        out = tuple(t.cpu() for t in op(part, parts))
+        total = out if total is None else combine(total, out)
+    return total
+
+
+def _combine_moments(a, b):
+    s = a[0] + b[0]
+    s[[5, 7]] = torch.minimum(a[0][[5, 7]], b[0][[5, 7]])
+    s[[6, 8, 9]] = torch.maximum(a[0][[6, 8, 9]], b[0][[6, 8, 9]])
+    return s, a[1] + b[1], a[2] + b[2]
+
+
+def _combine_histograms(a, b):
+    def ranges(u, v):
+        return torch.stack((torch.minimum(u[:, 0], v[:, 0]), torch.maximum(u[:, 1], v[:, 1])), dim=1)
+
+    return a[0] + b[0], a[1] + b[1], ranges(a[2], b[2]), ranges(a[3], b[3])
+
+
+def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0, *, progress: bool | None = False):
     """(scalars, row sums of K_x, row sums of K_y) on the CPU; clnscl/csrc/schemas.cpp gives the layout of scalars.
     Runs where x and y are (CPU or CUDA)."""
-    return tuple(t.cpu() for t in _ops(x).pairwise_moments(x, y, rdm, gamma_x, gamma_y))
+    op = _ops(x).pairwise_moments
+    return _pass(lambda part, parts: op(x, y, rdm, gamma_x, gamma_y, part, parts), x, _combine_moments,
+                 progress=progress, desc="pairwise moments")
 
 
-def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins):
+def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, *, progress: bool | None = False):
     """(counts_x, counts_y, range_x, range_y) on the CPU."""
-    return tuple(t.cpu() for t in _ops(x).pairwise_histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins))
+    op = _ops(x).pairwise_histograms
+    return _pass(lambda part, parts: op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, part, parts), x,
+                 _combine_histograms, progress=progress, desc="pairwise histograms")
+
+
+def rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, *, progress: bool | None = False) -> float:
+    """Σ_{i<j} rank_x[bin(dx_ij)]·rank_y[bin(dy_ij)]."""
+    op = _ops(x).pairwise_rank_product
+    out = _pass(lambda part, parts: (op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, part, parts),), x,
+                lambda a, b: (a[0] + b[0],), progress=progress, desc="pairwise rank product")
+    return float(out[0])
 
 
 def _binned_ranks(counts: torch.Tensor) -> torch.Tensor:
@@ -88,31 +139,35 @@ def value_range(x: torch.Tensor, rdm: int) -> tuple[float, float]:
     return 0.0, 2.0 * radius * (1 + 1e-12) + 1e-300
 
 
-def _median_in(counts, ranges) -> float:
-    """Lower median of the values behind a histogram, interpolated inside its bin (exact for a tied bin)."""
+def _median_in(counts, ranges) -> tuple[float, float]:
+    """(Lower median of the values behind a histogram, interpolated inside its bin; bound on its error): the
+    median lies in its bin's [smallest, largest] value, so the error is at most their difference (0 for a tied
+    bin)."""
     k = (int(counts.sum()) + 1) // 2
     cum = torch.cumsum(counts, 0)
     b = int(torch.searchsorted(cum, torch.tensor(k)))
     before, inside = int(cum[b] - counts[b]), max(int(counts[b]), 1)
     low, high = float(ranges[b, 0]), float(ranges[b, 1])
-    return low + (high - low) * (k - before - 0.5) / inside if high > low else low
+    if not high > low:
+        return low, 0.0
+    return low + (high - low) * (k - before - 0.5) / inside, high - low
 
 
-def median_distances(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Medians of ‖x_i − x_j‖ and of ‖y_i − y_j‖ over i < j, from one histogram pass."""
+def median_distances(x: torch.Tensor, y: torch.Tensor, *, progress: bool | None = False):
+    """((median of ‖x_i − x_j‖, its error bound), (the same for y)) over i < j, from one histogram pass."""
     limits = value_range(x, EUCLIDEAN) + value_range(y, EUCLIDEAN)
-    cx, cy, rx, ry = histograms(x, y, EUCLIDEAN, *limits, BINS)
+    cx, cy, rx, ry = histograms(x, y, EUCLIDEAN, *limits, BINS, progress=progress)
     return _median_in(cx, rx), _median_in(cy, ry)
 
 
-def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]:
-    cx, cy, range_x, range_y = histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins)
+def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress) -> tuple[float, float]:
+    cx, cy, range_x, range_y = histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress=progress)
     rx, ry = _binned_ranks(cx), _binned_ranks(cy)
     pairs = float(cx.sum())
     mean = (pairs + 1) / 2
     var_x = float((cx.double() * rx.square()).sum()) / pairs - mean**2
     var_y = float((cy.double() * ry.square()).sum()) / pairs - mean**2
-    cross = float(_ops(x).pairwise_rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry))
+    cross = rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry, progress=progress)
     rho = (cross / pairs - mean**2) / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan
 
     def eps(counts, ranges, var):
@@ -124,14 +179,14 @@ def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins) -> tuple[float, float]
     return rho, ex + ey + ex * ex + ey * ey
 
 
-def spearman(x, y, rdm: int) -> tuple[float, float]:
+def spearman(x, y, rdm: int, *, progress: bool | None = False) -> tuple[float, float]:
     """(Spearman correlation of the two RDMs over i < j, bound on its error)."""
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return math.nan, 0.0
     limits = value_range(x, rdm) + value_range(y, rdm)
-    rho, bound = _spearman_at(x, y, rdm, *limits, BINS)
+    rho, bound = _spearman_at(x, y, rdm, *limits, BINS, progress)
     if bound > SPEARMAN_BOUND:
-        rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS)
+        rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS, progress)
     if bound > SPEARMAN_BOUND and x.shape[0] <= EXACT_MAX_N:  # few pairs: rank them exactly instead
         return reference.rsa(x.cpu(), y.cpu(), "cosine" if rdm == COSINE else "euclidean", "spearman"), 0.0
     if bound > SPEARMAN_BOUND:

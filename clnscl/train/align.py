@@ -96,5 +96,5 @@ def main(argv=None) -> int:
             fa, fb = kept
             print(f"| {rep} | cka_rbf | {metrics.cka(fa, fb, 'rbf'):.6f} |")
             print(f"| {rep} | rsa_spearman (cosine RDM) | {metrics.rsa(fa, fb, 'cosine', 'spearman'):.6f} |")
-            print(f"| {rep} | gap_max_abs | {metrics.similarity_gap(fa, fb)['max_abs']:.6f} |")
+            print(f"| {rep} | gap_max_abs | {metrics.similarity_gap(fa, fb, max_abs=True)['max_abs']:.6f} |")
     return 0

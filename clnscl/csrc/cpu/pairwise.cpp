@@ -24,16 +24,18 @@ struct Tile {
   const double *gx, *gy;  // r × c Gram blocks
 };
 
-// Calls visit(tile, thread) for every tile pair I ≤ J, in parallel; on a diagonal tile (I = J) the visitor must
-// take only the entries above the diagonal, so that every pair i < j is seen once.
+// Calls visit(tile, thread) for every tile pair I ≤ J of part `part` of `parts` (the tile pairs, enumerated row by
+// row, cut into equal runs; see part_range), in parallel; on a diagonal tile (I = J) the visitor must take only the
+// entries above the diagonal, so that every pair i < j is seen once.
 template <typename Visit>
-void for_each_tile(const at::Tensor& x, const at::Tensor& y, Visit visit) {
+void for_each_tile(const at::Tensor& x, const at::Tensor& y, int64_t part, int64_t parts, Visit visit) {
   const int64_t n = x.size(0);
   const int64_t nb = (n + kTile - 1) / kTile;
   std::vector<std::pair<int64_t, int64_t>> pairs;
   for (int64_t i = 0; i < nb; ++i)
     for (int64_t j = i; j < nb; ++j) pairs.emplace_back(i * kTile, j * kTile);
-  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
+  const auto [first, last] = part_range(static_cast<int64_t>(pairs.size()), part, parts);
+  at::parallel_for(first, last, 1, [&](int64_t p0, int64_t p1) {
     std::vector<double> bx(kTile * kTile), by(kTile * kTile);
     const int thread = at::get_thread_num();
     for (int64_t p = p0; p < p1; ++p) {
@@ -60,7 +62,8 @@ constexpr int kScalars = 13;
 // Moments over i < j. scalars: Σdx, Σdx², Σdy, Σdy², Σdx·dy, min dx, max dx, min dy, max dy,
 // max|cos_x − cos_y|, ΣKxKy, ΣKx², ΣKy² (K = exp(−γ·‖·‖²), skipped when γ ≤ 0); row sums Σ_{j≠i} K_ij.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
-                                                                   int64_t rdm, double gamma_x, double gamma_y) {
+                                                                   int64_t rdm, double gamma_x, double gamma_y,
+                                                                   int64_t part, int64_t parts) {
   at::NoGradGuard no_grad;
   const Prepared p = prepare(x_in, y_in);
   const int64_t n = p.x.size(0);
@@ -74,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cpu(const at::Te
   }
   std::vector<double> rows(rbf ? static_cast<size_t>(nt) * 2 * n : 0, 0.0);
   const double *nx = p.nx.data_ptr<double>(), *ny = p.ny.data_ptr<double>();
-  for_each_tile(p.x, p.y, [&](const Tile& t, int thread) {
+  for_each_tile(p.x, p.y, part, parts, [&](const Tile& t, int thread) {
     double* a = acc.data() + thread * kScalars;
     double* rkx = rbf ? rows.data() + static_cast<size_t>(thread) * 2 * n : nullptr;
     double* rky = rbf ? rkx + n : nullptr;
@@ -116,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cpu(const at::Te
 // smallest and largest value seen in every bin (to tell a bin of exact ties from a spread one).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_cpu(
     const at::Tensor& x_in, const at::Tensor& y_in, int64_t rdm, double lo_x, double hi_x, double lo_y, double hi_y,
-    int64_t bins) {
+    int64_t bins, int64_t part, int64_t parts) {
   at::NoGradGuard no_grad;
   TORCH_CHECK(bins >= 1, "pairwise_histograms: bins must be >= 1");
   const Prepared p = prepare(x_in, y_in);
@@ -128,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_c
   std::vector<double> ex(nt * per * 2), ey(nt * per * 2);  // (min, max) per bin
   for (size_t k = 0; k < nt * per; ++k) ex[2 * k] = ey[2 * k] = inf, ex[2 * k + 1] = ey[2 * k + 1] = -inf;
   const double *nx = p.nx.data_ptr<double>(), *ny = p.ny.data_ptr<double>();
-  for_each_tile(p.x, p.y, [&](const Tile& t, int thread) {
+  for_each_tile(p.x, p.y, part, parts, [&](const Tile& t, int thread) {
     int64_t *hx = cx.data() + thread * per, *hy = cy.data() + thread * per;
     double *mx = ex.data() + thread * per * 2, *my = ey.data() + thread * per * 2;
     for_each_pair(t, [&](int64_t i, int64_t j, double gx, double gy) {
@@ -151,7 +154,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_c
 // Σ_{i<j} rank_x[bin(dx_ij)] · rank_y[bin(dy_ij)] with the bins of pairwise_histograms.
 at::Tensor pairwise_rank_product_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t rdm, double lo_x,
                                      double hi_x, double lo_y, double hi_y, const at::Tensor& rank_x_in,
-                                     const at::Tensor& rank_y_in) {
+                                     const at::Tensor& rank_y_in, int64_t part,
+                                     int64_t parts) {
   at::NoGradGuard no_grad;
   const Prepared p = prepare(x_in, y_in);
   const at::Tensor rank_x = rank_x_in.to(at::kDouble).contiguous(), rank_y = rank_y_in.to(at::kDouble).contiguous();
@@ -162,7 +166,7 @@ at::Tensor pairwise_rank_product_cpu(const at::Tensor& x_in, const at::Tensor& y
   std::vector<double> acc(nt, 0.0);
   const double *nx = p.nx.data_ptr<double>(), *ny = p.ny.data_ptr<double>();
   const double *rx = rank_x.data_ptr<double>(), *ry = rank_y.data_ptr<double>();
-  for_each_tile(p.x, p.y, [&](const Tile& t, int thread) {
+  for_each_tile(p.x, p.y, part, parts, [&](const Tile& t, int thread) {
     double sum = 0.0;
     for_each_pair(t, [&](int64_t i, int64_t j, double gx, double gy) {
       const double dx = rdm_value(rdm, gx, nx[i], nx[j]), dy = rdm_value(rdm, gy, ny[i], ny[j]);

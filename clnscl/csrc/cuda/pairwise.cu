@@ -107,15 +107,15 @@ __device__ void for_each_pair(int64_t n, int64_t i0, int64_t j0, double (*gx)[kS
   __shared__ double As[kSide][kDepth + 1], Bs[kSide][kDepth + 1];                          \
   __shared__ double Gx[kSide][kSide + 1], Gy[kSide][kSide + 1];                            \
   int64_t ti, tj;                                                                           \
-  tile_of(blockIdx.x, (n + kSide - 1) / kSide, ti, tj);                                     \
+  tile_of(first + blockIdx.x, (n + kSide - 1) / kSide, ti, tj);                             \
   const int64_t i0 = ti * kSide, j0 = tj * kSide;                                           \
   gram_block(x, n, p, i0, j0, As, Bs, Gx);                                                  \
   gram_block(y, n, q, i0, j0, As, Bs, Gy);
 
 __global__ void moments_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
                                int64_t q, const double* __restrict__ nx, const double* __restrict__ ny, int64_t rdm,
-                               double gamma_x, double gamma_y, double* __restrict__ partial, double* __restrict__ rkx,
-                               double* __restrict__ rky) {
+                               double gamma_x, double gamma_y, int64_t first, double* __restrict__ partial,
+                               double* __restrict__ rkx, double* __restrict__ rky) {
   CLNSCL_PAIRWISE_SHARED
   const bool rbf = gamma_x > 0.0 && gamma_y > 0.0;
   // kernel sums of this tile's rows (i) and columns (j), for K_x and K_y: added up in shared memory, then one
@@ -184,8 +184,8 @@ __device__ void flush_counts(unsigned int* hist, int64_t words, unsigned long lo
 template <bool kShared>
 __global__ void side_histogram_kernel(const double* __restrict__ a, int64_t n, int64_t d,
                                       const double* __restrict__ na, int64_t rdm, double lo, double width,
-                                      int64_t bins, int64_t tiles, unsigned long long* __restrict__ counts,
-                                      double* __restrict__ ext) {
+                                      int64_t bins, int64_t first, int64_t last,
+                                      unsigned long long* __restrict__ counts, double* __restrict__ ext) {
   __shared__ double As[kSide][kDepth + 1], Bs[kSide][kDepth + 1], G[kSide][kSide + 1];
   extern __shared__ unsigned int hist[];
   const int64_t words = (bins + 1) / 2, nb = (n + kSide - 1) / kSide;
@@ -193,7 +193,7 @@ __global__ void side_histogram_kernel(const double* __restrict__ a, int64_t n, i
     for (int64_t w = threadIdx.x; w < words; w += kThreads) hist[w] = 0u;
   }
   int since_flush = 0;  // the same in every thread of the block
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+  for (int64_t tile = first + blockIdx.x; tile < last; tile += gridDim.x) {
     int64_t ti, tj;
     tile_of(tile, nb, ti, tj);
     const int64_t i0 = ti * kSide, j0 = tj * kSide;
@@ -224,7 +224,7 @@ __global__ void rank_product_kernel(const double* __restrict__ x, const double* 
                                     int64_t q, const double* __restrict__ nx, const double* __restrict__ ny,
                                     int64_t rdm, double lo_x, double wx, int64_t bins_x, double lo_y, double wy,
                                     int64_t bins_y, const double* __restrict__ rank_x,
-                                    const double* __restrict__ rank_y, double* __restrict__ partial) {
+                                    const double* __restrict__ rank_y, int64_t first, double* __restrict__ partial) {
   CLNSCL_PAIRWISE_SHARED
   double sum = 0.0;
   for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
@@ -243,24 +243,27 @@ __global__ void rank_product_kernel(const double* __restrict__ x, const double* 
 }
 
 // The inputs (../pairwise.h) and the grid of this file's kernels: one block per tile pair I ≤ J.
+// A part of a pass (../pairwise.h's part_range) is the run of tile pairs [first, first + blocks).
 struct Grid : Prepared {
-  int64_t n, p, q, blocks;
+  int64_t n, p, q, first, blocks;
 };
 
-Grid prepare_grid(const at::Tensor& x, const at::Tensor& y) {
+Grid prepare_grid(const at::Tensor& x, const at::Tensor& y, int64_t part, int64_t parts) {
   Grid r;
   static_cast<Prepared&>(r) = prepare(x, y);
   r.n = r.x.size(0), r.p = r.x.size(1), r.q = r.y.size(1);
   const int64_t nb = (r.n + kSide - 1) / kSide;
-  r.blocks = nb * (nb + 1) / 2;
-  TORCH_CHECK(r.blocks < (int64_t{1} << 31), "pairwise (CUDA): N too large for one grid");
+  const auto [first, last] = part_range(nb * (nb + 1) / 2, part, parts);
+  r.first = first, r.blocks = last - first;
+  TORCH_CHECK(r.blocks < (int64_t{1} << 31), "pairwise (CUDA): N too large for one grid; pass parts > 1");
   return r;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::Tensor& x, const at::Tensor& y,
-                                                                    int64_t rdm, double gamma_x, double gamma_y) {
+                                                                    int64_t rdm, double gamma_x, double gamma_y,
+                                                                    int64_t part, int64_t parts) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Grid r = prepare_grid(x, y);
+  const Grid r = prepare_grid(x, y, part, parts);
   const auto opts = r.x.options();
   at::Tensor rkx = at::zeros({r.n}, opts), rky = at::zeros({r.n}, opts);
   at::Tensor scalars = at::zeros({kScalars}, opts);
@@ -271,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::T
   at::Tensor partial = at::empty({r.blocks, kScalars}, opts);
   moments_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
-      r.ny.data_ptr<double>(), rdm, gamma_x, gamma_y, partial.data_ptr<double>(), rkx.data_ptr<double>(),
+      r.ny.data_ptr<double>(), rdm, gamma_x, gamma_y, r.first, partial.data_ptr<double>(), rkx.data_ptr<double>(),
       rky.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   using at::indexing::Slice;
@@ -285,8 +288,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::T
 }
 
 // One side's histogram: counts (int64, bins) and per-bin [min, max] (bins × 2) of its RDM values.
-void side_histogram(const at::Tensor& a, const at::Tensor& na, int64_t n, int64_t blocks, int64_t rdm, double lo,
-                    double width, int64_t bins, at::Tensor& counts, at::Tensor& ext) {
+void side_histogram(const at::Tensor& a, const at::Tensor& na, int64_t n, int64_t first, int64_t blocks, int64_t rdm,
+                    double lo, double width, int64_t bins, at::Tensor& counts, at::Tensor& ext) {
   if (blocks == 0) return;
   const auto* props = at::cuda::getCurrentDeviceProperties();
   const size_t dynamic = static_cast<size_t>((bins + 1) / 2) * sizeof(unsigned int);
@@ -305,36 +308,38 @@ void side_histogram(const at::Tensor& a, const at::Tensor& na, int64_t n, int64_
                                                                  dynamic));
     const int64_t grid = std::min<int64_t>(blocks, std::max(per_sm, 1) * int64_t{props->multiProcessorCount});
     side_histogram_kernel<true><<<grid, kThreads, dynamic, stream>>>(
-        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, blocks, cp, ext.data_ptr<double>());
+        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, first, first + blocks, cp,
+        ext.data_ptr<double>());
   } else {
     side_histogram_kernel<false><<<blocks, kThreads, 0, stream>>>(
-        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, blocks, cp, ext.data_ptr<double>());
+        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, first, first + blocks, cp,
+        ext.data_ptr<double>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_cuda(
     const at::Tensor& x, const at::Tensor& y, int64_t rdm, double lo_x, double hi_x, double lo_y, double hi_y,
-    int64_t bins) {
+    int64_t bins, int64_t part, int64_t parts) {
   TORCH_CHECK(bins >= 1, "pairwise_histograms: bins must be >= 1");
   const c10::cuda::CUDAGuard guard(x.device());
-  const Grid r = prepare_grid(x, y);
+  const Grid r = prepare_grid(x, y, part, parts);
   const auto lopts = r.x.options().dtype(at::kLong);
   at::Tensor cx = at::zeros({bins}, lopts), cy = at::zeros({bins}, lopts);
   at::Tensor ex = at::empty({bins, 2}, r.x.options()), ey = at::empty({bins, 2}, r.x.options());
   ex.select(1, 0).fill_(INFINITY), ex.select(1, 1).fill_(-INFINITY);
   ey.select(1, 0).fill_(INFINITY), ey.select(1, 1).fill_(-INFINITY);
   const double wx = hi_x > lo_x ? (hi_x - lo_x) / bins : 1.0, wy = hi_y > lo_y ? (hi_y - lo_y) / bins : 1.0;
-  side_histogram(r.x, r.nx, r.n, r.blocks, rdm, lo_x, wx, bins, cx, ex);
-  side_histogram(r.y, r.ny, r.n, r.blocks, rdm, lo_y, wy, bins, cy, ey);
+  side_histogram(r.x, r.nx, r.n, r.first, r.blocks, rdm, lo_x, wx, bins, cx, ex);
+  side_histogram(r.y, r.ny, r.n, r.first, r.blocks, rdm, lo_y, wy, bins, cy, ey);
   return {cx, cy, ex, ey};
 }
 
 at::Tensor pairwise_rank_product_cuda(const at::Tensor& x, const at::Tensor& y, int64_t rdm, double lo_x,
                                       double hi_x, double lo_y, double hi_y, const at::Tensor& rank_x,
-                                      const at::Tensor& rank_y) {
+                                      const at::Tensor& rank_y, int64_t part, int64_t parts) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Grid r = prepare_grid(x, y);
+  const Grid r = prepare_grid(x, y, part, parts);
   const at::Tensor rx = rank_x.to(r.x.options()).contiguous(), ry = rank_y.to(r.x.options()).contiguous();
   const int64_t bins_x = rx.numel(), bins_y = ry.numel();
   TORCH_CHECK(bins_x >= 1 && bins_y >= 1, "pairwise_rank_product: empty rank tables");
@@ -344,7 +349,7 @@ at::Tensor pairwise_rank_product_cuda(const at::Tensor& x, const at::Tensor& y, 
   rank_product_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
       r.ny.data_ptr<double>(), rdm, lo_x, wx, bins_x, lo_y, wy, bins_y, rx.data_ptr<double>(),
-      ry.data_ptr<double>(), partial.data_ptr<double>());
+      ry.data_ptr<double>(), r.first, partial.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partial.sum();
 }
