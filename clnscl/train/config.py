@@ -120,6 +120,23 @@ def _pair(key: str, value: Any) -> tuple:
     return tuple(value)
 
 
+def _seeds(value: Any) -> list[int]:
+    """The `seeds` key's value as a list: non-empty, of distinct integers >= 0."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config key 'seeds': invalid value {value!r}; expected a list of integers, e.g. "
+                          "seeds=[0,1,2]")
+    if not value:
+        raise ConfigError("config key 'seeds': must not be empty; list the seeds to repeat every value with, e.g. "
+                          "seeds=[0,1,2], or set seeds=null for one run with `seed`")
+    for seed in value:
+        _check_min("seeds", seed, 0)
+    dupes = sorted({s for s in value if list(value).count(s) > 1})
+    if dupes:
+        raise ConfigError(f"config key 'seeds': duplicate seed(s) {', '.join(map(str, dupes))} in {list(value)}; "
+                          "list each seed once")
+    return [int(s) for s in value]
+
+
 # ------------------------------------------------------------------------------------------- the schema
 PRESETS: dict[str, dict] = {
     # the 8x8 digits: mild crops, small rotations, brightness/contrast jitter, pixel noise (the dataclass defaults)
@@ -237,6 +254,10 @@ class Config:
                                       "(batch_size must then be a multiple of the number of classes)",
                            choices=("uniform", "stratified"), run=True)
     seed: int = setting(0, "seed of everything: split, class subset, initialisation, batches, augmentations", run=True)
+    seeds: Optional[list[int]] = setting(None, "clnscl sweep: run every value of the factor once per seed of this "
+                                               "list (distinct, >= 0), into OUT/<factor>=<value>/seed=<s>, and give "
+                                               "the mean and spread over the seeds (null: one run per value with "
+                                               "`seed`, into OUT/<factor>=<value>); a single run ignores it")
     dataset: str = setting("digits", "dataset: the digits embedded in scikit-learn (no download), CIFAR-10/100 "
                                      "(torchvision, from data_root) or an ImageFolder tree at data_root",
                            choices=("digits", "cifar10", "cifar100", "imagefolder"), run=True)
@@ -343,6 +364,8 @@ class Config:
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"config key 'warmup_epochs': {self.warmup_epochs} exceeds epochs={self.epochs}")
         _check_min("seed", self.seed, 0)
+        if self.seeds is not None:
+            self.seeds = _seeds(self.seeds)
         if self.dataset != "digits" and self.data_root is None:
             raise ConfigError(f"config key 'data_root': required for dataset={self.dataset} (the directory holding "
                               "the data; only dataset=digits is embedded)")

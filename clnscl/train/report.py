@@ -1,4 +1,5 @@
-"""`clnscl report DIR`: figures and a markdown summary of a coupled-training run (RUN_DIR/metrics.jsonl).
+"""`clnscl report DIR`: figures and a markdown summary of a coupled-training run (RUN_DIR/metrics.jsonl); for a
+sweep directory of `clnscl sweep`, the summary of `train/report_sweep.py`.
 
 `write_report(run_dir)` reads the records that `clnscl train` wrote, draws
 
@@ -413,8 +414,14 @@ def write_report(run_dir) -> str:
     """Draw the figures of RUN_DIR/metrics.jsonl into RUN_DIR, write the markdown summary to RUN_DIR/summary.md
     (atomically) and return the same text.
 
-    run_dir may also be the metrics.jsonl file itself (figures and summary then go next to it)."""
+    run_dir may also be the metrics.jsonl file itself (figures and summary then go next to it), or a directory of
+    `clnscl sweep` without metrics.jsonl: its summary is then `report_sweep.write_sweep_report`'s, the agreement
+    of the comparisons over the seeds."""
     run_dir = Path(run_dir)
+    if run_dir.is_dir() and not (run_dir / METRICS_FILE).exists():
+        from .report_sweep import write_sweep_report  # it builds on this module
+
+        return write_sweep_report(run_dir)
     path = run_dir if run_dir.is_file() else run_dir / METRICS_FILE
     records, notes = read_metrics(path)
     anchor, models, compared = _models(records)
@@ -431,8 +438,9 @@ def write_report(run_dir) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="clnscl report",
-                                     description="figures and a markdown summary of a `clnscl train` run")
-    parser.add_argument("run_dir", metavar="DIR", help="run directory holding metrics.jsonl")
+                                     description="figures and a markdown summary of a `clnscl train` run, or "
+                                                 "the agreement over seeds of a `clnscl sweep` directory")
+    parser.add_argument("run_dir", metavar="DIR", help="run directory holding metrics.jsonl, or sweep directory")
     args = parser.parse_args(argv)
     try:
         text = write_report(args.run_dir)
