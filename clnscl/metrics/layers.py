@@ -28,7 +28,13 @@ Methods, for layers of widths pᵢ (model a) and qⱼ (model b) over N samples i
   an angle of at most arcsin δ, so |CKA_sketch − CKA| ≤ arcsin δ_a + arcsin δ_b; with probability ≥ 1 − η
   (Markov) δ ≤ ‖X‖²_F·√(2/(k·η)) / ‖HKH‖_F, which `sketch_error_bound` evaluates. The bound is loose when
   the features are far from centred (‖X‖²_F ≫ ‖HKH‖_F); the measured error is usually much smaller.
-- ``auto`` (the default): `exact` when its statistics fit `budget_gib`, else `sketch`.
+- ``auto`` (the default): the first of these that fits `budget_gib`, judged on the first batch's layer widths:
+  `exact`; `sketch` at `sketch_dim`; `minibatch`, when the call allows it (no `rsa`, `pairs="all"`, a first
+  batch of at least 4 samples — under a process group every rank's) and a batch's Gram stacks fit (about 32·b²
+  bytes per distinct layer); `sketch` at the largest k below `sketch_dim` that fits. A choice other than `exact`
+  is announced by a warning giving the GiB each method needs against the budget, and the result's `method` and
+  `sketch_dim` name it; when not even k = 1 fits, a ValueError names the fixes. It never pools on its own: the
+  layout of a 3-D output, (b, C, L) or (b, T, D), is the caller's to say (`pool`).
 
 `model_b=None` compares model_a with itself: one forward pass per batch, and each unordered layer pair
 computed once (the result is symmetric). Under `process_group` every rank passes its own part of the data
@@ -49,6 +55,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..progress import progress_bar
 from .features import _eval_mode, _inputs
 from .streaming import StreamingAlignment, _cross_stats, _norms2, _own_stats
 
@@ -165,7 +172,13 @@ def _device_of(model: nn.Module):
 
 @dataclass
 class LayerAlignment:
-    """The L_a × L_b matrices of a `layer_alignment` call (float64, rows: model a's layers)."""
+    """The L_a × L_b matrices of a `layer_alignment` call (float64, rows: model a's layers).
+
+    Attributes:
+        method: the method that ran ("exact", "minibatch" or "sketch"; never "auto").
+        sketch_dim: the sketch's k when `method` is "sketch" (what `method="auto"` chose, or the `sketch_dim`
+            asked for), else None.
+    """
     names_a: list[str]
     names_b: list[str]
     cka: torch.Tensor
@@ -173,6 +186,7 @@ class LayerAlignment:
     method: str
     kernel: str
     samples: int
+    sketch_dim: int | None = None
 
     def to_dict(self) -> dict:
         """The names, settings and matrices as lists (an entry not computed or undefined is None)."""
@@ -181,6 +195,8 @@ class LayerAlignment:
 
         out = {"names_a": self.names_a, "names_b": self.names_b, "method": self.method, "kernel": self.kernel,
                "samples": self.samples, "cka": rows(self.cka)}
+        if self.sketch_dim is not None:
+            out["sketch_dim"] = self.sketch_dim
         if self.rsa is not None:
             out["rsa"] = rows(self.rsa)
         return out
@@ -344,6 +360,13 @@ class _Minibatch:
         self.xy = self.xx = self.yy = None
 
     @staticmethod
+    def bytes_needed(la: int, lb: int, b: int, same: bool) -> int:
+        """For batches of b samples: the Gram stacks of the distinct layers (la + lb, or la for a model against
+        itself) with their temporaries (list, stack, diagonal, difference: 4 (L, b, b) float64 tensors), and
+        the sums."""
+        return 8 * (4 * (la if same else la + lb) * b * b + la * lb + la + lb)
+
+    @staticmethod
     def _grams(feats: dict[str, torch.Tensor], names: list[str], kernel: str) -> torch.Tensor:
         """The zero-diagonal Grams K̃ (L, b, b) in float64 of the batch's rows (normalised for the cosine kernel)
         minus their batch mean: the unbiased HSIC is exactly invariant to translating the rows, and centred rows
@@ -431,10 +454,27 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
                     method: str = "auto", kernel: str = "linear", rsa: bool = False, pool: str | None = None,
                     pairs: str = "all",
                     sketch_dim: int = 4096, seed: int = 0, budget_gib: float = 4.0, process_group=None,
-                    progress: bool = False) -> LayerAlignment:
+                    progress: bool | None = None) -> LayerAlignment:
     """CKA (`kernel` "linear" or "cosine"; and with `rsa`, the cosine-RDM Pearson RSA) of every layer of
     `layers_a` in model_a against every layer of `layers_b` in model_b over the batches of `loader` (inputs,
-    or (inputs, labels, ...)); see the module's docstring for the layers, methods and costs."""
+    or (inputs, labels, ...)); see the module's docstring for the layers, methods and costs.
+
+    Args:
+        model_b: None (or model_a) compares model_a with itself.
+        layers_a, layers_b: names, module types, or None for every leaf module that runs once per forward pass.
+        method: "auto" (the first of exact, sketch at `sketch_dim`, minibatch, a smaller sketch that fits
+            `budget_gib`, with a warning when it is not exact), "exact", "minibatch" or "sketch".
+        sketch_dim: the sketch's k (columns a wider layer is sketched to).
+        budget_gib: the memory the statistics may take; an explicit "exact" or "sketch" above it is an error.
+        progress: a tqdm bar over the batches (None: when stderr is a terminal; True or False force it).
+
+    Returns:
+        The matrices, with the method that ran (and the sketch's k) in `method` and `sketch_dim`.
+
+    Raises:
+        ValueError: a bad argument (named), a layer that cannot be compared, an explicit method over
+            `budget_gib`, or `auto` when not even a sketch to one column fits it.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if kernel not in KERNELS:
@@ -459,11 +499,9 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
     first = next(batches, None)
     if first is None:
         raise ValueError("loader: yielded no batches")
-    if progress:
-        from tqdm import tqdm
-        batches = tqdm(itertools.chain([first], batches), desc="layer alignment", unit="batch")
-    else:
-        batches = itertools.chain([first], batches)
+    total = len(loader) if hasattr(loader, "__len__") else None
+    batches = progress_bar(itertools.chain([first], batches), progress=progress, desc="layer alignment",
+                           total=total, unit="batch")
     with _eval_mode(*({model_a, model_b})), contextlib.ExitStack() as stack:
         if layers_a is None:  # automatic choice: only the leaves that run once per forward pass
             mods_a = _once(model_a, mods_a, _inputs(first), "layers_a")
@@ -487,7 +525,7 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
         stack.enter_context(_hooks({**mods_a, **mods_b} if same else mods_a, store_a, pool))
         if not same:
             stack.enter_context(_hooks(mods_b, store_b, pool))
-        chosen, acc = method, None
+        chosen, k, acc = method, None, None
         for batch in batches:
             x = _inputs(batch)
             _forward(model_a, x)
@@ -499,16 +537,16 @@ def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layer
             if missing:
                 raise ValueError(f"layer {missing[0]!r} produced no output in the forward pass")
             if acc is None:
-                chosen, acc = _start(method, feats, kept, same, budget_gib, process_group, names_a, names_b,
-                                     sketch_dim)
-            _add(acc, chosen, feats, kept, same, kernel, sketch_dim, seed)
+                chosen, k, acc = _start(method, feats, kept, same, budget_gib, process_group, names_a, names_b,
+                                        sketch_dim, rsa, pairs == "matching")
+            _add(acc, chosen, feats, kept, same, kernel, k, seed)
             del feats  # no batch's outputs outlive it: the next forward pass starts from the hooks' empty stores
             store_a.clear()
             store_b.clear()
     pairs = kept
     if process_group is not None:
         acc.all_reduce()
-    return _result(acc, chosen, names_a, names_b, pairs, same, kernel, rsa)
+    return _result(acc, chosen, k, names_a, names_b, pairs, same, kernel, rsa)
 
 
 def _key(side: str, name: str, same: bool) -> str:
@@ -519,22 +557,101 @@ def _flat(feats: dict, same: bool) -> dict[str, torch.Tensor]:
     return {_key(side, name, same): f for (side, name), f in feats.items()}
 
 
-def _start(method, feats, pairs, same, budget_gib, group, names_a, names_b, sketch_dim):
-    """The method the call runs (`auto` resolved against the budget) and its accumulator."""
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def _start(method, feats, pairs, same, budget_gib, group, names_a, names_b, sketch_dim, rsa, matching):
+    """The method the call runs (`auto` resolved by `_auto`), the sketch's k (None when it does not sketch) and
+    its accumulator; an explicit `exact` or `sketch` whose statistics exceed `budget_gib` is a ValueError."""
+    def minibatch():
+        return _Minibatch(group, [_key("a", n, same) for n in names_a], [_key("b", n, same) for n in names_b])
+
     if method == "minibatch":
-        return method, _Minibatch(group, [_key("a", n, same) for n in names_a], [_key("b", n, same) for n in names_b])
+        return method, None, minibatch()
     widths = {k: f.shape[1] for k, f in _flat(feats, same).items()}
     kpairs = [(_key("a", a, same), _key("b", b, same)) for a, b in pairs]
-    need = _Exact.bytes_needed(widths, kpairs)
+
+    def need(k: int | None = None) -> int:  # bytes of the exact statistics, of features sketched to k columns
+        return _Exact.bytes_needed(widths if k is None else {n: min(w, k) for n, w in widths.items()}, kpairs)
+
+    def minibatch_fits() -> tuple[bool, str]:  # whether this call can run the minibatch estimator, and why
+        if rsa:
+            return False, "gives no rsa"
+        if matching:
+            return False, "computes every pair, not pairs='matching'"
+        small, large = _batch_sizes(feats, group)
+        if small < 4:
+            return False, f"needs batches of at least 4 samples (a first batch has {small})"
+        cost = _Minibatch.bytes_needed(len(names_a), len(names_b), large, same)
+        return cost <= budget_gib * 2**30, f"needs {_gib(cost)} for a batch's Gram stacks (b = {large})"
+
     if method == "auto":
-        method = "exact" if need <= budget_gib * 2**30 else "sketch"
-    if method == "sketch":
-        need = _Exact.bytes_needed({k: min(w, sketch_dim) for k, w in widths.items()}, kpairs)
-    if need > budget_gib * 2**30:
-        raise ValueError(f"method={method!r} needs {need / 2**30:.2f} GiB of statistics for these layers (widest "
+        method, sketch_dim = _auto(need, max(widths.values()), sketch_dim, budget_gib, minibatch_fits)
+        return method, sketch_dim, minibatch() if method == "minibatch" else _Exact(group)
+    sketch_dim = sketch_dim if method == "sketch" else None
+    if need(sketch_dim) > budget_gib * 2**30:
+        raise ValueError(f"method={method!r} needs {_gib(need(sketch_dim))} of statistics for these layers (widest "
                          f"{max(widths.values())} features), above budget_gib={budget_gib}; pool the layers "
-                         "(pool='avg'), use method='minibatch', a smaller sketch_dim, or raise budget_gib")
-    return method, _Exact(group)
+                         "(pool='avg'), use method='minibatch' or 'auto', a smaller sketch_dim, or raise budget_gib")
+    return method, sketch_dim, _Exact(group)
+
+
+def _batch_sizes(feats: dict, group) -> tuple[int, int]:
+    """The smallest and the largest first batch over the process group's ranks (this batch's size without one),
+    so that every rank makes the same choice."""
+    first = next(iter(feats.values()))
+    b = first.shape[0]
+    if group is None:
+        return b, b
+    import torch.distributed as dist
+    sizes = torch.tensor([-b, b], device=first.device)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=group)
+    return -int(sizes[0]), int(sizes[1])
+
+
+def _auto(need, widest: int, sketch_dim: int, budget_gib: float, minibatch_fits) -> tuple[str, int | None]:
+    """method='auto': ("exact", None), ("sketch", k) or ("minibatch", None), the first that fits `budget_gib` in
+    the module docstring's order, with a warning naming the choice and the numbers when it is not `exact`.
+
+    Args:
+        need: k ↦ the bytes of the exact statistics of the features sketched to k columns (None: not sketched).
+        widest: the widest layer's features, for the messages.
+        minibatch_fits: () ↦ (whether the minibatch estimator can run within the budget, what it needs or why
+            not); called only when neither `exact` nor `sketch` at `sketch_dim` fits.
+
+    Raises:
+        ValueError: when not even a sketch to k = 1 column fits; it names the fixes.
+    """
+    budget = budget_gib * 2**30
+    if need() <= budget:
+        return "exact", None
+    why = (f"method='exact' needs {_gib(need())} of statistics for these layers (widest {widest} features), above "
+           f"budget_gib={budget_gib}")
+    if need(sketch_dim) <= budget:
+        choice, k, why = "sketch", sketch_dim, f"{why}; the sketch needs {_gib(need(sketch_dim))}"
+    else:
+        why += f", and method='sketch' needs {_gib(need(sketch_dim))} at sketch_dim={sketch_dim}"
+        fits, minibatch = minibatch_fits()
+        if fits:
+            choice, k = "minibatch", None
+            why += f"; the minibatch estimator (its CKA depends on the batching) {minibatch}"
+        else:
+            lo, hi = 0, sketch_dim - 1  # the largest k in [1, sketch_dim) that fits, 0 when none does
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid - 1)
+            if lo == 0:
+                raise ValueError(f"method='auto': no method fits budget_gib={budget_gib}: {why} and {_gib(need(1))} "
+                                 f"even at sketch_dim=1, and method='minibatch' {minibatch}; raise budget_gib, name "
+                                 "fewer layers, or pool them (pool='avg')")
+            choice, k = "sketch", lo
+            why += (f", and method='minibatch' {minibatch}; k = {lo}, the largest that fits ({_gib(need(lo))}), "
+                    "is less accurate (the CKA error bound grows as 1/sqrt(k), the RSA has none): raise budget_gib, "
+                    "name fewer layers, or pool them (pool='avg' or 'tokens') for a closer estimate")
+    warnings.warn(f"method='auto' chose method={choice!r}" + (f" with sketch_dim={k}" if k else "") + f": {why}",
+                  stacklevel=5)
+    return choice, k
 
 
 def _add(acc, method, feats, pairs, same, kernel, sketch_dim, seed) -> None:
@@ -548,7 +665,7 @@ def _add(acc, method, feats, pairs, same, kernel, sketch_dim, seed) -> None:
     acc.add(flat, [(_key("a", a, same), _key("b", b, same)) for a, b in pairs])
 
 
-def _result(acc, method, names_a, names_b, pairs, same, kernel, rsa) -> LayerAlignment:
+def _result(acc, method, sketch_dim, names_a, names_b, pairs, same, kernel, rsa) -> LayerAlignment:
     la, lb = len(names_a), len(names_b)
     if method == "minibatch":
         return LayerAlignment(names_a, names_b, acc.cka(), None, method, kernel, acc.n)
@@ -566,4 +683,4 @@ def _result(acc, method, names_a, names_b, pairs, same, kernel, rsa) -> LayerAli
             cka[i, j] = m[f"cka_{kernel}"]
             if rsa:
                 rsas[i, j] = m["rsa_pearson"]
-    return LayerAlignment(names_a, names_b, cka, rsas, method, kernel, acc.n)
+    return LayerAlignment(names_a, names_b, cka, rsas, method, kernel, acc.n, sketch_dim)

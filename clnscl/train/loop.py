@@ -159,7 +159,7 @@ class CoupledTrainer:
         for name, model in zip(self.names[1:], models[1:]):
             batches = (x.to(self.device, non_blocking=True) for x, _ in self.reference)
             res = layer_alignment(models[0], model, batches, blocks, blocks, method="exact", pool=pool,
-                                  pairs="matching", process_group=coupled.group)
+                                  pairs="matching", process_group=coupled.group, progress=False)
             out.update({f"layer_cka/{name}/{b}": float(res.cka[i, i]) for i, b in enumerate(blocks)})
         return out
 

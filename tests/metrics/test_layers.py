@@ -1,6 +1,7 @@
 """layer_alignment: every layer pair of two small CNNs against the NumPy float64 oracle on features taken by
 running the layers one by one (no hooks), minibatch against pytorch-cka on the same batches, the sketch within
-its stated bound, hooks and modes after an exception, one model against itself, layer choice, exports."""
+its stated bound, hooks and modes after an exception, one model against itself, layer choice, exports, and
+method="auto" on stock torchvision models and under small budgets."""
 import json
 import math
 
@@ -310,3 +311,151 @@ def test_review_cases_inplace_outputs_matching_pairs_shared_modules_and_small_ba
     with pytest.warns(UserWarning, match="2 sample"):
         mb = layer_alignment(a, b, [xs[:8], xs[8:16], xs[16:18]], ["0"], ["0"], method="minibatch")
     assert mb.samples == 16
+
+
+# ------------------------------------------------------------------------------------------------- method="auto"
+
+
+def _images(seed: int = 0) -> list[torch.Tensor]:
+    """Three seeded batches of 8 RGB images of 32 × 32."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 3, 32, 32, generator=gen) for _ in range(3)]
+
+
+def _auto_chose(method: str) -> str:
+    """The warning of an automatic choice other than exact: the choice, then the GiB exact needs against the budget."""
+    return rf"method='auto' chose method='{method}'.*: method='exact' needs [0-9.e+-]+ GiB .* above budget_gib="
+
+
+def test_auto_on_a_stock_resnet18_returns_every_layer_by_the_minibatch_estimator_and_says_so():
+    """Default arguments on torchvision's ResNet-18 (its exact statistics at 32 × 32: 134 GiB, its sketch at 4096
+    columns 60 GiB, over the 4 GiB budget) give the full matrix of every leaf that runs once (the blocks' shared
+    ReLUs left out), named 'minibatch' and announced; an explicit method that does not fit still fails."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model, loader = tv.models.resnet18(num_classes=10), _images()
+    with pytest.warns(UserWarning, match=_auto_chose("minibatch") + "4.0, and method='sketch' needs"):
+        res = layer_alignment(model, None, loader)
+    leaves = [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
+    assert res.names_a == res.names_b == [n for n in leaves if not (n.startswith("layer") and n.endswith(".relu"))]
+    assert len(res.names_a) == 44 and res.cka.shape == (44, 44)
+    assert res.method == "minibatch" and res.sketch_dim is None and res.samples == 24
+    assert bool(res.cka.isfinite().all())
+    torch.testing.assert_close(res.cka.diagonal(), torch.ones(44, dtype=torch.float64))
+    torch.testing.assert_close(res.cka, res.cka.T)
+    with pytest.raises(ValueError, match=r"method='sketch' needs [0-9.]+ GiB .* budget_gib=4.0; pool the layers"):
+        layer_alignment(model, None, loader, method="sketch")
+
+
+def test_auto_on_a_stock_vision_transformer_flattens_its_token_outputs_and_says_so():
+    """Default arguments on a small torchvision VisionTransformer: 65 tokens of its (b, 65, 96) MLP outputs
+    flattened to 6,240 features put exact (53 GiB) and the sketch over the budget; every layer that runs once
+    is compared (the attention's out_proj, never called as a module, left out); the classifier head, which
+    torchvision initialises to zero, is constant, so its CKA is undefined: NaN, the rest finite."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = tv.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=2, hidden_dim=48,
+                                      mlp_dim=96, num_classes=10)
+    chose = r"method='auto' chose method='minibatch': method='exact' needs [0-9.]+ GiB of statistics for these layers"
+    with pytest.warns(UserWarning, match=chose + r" \(widest 6240 features\), above budget_gib=4.0"):
+        res = layer_alignment(vit, None, _images(1))
+    assert res.method == "minibatch" and len(res.names_a) == 20 and res.cka.shape == (20, 20)
+    assert res.names_a[0] == "conv_proj" and res.names_a[-1] == "heads.head"
+    assert not any(n.endswith("out_proj") for n in res.names_a)
+    assert bool(res.cka[:, -1].isnan().all()) and bool(res.cka[-1].isnan().all())
+    inner = res.cka[:-1, :-1]
+    assert bool(inner.isfinite().all())
+    torch.testing.assert_close(inner.diagonal(), torch.ones(19, dtype=torch.float64))
+
+
+def _wide(seed: int = 11) -> nn.Sequential:
+    """Layer "0": 1,500 features of rank 6; layer "1": 9 features. Its exact statistics against itself: 0.067 GiB."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 1500, bias=False), nn.Linear(1500, 9)).double()
+
+
+def test_auto_under_a_small_budget_runs_the_estimator_that_fits_with_its_accuracy():
+    """budget_gib=0.025 on a model against itself (exact needs 0.067 GiB): with sketch_dim=800 the sketch fits
+    and is chosen, within its stated bound of exact; at the default sketch_dim (not below the widths, so no
+    smaller) the minibatch estimator is chosen, equal to method='minibatch' and to the per-batch unbiased HSIC
+    oracle; with rsa=True, which minibatch lacks, the sketch to the largest k that fits is chosen: k fits and
+    k + 1 does not, its CKA within the bound at k of exact, and its RSA that of method='sketch' at k."""
+    model = _wide()
+    x = torch.randn(60, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batches = list(x.split(15))
+    exact = layer_alignment(model, None, batches, method="exact", rsa=True)
+    with torch.no_grad():
+        wide = model[0](x)
+
+    def bound(k: int) -> float:  # |ΔCKA| of the pair (wide layer sketched, narrow one not), probability ≥ 0.95
+        return math.asin(min(1.0, sketch_error_bound(wide, k)))
+
+    with pytest.warns(UserWarning, match=_auto_chose("sketch") + r"0.025; the sketch needs"):
+        sk = layer_alignment(model, None, batches, budget_gib=0.025, sketch_dim=800)
+    assert sk.method == "sketch" and sk.sketch_dim == 800 and bound(800) < 1.0
+    assert abs(sk.cka[0, 1] - exact.cka[0, 1]) <= bound(800)
+    torch.testing.assert_close(sk.cka, layer_alignment(model, None, batches, method="sketch", sketch_dim=800).cka)
+
+    with pytest.warns(UserWarning, match=_auto_chose("minibatch")):
+        mb = layer_alignment(model, None, batches, budget_gib=0.025)
+    assert mb.method == "minibatch" and mb.sketch_dim is None
+    torch.testing.assert_close(mb.cka, layer_alignment(model, None, batches, method="minibatch").cka, rtol=0, atol=0)
+    hxy = hxx = hyy = 0.0
+    for xb in batches:
+        with torch.no_grad():
+            k, m = oracle.kernel_matrix(model[0](xb), "linear"), oracle.kernel_matrix(model(xb), "linear")
+        hxy, hxx = hxy + oracle.hsic_unbiased(k, m), hxx + oracle.hsic_unbiased(k, k)
+        hyy += oracle.hsic_unbiased(m, m)
+    assert math.isclose(mb.cka[0, 1], hxy / math.sqrt(hxx * hyy), rel_tol=1e-9)
+
+    with pytest.warns(UserWarning, match=_auto_chose("sketch") + r".*method='minibatch' gives no rsa; k = "):
+        small = layer_alignment(model, None, batches, budget_gib=0.025, rsa=True)
+    k = small.sketch_dim
+    assert small.method == "sketch" and 800 < k < 1500 and bound(k) < 1.0
+    assert abs(small.cka[0, 1] - exact.cka[0, 1]) <= bound(k)
+    same_k = layer_alignment(model, None, batches, method="sketch", sketch_dim=k, rsa=True, budget_gib=0.025)
+    torch.testing.assert_close(small.rsa, same_k.rsa, rtol=0, atol=0)
+    assert bool(small.rsa.isfinite().all())
+    with pytest.raises(ValueError, match="method='sketch' needs"):
+        layer_alignment(model, None, batches, method="sketch", sketch_dim=k + 1, rsa=True, budget_gib=0.025)
+
+
+def test_auto_names_every_fix_when_nothing_fits_and_reports_its_sketch_dim_in_the_export(tmp_path):
+    model, x = _wide(), torch.randn(20, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"method='auto': no method fits budget_gib=1e-07: .* even at sketch_dim="
+                                         r"1, and method='minibatch' needs .* raise budget_gib, name fewer layers"):
+        layer_alignment(model, None, [x], budget_gib=1e-7)
+    with pytest.raises(ValueError, match="minibatch' needs batches of at least 4 samples"):
+        layer_alignment(model, None, [x[:3]], budget_gib=1e-7)
+    with pytest.warns(UserWarning, match="sketch_dim=100"):
+        res = layer_alignment(model, None, [x], budget_gib=0.01, sketch_dim=100)
+    assert json.loads(res.save_json(tmp_path / "s.json").read_text())["sketch_dim"] == 100
+
+
+AUTO_WORKER = """
+from clnscl.metrics import layer_alignment
+from tests.metrics.test_layers import _wide
+x = torch.randn(43, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+mine = [x[:3], x[3:20]] if rank == 0 else [x[20:]]  # rank 0's first batch is too small for minibatch
+r = layer_alignment(_wide(), None, mine, budget_gib=0.025, process_group=dist.group.WORLD)
+result = {"method": r.method, "k": r.sketch_dim, "cka": r.cka.tolist(), "n": r.samples}
+"""
+
+
+@pytest.mark.distributed
+def test_auto_makes_one_choice_over_the_process_group(tmp_path):
+    """Rank 0's first batch has 3 samples, rank 1's 23: minibatch cannot run on rank 0, so both ranks take the
+    sketch to the largest k that fits, and the all-reduced result is the one-process sketch at that k."""
+    import torch.distributed as dist
+
+    from tests.support.processes import run_gloo_workers
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    results = run_gloo_workers(AUTO_WORKER, 2, tmp_path)
+    x = torch.randn(43, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    k = results[0]["k"]
+    one = layer_alignment(_wide(), None, [x], method="sketch", sketch_dim=k)
+    for res in results:
+        assert res["method"] == "sketch" and res["k"] == k and res["n"] == 43
+        torch.testing.assert_close(torch.tensor(res["cka"], dtype=torch.float64), one.cka, rtol=1e-9, atol=1e-12)
