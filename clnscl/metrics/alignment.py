@@ -192,8 +192,9 @@ def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None) -> dic
         progress: a tqdm bar over the O(N²) pass (None: when stderr is a terminal).
 
     Returns:
-        {"frobenius": ‖Σ_X − Σ_Y‖_F, "relative": ÷ ‖Σ_X‖_F} from Gram statistics (O((p+q)²) memory, accurate for
-        nearly equal representations when p = q), and "max_abs" with max_abs=True; NaN where undefined.
+        {"frobenius": ‖Σ_X − Σ_Y‖_F, "relative": ÷ ‖Σ_X‖_F, "floor": the smallest frobenius the statistics
+        resolve (`StreamingAlignment.gap_floor`: about 1e-13 of ‖Σ_X‖_F when p = q, 1e-7 when p ≠ q)} from Gram
+        statistics in O((p+q)²) memory, and "max_abs" with max_abs=True; NaN where undefined.
 
     Raises:
         ValueError: a bad shape or choice.
@@ -202,12 +203,14 @@ def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None) -> dic
     check_choice("backend", backend, BACKENDS.names)
     if not isinstance(max_abs, bool):
         raise TypeError(f"max_abs must be True or False, got {max_abs!r}")
-    keys = ("frobenius", "relative", "max_abs") if max_abs else ("frobenius", "relative")
+    keys = ("frobenius", "relative", "floor", "max_abs") if max_abs else ("frobenius", "relative", "floor")
     if x.shape[0] == 0:
         warnings.warn("similarity_gap needs at least 1 sample, got 0 samples: NaN")
         return dict.fromkeys(keys, math.nan)
-    gram = _gram(x, y, "gap_frobenius", "gap_relative")
-    out = {"frobenius": gram["gap_frobenius"], "relative": gram["gap_relative"]}
+    acc = StreamingAlignment()
+    acc.update(x, y)
+    gram = acc.compute(("gap_frobenius", "gap_relative"))
+    out = {"frobenius": gram["gap_frobenius"], "relative": gram["gap_relative"], "floor": acc.gap_floor()}
     if max_abs:
         out["max_abs"] = _max_abs_gap(x, y, backend, progress)
     return out

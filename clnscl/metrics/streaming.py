@@ -24,12 +24,16 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..checks import as_tensor, check_matrix
+from ..checks import as_tensor, check_int, check_matrix, check_real
 
+_ROUNDING = 2.0**-53  # float64's unit roundoff
 # A centred Gram matrix this small relative to the raw one is a constant representation (HSIC(K, K) = 0).
 _CONSTANT_RTOL = 1e-10
 # Rows converted to float64 at a time: bounds the temporary memory of an update to O(chunk·(p+q)).
 _CHUNK_ROWS = 8192
+# Bootstrap replicas: sums computed together for groups whose weighted copies of a chunk's rows take at most
+# _REPLICA_GROUP_BYTES; features with p·q ≤ _NARROW through outer products of rows, _OUTER_BYTES of them at a time.
+_REPLICA_GROUP_BYTES, _NARROW, _OUTER_BYTES = 64 * 2**20, 4096, 64 * 2**20
 
 
 def _norms2(a: torch.Tensor) -> torch.Tensor:
@@ -37,48 +41,80 @@ def _norms2(a: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(a, dim=1).square()
 
 
-def _own_stats(a: torch.Tensor, n2: torch.Tensor, p: str) -> dict[str, torch.Tensor]:
-    """One side's row sums of a batch (float64; n2 its squared row norms), keys prefixed by `p` ("x" or "y")."""
-    return {f"s{p}": a.sum(0), f"{p}{p}": a.T @ a, f"n{p}2": n2.sum(), f"n{p}4": n2.square().sum(),
-            f"{p}_n{p}2": a.T @ n2}
+def _gram(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Σ_i w_i a_i b_iᵀ: aᵀb without weights; for weights w (R, n) (R bootstrap replicas) a leading dimension R,
+    narrow features through one (R, n)·(n, pq) product of the rows' outer products, in row blocks."""
+    if w is None:
+        return a.mT @ b
+    p, q = a.shape[1], b.shape[1]
+    if p * q > _NARROW:
+        return (a * w[..., None]).mT @ b
+    out = a.new_zeros((w.shape[0], p * q))
+    rows = max(1, _OUTER_BYTES // (8 * p * q))
+    for i in range(0, a.shape[0], rows):
+        outer = (a[i : i + rows, :, None] * b[i : i + rows, None, :]).reshape(-1, p * q)
+        out += w[:, i : i + rows] @ outer
+    return out.view(-1, p, q)
 
 
-def _cross_stats(a: torch.Tensor, na2: torch.Tensor, bs: list[torch.Tensor],
-                 nb2s: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """The mixed row sums of a against each b of bs (aᵀ‖b‖² for all of them in one product)."""
-    x_ny2 = a.T @ torch.stack(nb2s, dim=1)
-    return [{"xy": a.T @ b, "nxy": na2 @ nb2, "x_ny2": x_ny2[:, i], "y_nx2": b.T @ na2}
+def _sum(v: torch.Tensor, w: torch.Tensor | None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_i w_i s_i v_i over the rows of v ((n,) or (n, p)) with scale s (default 1) and weights w (default 1;
+    (R, n): a leading dimension R)."""
+    if w is None:
+        return v.sum(0) if scale is None else scale @ v
+    return (w if scale is None else w * scale) @ v
+
+
+def _own_stats(a: torch.Tensor, n2: torch.Tensor, p: str, w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One side's row sums of a batch (float64; n2 its squared row norms), keys prefixed by `p` ("x" or "y"); with
+    row weights w (R, n), the sums Σ w_i f(a_i) of R bootstrap replicas (row i counted w_i times in each), with a
+    leading dimension R."""
+    return {f"s{p}": _sum(a, w), f"{p}{p}": _gram(a, a, w), f"n{p}2": _sum(n2, w), f"n{p}4": _sum(n2, w, n2),
+            f"{p}_n{p}2": _sum(a, w, n2)}
+
+
+def _cross_stats(a: torch.Tensor, na2: torch.Tensor, bs: list[torch.Tensor], nb2s: list[torch.Tensor],
+                 w: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+    """The mixed row sums of a against each b of bs (aᵀ‖b‖² for all of them in one product); w as in _own_stats."""
+    x_ny2 = a.mT @ torch.stack(nb2s, dim=1) if w is None else None
+    return [{"xy": _gram(a, b, w), "nxy": _sum(nb2, w, na2),
+             "x_ny2": x_ny2[:, i] if w is None else _sum(a, w, nb2), "y_nx2": _sum(b, w, na2)}
             for i, (b, nb2) in enumerate(zip(bs, nb2s))]
 
 
-def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor], differences: bool = False) -> list[dict[str, torch.Tensor]]:
-    """The statistics of rows a paired with each b of bs (float64), those of a computed once. With
-    `differences`, each b as wide as a also gets the sums of e = b − a (`_diff_stats`), and its G_yy and G_xy
-    are made from them (G_xy = G_xx + G_xe, G_yy = G_xy + G_xeᵀ + G_ee): as many products as without."""
-    n = torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device)
+def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor], differences: bool = False,
+                 w: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+    """The statistics of rows a paired with each b of bs (float64), those of a computed once; with row weights w,
+    weighted sums (as _own_stats). With `differences`, each b as wide as a also gets the sums of e = b − a
+    (`_diff_stats`), and its G_yy and G_xy are made from them (G_xy = G_xx + G_xe, G_yy = G_xy + G_xeᵀ + G_ee):
+    as many products as without."""
+    n = torch.tensor(float(a.shape[0]), dtype=torch.float64, device=a.device) if w is None else w.sum(-1)
     na2, nb2s = _norms2(a), [_norms2(b) for b in bs]
-    own_x = _own_stats(a, na2, "x")
+    own_x = _own_stats(a, na2, "x", w)
     paired = [differences and b.shape[1] == a.shape[1] for b in bs]
     apart = [i for i, d in enumerate(paired) if not d]
-    crosses = _cross_stats(a, na2, [bs[i] for i in apart], [nb2s[i] for i in apart]) if apart else []
+    crosses = _cross_stats(a, na2, [bs[i] for i in apart], [nb2s[i] for i in apart], w) if apart else []
     out = []
     for b, nb2, d in zip(bs, nb2s, paired):
         if not d:
-            out.append({"n": n, **own_x, **_own_stats(b, nb2, "y"), **crosses.pop(0)})
+            out.append({"n": n, **own_x, **_own_stats(b, nb2, "y", w), **crosses.pop(0)})
             continue
-        st = {"n": n, **own_x, "sy": b.sum(0), "ny2": nb2.sum(), "ny4": nb2.square().sum(), "y_ny2": b.T @ nb2,
-              "nxy": na2 @ nb2, "x_ny2": a.T @ nb2, "y_nx2": b.T @ na2, **_diff_stats(a, b, na2, nb2)}
+        st = {"n": n, **own_x, "sy": _sum(b, w), "ny2": _sum(nb2, w), "ny4": _sum(nb2, w, nb2),
+              "y_ny2": _sum(b, w, nb2), "nxy": _sum(nb2, w, na2), "x_ny2": _sum(a, w, nb2), "y_nx2": _sum(b, w, na2),
+              **_diff_stats(a, b, na2, nb2, w)}
         st["xy"] = own_x["xx"] + st["xe"]
-        st["yy"] = st["xy"] + st["xe"].T + st["ee"]
+        st["yy"] = st["xy"] + st["xe"].mT + st["ee"]
         out.append(st)
     return out
 
 
-def _diff_stats(a: torch.Tensor, b: torch.Tensor, na2: torch.Tensor, nb2: torch.Tensor) -> dict[str, torch.Tensor]:
+def _diff_stats(a: torch.Tensor, b: torch.Tensor, na2: torch.Tensor, nb2: torch.Tensor,
+                w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Sums of the difference e = b − a of paired rows (p = q; na2, nb2 their squared norms): eᵀe, aᵀe, Σe and
-    Σ(‖b_i‖² − ‖a_i‖²)² (the diagonal of Σ_Y − Σ_X for normalised rows)."""
+    Σ(‖b_i‖² − ‖a_i‖²)² (the diagonal of Σ_Y − Σ_X for normalised rows); w as in _own_stats."""
     e = b - a
-    return {"ee": e.T @ e, "xe": a.T @ e, "se": e.sum(0), "nd2": (nb2 - na2).square().sum()}
+    d = nb2 - na2
+    return {"ee": _gram(e, e, w), "xe": _gram(a, e, w), "se": _sum(e, w), "nd2": _sum(d, w, d)}
 
 
 def _gap2(g: torch.Tensor, gee: torch.Tensor, gxe: torch.Tensor) -> torch.Tensor:
@@ -123,6 +159,12 @@ def _reshift(st: dict[str, torch.Tensor], dx: torch.Tensor, dy: torch.Tensor) ->
     }
 
 
+def _reshift_replicas(stacked: dict[str, torch.Tensor], dx: torch.Tensor, dy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """_reshift of every replica of stacked sums (a leading dimension R)."""
+    moved = [_reshift({k: v[r] for k, v in stacked.items()}, dx, dy) for r in range(stacked["n"].shape[0])]
+    return {k: torch.stack([m[k] for m in moved]) for k in stacked}
+
+
 def _hsic_biased(g_ab, s_a, s_b, n):
     """‖(A − mean)ᵀ(B − mean)‖²_F = (n−1)²·HSIC_biased(K_A, K_B) for linear kernels."""
     return (g_ab - torch.outer(s_a, s_b) / n).square().sum()
@@ -145,12 +187,39 @@ class StreamingAlignment:
     cka_linear, cka_cosine (biased HSIC, Kornblith et al.), their `_unbiased` forms (Song et al.), rsa_pearson
     (Pearson correlation of the cosine RDMs over i < j), gap_frobenius ‖Σ_X − Σ_Y‖_F and gap_relative
     (÷ ‖Σ_X‖_F), Σ the cosine-similarity matrices. Exact: float64 sums, O((p+q)²) memory whatever N.
+    `gap_floor()` states the smallest gap the sums resolve; with `bootstrap=R`, `interval(level)` gives percentile
+    intervals from R Poisson-bootstrap replicas of the sums.
+
+    Example:
+        >>> import torch
+        >>> acc = StreamingAlignment(bootstrap=50, seed=0)
+        >>> x = torch.randn(500, 8, dtype=torch.float64)
+        >>> acc.update(x, 2 * x + 1)
+        >>> round(acc.compute()["cka_linear"], 12), acc.interval(0.9)["cka_linear"][0] > 0.999
+        (1.0, True)
     """
 
     KEYS = ("cka_linear", "cka_cosine", "cka_linear_unbiased", "cka_cosine_unbiased", "rsa_pearson",
             "gap_frobenius", "gap_relative")
 
-    def __init__(self):
+    def __init__(self, *, bootstrap: int = 0, seed: int = 0, budget_gib: float = 4.0):
+        """
+        Args:
+            bootstrap: R, the number of Poisson-bootstrap replicas kept beside the statistics (0: none). Replica r
+                counts every row w_ri ~ Poisson(1) times, drawn as the rows arrive; `interval` reads the replicas'
+                metrics. Memory R times that of the statistics (about R·8·(p+q)² bytes; 2R·8·(2p)² when p = q).
+            seed: seeds the replicas' weights. Accumulators that are merged or all-reduced need different seeds
+                (e.g. seed + rank), else their rows would share weights.
+            budget_gib: the most memory the replicas may take; more is refused at the first update, with the
+                numbers.
+
+        Raises:
+            ValueError: bootstrap < 0, or a non-positive budget.
+        """
+        check_int(bootstrap, "bootstrap", 0)
+        check_int(seed, "seed", 0)
+        check_real(budget_gib, "budget_gib", 0.0, lo_open=True)
+        self.bootstrap, self.seed, self.budget_gib = bootstrap, seed, budget_gib
         self.reset()
 
     def reset(self) -> None:
@@ -159,6 +228,9 @@ class StreamingAlignment:
         self._raw: dict[str, torch.Tensor] | None = None
         self._shift: tuple[torch.Tensor, torch.Tensor] | None = None
         self._unit: dict[str, torch.Tensor] | None = None  # statistics of the L2-normalised rows
+        # (raw, unit) weighted sums of the bootstrap replicas, every tensor with a leading dimension R
+        self._replicas: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self._weights = torch.Generator().manual_seed(self.seed)
 
     @classmethod
     def from_sums(cls, raw: dict[str, torch.Tensor], unit: dict[str, torch.Tensor],
@@ -204,14 +276,56 @@ class StreamingAlignment:
                 if acc._shift is None:
                     acc._shift = (shift_x, b.mean(0))
             shifted = [b - acc._shift[1].to(b.device) for acc, b in zip(accumulators, bs)]
+            units = [F.normalize(b, dim=1) for b in bs]
+            unit_a = F.normalize(a, dim=1)
             raw = _batch_stats(a - shift_x, shifted)
-            unit = _batch_stats(F.normalize(a, dim=1), [F.normalize(b, dim=1) for b in bs], differences=True)
-            for acc, r, u in zip(accumulators, raw, unit):
+            unit = _batch_stats(unit_a, units, differences=True)
+            for acc, r, u, b, ub in zip(accumulators, raw, unit, shifted, units):
                 acc._add(r, u)
+                acc._add_replicas(a - shift_x, b, unit_a, ub)
             shifts = [shift_x]
+
+    def _add_replicas(self, a: torch.Tensor, b: torch.Tensor, unit_a: torch.Tensor, unit_b: torch.Tensor) -> None:
+        """Add one chunk (shifted rows a, b and normalised rows) to every bootstrap replica, with fresh Poisson(1)
+        weights; the replicas' sums are computed together, in groups whose weighted copies of the rows stay
+        within _REPLICA_GROUP_BYTES."""
+        if not self.bootstrap:
+            return
+        weights = torch.poisson(torch.ones(self.bootstrap, a.shape[0], dtype=torch.float64), generator=self._weights)
+        weights = weights.to(a.device)
+        group = max(1, _REPLICA_GROUP_BYTES // (8 * a.shape[0] * (a.shape[1] + b.shape[1])))
+        for start in range(0, self.bootstrap, group):
+            w = weights[start : start + group]
+            new = (_batch_stats(a, [b], w=w)[0], _batch_stats(unit_a, [unit_b], differences=True, w=w)[0])
+            if self._replicas is None:
+                self._replicas = tuple({k: v.new_zeros((self.bootstrap, *v.shape[1:])) for k, v in stats.items()}
+                                       for stats in new)
+            for mine, stats in zip(self._replicas, new):
+                for key, value in stats.items():
+                    mine[key][start : start + group] += value
+
+    def _check_budget(self, p: int, q: int) -> None:
+        """Refuse replicas whose statistics would exceed budget_gib (checked before the first is allocated)."""
+        if not self.bootstrap:
+            return
+        per = self.replica_bytes(p, q)
+        if self.bootstrap * per > self.budget_gib * 2**30:
+            raise ValueError(
+                f"bootstrap={self.bootstrap} replicas need {self.bootstrap * per / 2**30:.2f} GiB "
+                f"({per / 2**20:.1f} MiB each at p={p}, q={q}), above budget_gib={self.budget_gib}; use fewer "
+                f"replicas (at most {int(self.budget_gib * 2**30 // per)}), narrower features, or raise budget_gib")
+
+    @staticmethod
+    def replica_bytes(p: int, q: int) -> int:
+        """Bytes of one replica's statistics (as many as the accumulator's own) for features of widths p, q."""
+        sides = p * p + q * q + p * q + 3 * (p + q) + 6
+        diff = 2 * p * p + p + 1 if p == q else 0
+        return 8 * (2 * sides + diff)
 
     def _check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         check_pair(x, y)
+        if self._raw is None:
+            self._check_budget(x.shape[1], y.shape[1])
         if self._raw is not None and (x.shape[1], y.shape[1]) != (self._raw["sx"].numel(), self._raw["sy"].numel()):
             raise ValueError(
                 f"x, y: feature sizes ({x.shape[1]}, {y.shape[1]}) differ from the earlier batches' "
@@ -229,25 +343,36 @@ class StreamingAlignment:
                 mine[key] += value.to(mine[key].device)
 
     def merge(self, other: "StreamingAlignment") -> "StreamingAlignment":
-        """Add another accumulator's rows to this one (as if its batches had been given here)."""
+        """Add another accumulator's rows to this one (as if its batches had been given here), bootstrap replicas
+        included (both need the same number of replicas and different seeds)."""
+        if other.bootstrap != self.bootstrap:
+            raise ValueError(f"other: {other.bootstrap} bootstrap replicas, this accumulator {self.bootstrap}")
         if other._raw is None:
             return self
         if self._raw is None:
             self._raw = {k: v.clone() for k, v in other._raw.items()}
             self._unit = {k: v.clone() for k, v in other._unit.items()}
             self._shift = tuple(c.clone() for c in other._shift)
+            if other._replicas is not None:
+                self._replicas = tuple({k: v.clone() for k, v in d.items()} for d in other._replicas)
             return self
+        if self.bootstrap and other.seed == self.seed:
+            raise ValueError(f"other: both accumulators drew their bootstrap weights from seed={self.seed}, so their "
+                             "rows share weights and the replicas are correlated; give each a different seed")
         if self._raw["xy"].shape != other._raw["xy"].shape:
             raise ValueError(f"other: feature sizes {tuple(other._raw['xy'].shape)} differ from "
                              f"{tuple(self._raw['xy'].shape)}")
         dev = self._raw["n"].device
-        theirs_raw = _reshift({k: v.to(dev) for k, v in other._raw.items()},
-                              other._shift[0].to(dev) - self._shift[0], other._shift[1].to(dev) - self._shift[1])
-        for mine, theirs in ((self._raw, theirs_raw), (self._unit, other._unit)):
-            if mine["xy"].shape != theirs["xy"].shape:
-                raise ValueError(f"other: feature sizes {tuple(theirs['xy'].shape)} differ from {tuple(mine['xy'].shape)}")
-            for key in mine:
-                mine[key] += theirs[key].to(mine[key].device)
+        dx, dy = other._shift[0].to(dev) - self._shift[0], other._shift[1].to(dev) - self._shift[1]
+        pairs = [((self._raw, self._unit), (_reshift({k: v.to(dev) for k, v in other._raw.items()}, dx, dy),
+                                            other._unit))]
+        if self._replicas is not None:
+            pairs.append((self._replicas, (_reshift_replicas(other._replicas[0], dx.to(dev), dy.to(dev)),
+                                           other._replicas[1])))
+        for mine_pair, theirs_pair in pairs:
+            for mine, theirs in zip(mine_pair, theirs_pair):
+                for key in mine:
+                    mine[key] += theirs[key].to(mine[key].device)
         return self
 
     def all_reduce(self, group=None) -> "StreamingAlignment":
@@ -256,20 +381,74 @@ class StreamingAlignment:
 
         if self._raw is None:
             raise RuntimeError("all_reduce: this rank has no rows; call update() first on every rank")
+        if self.bootstrap:  # every rank sees the same seeds, so all raise together
+            seeds = [None] * dist.get_world_size(group)
+            dist.all_gather_object(seeds, self.seed, group=group)
+            if len(set(seeds)) < len(seeds):
+                raise ValueError(f"all_reduce: ranks share bootstrap seeds {seeds}, so their rows would share "
+                                 "weights; give each rank a different seed (e.g. seed + rank)")
         shift = torch.cat(self._shift)  # every rank moves its sums to rank 0's shift, then they add up
         dist.broadcast(shift, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
         common = (shift[: self._shift[0].numel()], shift[self._shift[0].numel():])
-        self._raw = _reshift(self._raw, self._shift[0] - common[0], self._shift[1] - common[1])
+        dx, dy = self._shift[0] - common[0], self._shift[1] - common[1]
+        self._raw = _reshift(self._raw, dx, dy)
+        if self._replicas is not None:
+            self._replicas = (_reshift_replicas(self._replicas[0], dx, dy), self._replicas[1])
         self._shift = common
-        parts = [v.reshape(-1) for stats in (self._raw, self._unit) for v in stats.values()]
-        flat = torch.cat(parts)
+        every = [self._raw, self._unit] + list(self._replicas or ())
+        flat = torch.cat([v.reshape(-1) for stats in every for v in stats.values()])
         dist.all_reduce(flat, group=group)
         offset = 0
-        for stats in (self._raw, self._unit):
+        for stats in every:
             for key, value in stats.items():
                 stats[key] = flat[offset : offset + value.numel()].view_as(value)
                 offset += value.numel()
         return self
+
+    def replica_values(self, keys=None) -> dict[str, torch.Tensor]:
+        """Every bootstrap replica's metrics: {key: float64 tensor (R,)} for `keys` (default: all), NaN where a
+        replica's metric is undefined.
+
+        Raises:
+            RuntimeError: no replicas (bootstrap=0) or no rows yet.
+        """
+        if self._replicas is None:
+            raise RuntimeError("replica_values: no bootstrap replicas; construct with bootstrap=R and add rows")
+        keys = self.KEYS if keys is None else tuple(keys)
+        values = {key: torch.empty(self.bootstrap, dtype=torch.float64) for key in keys}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for r in range(self.bootstrap):
+                raw, unit = ({k: v[r] for k, v in stats.items()} for stats in self._replicas)
+                out = StreamingAlignment.from_sums(raw, unit, self._shift).compute(keys)
+                for key in keys:
+                    values[key][r] = out[key]
+        return values
+
+    def interval(self, level: float = 0.95, keys=None) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap intervals: {key: (low, high)}, the (1 − level)/2 and (1 + level)/2 quantiles of the
+        replicas' values; (NaN, NaN) where a replica's value is undefined.
+
+        Args:
+            level: the nominal coverage, in (0, 1).
+            keys: which metrics (default: all of KEYS).
+
+        Raises:
+            ValueError: level outside (0, 1), or an unknown key.
+            RuntimeError: no replicas (bootstrap=0) or no rows yet.
+        """
+        check_real(level, "level", 0.0, 1.0, lo_open=True, hi_open=True)
+        unknown = [k for k in (keys or ()) if k not in self.KEYS]
+        if unknown:
+            raise ValueError(f"keys: unknown {unknown}; choose from {self.KEYS}")
+        out = {}
+        for key, values in self.replica_values(keys).items():
+            if torch.isnan(values).any():
+                out[key] = (math.nan, math.nan)
+                continue
+            low, high = torch.quantile(values, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+            out[key] = (float(low), float(high))
+        return out
 
     def compute(self, keys=None) -> dict[str, float]:
         """The metrics over all rows so far; NaN where undefined, with a warning saying why for each of `keys`
@@ -281,6 +460,20 @@ class StreamingAlignment:
             if key in why:
                 warnings.warn(f"{key}: {why[key]}: NaN")
         return out
+
+    def gap_floor(self) -> float:
+        """The smallest ‖Σ_X − Σ_Y‖_F these sums resolve: a conservative estimate of the float64 rounding in
+        gap_frobenius (u = 2⁻⁵³). When p = q (the difference's sums kept) 8u√N·‖Σ_X‖_F, about 1e-13 of ‖Σ_X‖_F;
+        when p ≠ q the gap is √(‖X̂ᵀX̂‖² + ‖ŶᵀŶ‖² − 2‖X̂ᵀŶ‖²), a difference of large terms, and the floor
+        √(8u√N·(‖X̂ᵀX̂‖² + ‖ŶᵀŶ‖² + 2‖X̂ᵀŶ‖²)), about 1e-7 of ‖Σ_X‖_F: a gap below it is rounding. NaN with no rows."""
+        if self._unit is None:
+            return math.nan
+        u, n = self._unit, self.n
+        fxx = u["xx"].square().sum()
+        if "ee" in u:
+            return float(8 * _ROUNDING * math.sqrt(n) * fxx.sqrt())
+        total = fxx + u["yy"].square().sum() + 2 * u["xy"].square().sum()
+        return float((8 * _ROUNDING * math.sqrt(n) * total).sqrt())
 
     def coupling_terms(self) -> dict[str, float]:
         """The cosine-kernel quantities of the paper's Corollaries 1 and 2 (see `clnscl.theory`), from the same

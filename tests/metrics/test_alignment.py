@@ -167,7 +167,7 @@ def test_similarity_gap(data, backend):
     need(backend)
     kind, x, y = data
     got, want = similarity_gap(x, y, max_abs=True, backend=backend), oracle.similarity_gap(x, y)
-    assert set(got) == {"frobenius", "relative", "max_abs"}
+    assert set(got) == {"frobenius", "relative", "floor", "max_abs"}
     for key in want:
         assert_close(got[key], want[key], TOL, f"{kind} {key}")
 
@@ -543,7 +543,7 @@ def test_similarity_gap_of_no_samples_does_not_crash(backend):
     x, y = make_data("random", 5, seed="none")
     with pytest.warns(UserWarning, match="samples"):
         out = similarity_gap(x[:0], y[:0], max_abs=True, backend=backend)
-    assert set(out) == {"frobenius", "relative", "max_abs"}
+    assert set(out) == {"frobenius", "relative", "floor", "max_abs"}
 
 
 @pytest.mark.parametrize("n", [2, 3])

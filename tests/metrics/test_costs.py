@@ -30,7 +30,7 @@ def test_similarity_gap_runs_no_pass_over_the_pairs_unless_max_abs_is_asked_for(
     monkeypatch.setattr(pairwise, "moments", refuse)
     monkeypatch.setattr(metrics.reference, "similarity_gap", refuse)
     out = metrics.similarity_gap(x, y)
-    assert set(out) == {"frobenius", "relative"}
+    assert set(out) == {"frobenius", "relative", "floor"}
     got = metrics.similarity_gap(x_small, y_small)
     assert got["frobenius"] == pytest.approx(want["frobenius"], rel=1e-10)
     assert got["relative"] == pytest.approx(want["relative"], rel=1e-10)

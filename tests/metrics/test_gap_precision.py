@@ -4,6 +4,8 @@ apart slowly): StreamingAlignment, similarity_gap and the coupling terms keep it
 
 The oracle is the direct float64 difference of the N × N matrices. Its own error is about N·2⁻⁵² per entry,
 so the comparison allows that over the gap, plus 1e-6."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,3 +78,33 @@ def test_representations_of_different_widths_use_the_sides_sums():
 def _direct_unequal(x, y):
     xn, yn = F.normalize(x, dim=1), F.normalize(y, dim=1)
     return float((xn @ xn.T - yn @ yn.T).norm())
+
+
+@pytest.mark.parametrize("n,p", [(1500, 48), (5000, 17), (300, 200)])
+def test_when_widths_differ_the_floor_bounds_what_rounding_leaves_of_an_exactly_zero_gap(n, p):
+    """p ≠ q: y = (x rotated, a zero column) has Σ_Y = Σ_X, so whatever gap is returned is rounding; it stays under
+    the stated floor, and a gap 10× above the floor is resolved to within the floor."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, p, generator=gen, dtype=torch.float64)
+    rotation = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=torch.float64))[0]
+    y = torch.cat([x @ rotation, torch.zeros(n, 1, dtype=torch.float64)], dim=1)
+    out = similarity_gap(x, y)
+    assert out["frobenius"] <= out["floor"]
+    assert 1e-9 < out["floor"] / float((F.normalize(x, dim=1) @ F.normalize(x, dim=1).T).norm()) < 1e-5
+    resolved = 0
+    for eps in (1e-6, 1e-4):  # p ≠ q through the zero column; the direct difference as the oracle
+        noisy = F.normalize(y + eps * torch.randn(n, p + 1, generator=gen, dtype=torch.float64), dim=1)
+        got, want = similarity_gap(x, noisy), float((F.normalize(x, dim=1) @ F.normalize(x, dim=1).T
+                                                     - noisy @ noisy.T).norm())
+        if want > 10 * got["floor"]:
+            resolved += 1
+            assert abs(got["frobenius"] - want) <= got["floor"] + 1e-9 * want, (eps, got, want)
+    assert resolved >= 1  # eps = 1e-4 at least lies well above the floor
+
+
+def test_when_widths_agree_the_floor_is_rounding_of_the_difference():
+    x, y = _pair(1e-11, seed=5)
+    out = similarity_gap(x, y)
+    assert out["floor"] < 1e-12 * float((x @ x.T).norm()) and out["floor"] < out["frobenius"] / 100
+    acc = StreamingAlignment()
+    assert math.isnan(acc.gap_floor())
