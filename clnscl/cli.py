@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         print(report())
         return 0
     if args.command == "report":
-        from .train.report import main as report_main
+        from .train.report_sweep import main as report_main
 
         return report_main([args.run_dir])
     return _distributed(_train, args)

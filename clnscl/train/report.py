@@ -414,14 +414,9 @@ def write_report(run_dir) -> str:
     """Draw the figures of RUN_DIR/metrics.jsonl into RUN_DIR, write the markdown summary to RUN_DIR/summary.md
     (atomically) and return the same text.
 
-    run_dir may also be the metrics.jsonl file itself (figures and summary then go next to it), or a directory of
-    `clnscl sweep` without metrics.jsonl: its summary is then `report_sweep.write_sweep_report`'s, the agreement
-    of the comparisons over the seeds."""
+    run_dir may also be the metrics.jsonl file itself (figures and summary then go next to it); a sweep directory
+    is `report_sweep.write_any_report`'s."""
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and not (run_dir / METRICS_FILE).exists():
-        from .report_sweep import write_sweep_report  # it builds on this module
-
-        return write_sweep_report(run_dir)
     path = run_dir if run_dir.is_file() else run_dir / METRICS_FILE
     records, notes = read_metrics(path)
     anchor, models, compared = _models(records)
@@ -436,14 +431,15 @@ def write_report(run_dir) -> str:
     return text
 
 
-def main(argv=None) -> int:
+def main(argv=None, write=write_report) -> int:
+    """`clnscl report DIR`: print write(DIR), or the error with exit code 2."""
     parser = argparse.ArgumentParser(prog="clnscl report",
                                      description="figures and a markdown summary of a `clnscl train` run, or "
                                                  "the agreement over seeds of a `clnscl sweep` directory")
     parser.add_argument("run_dir", metavar="DIR", help="run directory holding metrics.jsonl, or sweep directory")
     args = parser.parse_args(argv)
     try:
-        text = write_report(args.run_dir)
+        text = write(args.run_dir)
     except (FileNotFoundError, ValueError) as exc:
         print(f"clnscl report: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .records import METRICS_FILE
 from .report import (MIN_EVALUATIONS, SUMMARY_FILE, Chance, _best_accuracy, _count, _f, _final, _models,
-                     read_metrics, run_chance)
+                     read_metrics, run_chance, write_report)
+from .report import main as report_main
 
 CONFIDENCE = 0.95
 INTERVAL = f"± the half-width of the {CONFIDENCE:.0%} Student-t interval of the mean over the seeds"
@@ -212,3 +213,17 @@ def write_sweep_report(out) -> str:
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, out / SUMMARY_FILE)
     return text
+
+
+def write_any_report(path) -> str:
+    """The report of a run directory (`report.write_report`) or, for a directory without metrics.jsonl, of a sweep
+    directory (`write_sweep_report`)."""
+    path = Path(path)
+    if path.is_dir() and not (path / METRICS_FILE).exists():
+        return write_sweep_report(path)
+    return write_report(path)
+
+
+def main(argv=None) -> int:
+    """`clnscl report DIR` for a run or a sweep directory."""
+    return report_main(argv, write=write_any_report)

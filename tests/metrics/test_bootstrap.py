@@ -205,3 +205,30 @@ def test_nominal_90_percent_intervals_cover_the_population_value_about_90_percen
         torch.set_num_threads(threads)
     for key in keys:
         assert 165 <= covered[key] <= 193, f"{key}: covered in {covered[key]} of {draws} draws"
+
+
+def test_compare_is_a_paired_bootstrap_of_the_difference():
+    from clnscl.metrics import compare
+
+    gen = torch.Generator().manual_seed(8)
+    anchor = torch.randn(400, 6, generator=gen, dtype=torch.float64)
+    a = anchor + 0.3 * torch.randn(400, 6, generator=gen, dtype=torch.float64)
+    b = anchor @ torch.randn(6, 5, generator=gen, dtype=torch.float64) + torch.randn(400, 5, generator=gen,
+                                                                                      dtype=torch.float64)
+    out = compare(anchor, a, b, metric="cka_linear", bootstrap=6, seed=4, level=0.9)
+    direct = [StreamingAlignment(), StreamingAlignment()]
+    direct[0].update(anchor, a)
+    direct[1].update(anchor, b)
+    assert out["a"] == direct[0].compute()["cka_linear"] and out["b"] == direct[1].compute()["cka_linear"]
+    w = _weights(4, 6, 400)
+    diffs = torch.tensor([_resampled(anchor, a, w[r])["cka_linear"] - _resampled(anchor, b, w[r])["cka_linear"]
+                          for r in range(6)], dtype=torch.float64)  # one resample of the rows for both models
+    want = torch.quantile(diffs, torch.tensor([0.05, 0.95], dtype=torch.float64)).tolist()
+    assert out["interval"] == pytest.approx(want, rel=1e-9)
+    assert out["fraction"] == float((diffs > 0).double().mean())
+    same = compare(anchor, a, a.numpy(), bootstrap=20)  # numpy taken; a model against itself differs by 0
+    assert same["difference"] == 0 and same["interval"] == (0.0, 0.0) and same["fraction"] == 0.0
+    with pytest.raises(ValueError, match="metric"):
+        compare(anchor, a, b, metric="cka")
+    with pytest.raises(ValueError, match="rows"):
+        compare(anchor, a, b[:10])
