@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from ..checks import accepts_numpy, check_choice, check_real
+from ..collectives import all_gather_rows
 from . import pairwise, reference
 from .pairwise import BACKENDS
 from .streaming import StreamingAlignment, check_pair
@@ -46,6 +47,24 @@ def _constant_warned(x, y, directions: bool, what: str) -> bool:
     return False
 
 
+def _gather(x: torch.Tensor, y: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's rows of x and y (float64, in rank order; ranks may hold different counts) on every rank: one
+    all-gather of the counts and widths, one of the rows. Widths that differ between ranks raise on every rank."""
+    if group is None:
+        return x, y
+    import torch.distributed as dist
+
+    mine = torch.tensor([x.shape[0], x.shape[1], y.shape[1]], dtype=torch.int64, device=x.device)
+    shapes = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(shapes, mine, group=group)
+    widths = {(int(s[1]), int(s[2])) for s in shapes}
+    if len(widths) > 1:
+        raise ValueError(f"x, y: the ranks' feature widths differ {sorted(widths)}; every rank must give the same p, q")
+    both = all_gather_rows(torch.cat([x.detach().double(), y.detach().to(x.device).double()], 1),
+                           [int(s[0]) for s in shapes], group)
+    return both[:, : x.shape[1]], both[:, x.shape[1]:]
+
+
 def _engine(backend: str, x: torch.Tensor) -> str | None:
     """The device to run the pairwise engine on, or None for the reference (metrics/pairwise.py's backends)."""
     chosen = BACKENDS.resolve(backend, x).name
@@ -61,17 +80,18 @@ def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
     return (2 * pair_kl + n - 2.0 / n * (full_k @ full_l) + full_k.sum() * full_l.sum() / n**2) / (n - 1) ** 2
 
 
-def _rbf_cka_engine(x, y, sigma, unbiased, progress) -> tuple[float, dict[str, float]]:
+def _rbf_cka_engine(x, y, sigma, unbiased, progress, group) -> tuple[float, dict[str, float]]:
     """(RBF CKA, the σ used with its error bound) from the engine's passes."""
     if sigma is not None:
         (sx, ex), (sy, ey) = (sigma, 0.0), (sigma, 0.0)
     else:
-        (sx, ex), (sy, ey) = pairwise.median_distances(x, y, progress=progress)
+        (sx, ex), (sy, ey) = pairwise.median_distances(x, y, progress=progress, group=group)
     sigmas = {"sigma_x": sx, "sigma_y": sy, "sigma_x_error": ex, "sigma_y_error": ey}
     if not (sx > 0 and sy > 0):
         warnings.warn("cka: a representation has all pairwise distances 0 (median σ = 0): NaN")
         return math.nan, sigmas
-    s, rk, rl = pairwise.moments(x, y, pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2), progress=progress)
+    s, rk, rl = pairwise.moments(x, y, pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2), progress=progress,
+                                 group=group)
     n = x.shape[0]
     hkl = _hsic_from_sums(s[10], rk, rl, n, unbiased)
     hkk = _hsic_from_sums(s[11], rk, rk, n, unbiased)
@@ -87,7 +107,8 @@ def _undefined(x, minimum: int, what: str) -> bool:
 
 
 @accepts_numpy("x", "y")
-def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto", *, return_sigma=False, progress=None):
+def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto", *, return_sigma=False, progress=None,
+        process_group=None):
     """Centred kernel alignment HSIC(K, L)/√(HSIC(K, K)·HSIC(L, L)) of x (N, p) and y (N, q).
 
     Args:
@@ -101,6 +122,8 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto", *, re
         return_sigma: with kernel="rbf", also return {"sigma_x", "sigma_y", "sigma_x_error", "sigma_y_error"}: the
             bandwidths used and bounds on the median's error (0 when sigma is given or the median is exact).
         progress: a tqdm bar over the O(N²) passes (None: when stderr is a terminal).
+        process_group: the rows are sharded over its ranks (counts may differ): gathered once, every pass over the
+            pairs split evenly across the ranks; every rank returns the value of one process on all rows.
 
     Returns:
         The CKA (NaN, with a warning, where undefined), or (CKA, sigmas) with return_sigma.
@@ -115,26 +138,28 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto", *, re
         check_real(sigma, "sigma", 0.0, lo_open=True)
     if return_sigma and kernel != "rbf":
         raise ValueError(f"return_sigma: only the RBF kernel has a bandwidth, got kernel={kernel!r}")
+    x, y = _gather(x, y, process_group)
     if kernel != "rbf":
         key = f"cka_{kernel}{'_unbiased' if unbiased else ''}"
         return _gram(x, y, key)[key]
-    value, sigmas = _rbf_cka(x, y, sigma, unbiased, backend, progress)
+    value, sigmas = _rbf_cka(x, y, sigma, unbiased, backend, progress, process_group)
     return (value, sigmas) if return_sigma else value
 
 
-def _rbf_cka(x, y, sigma, unbiased, backend, progress) -> tuple[float, dict[str, float]]:
+def _rbf_cka(x, y, sigma, unbiased, backend, progress, group) -> tuple[float, dict[str, float]]:
     if _undefined(x, 4 if unbiased else 2, "cka") or _constant_warned(x, y, False, "cka"):
         return math.nan, dict.fromkeys(("sigma_x", "sigma_y", "sigma_x_error", "sigma_y_error"), math.nan)
     device = _engine(backend, x)
     if device is not None:
-        return _rbf_cka_engine(x.to(device), y.to(device), sigma, unbiased, progress)
+        return _rbf_cka_engine(x.to(device), y.to(device), sigma, unbiased, progress, group)
     sx, sy = (sigma, sigma) if sigma is not None else (reference.median_distance(x), reference.median_distance(y))
     sigmas = {"sigma_x": sx, "sigma_y": sy, "sigma_x_error": 0.0, "sigma_y_error": 0.0}
     return reference.cka(x, y, kernel="rbf", sigma=sigma, unbiased=unbiased), sigmas
 
 
 @accepts_numpy("x", "y")
-def rsa(x, y, rdm="cosine", method="pearson", backend="auto", *, return_error=False, progress=None):
+def rsa(x, y, rdm="cosine", method="pearson", backend="auto", *, return_error=False, progress=None,
+        process_group=None):
     """Correlation of the two representational dissimilarity matrices over the pairs i < j.
 
     Args:
@@ -146,6 +171,7 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto", *, return_error=Fa
         return_error: also return a bound on |value − exact value| (0 where no approximation is made: Pearson,
             exact ranks).
         progress: a tqdm bar over the O(N²) passes (None: when stderr is a terminal).
+        process_group: rows sharded over its ranks, as for `cka`.
 
     Returns:
         The correlation (NaN, with a warning, where undefined), or (correlation, error bound) with return_error.
@@ -157,11 +183,12 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto", *, return_error=Fa
     check_choice("rdm", rdm, RDMS)
     check_choice("method", method, METHODS)
     check_choice("backend", backend, BACKENDS.names)
-    value, error = _rsa(x, y, rdm, method, backend, progress)
+    x, y = _gather(x, y, process_group)
+    value, error = _rsa(x, y, rdm, method, backend, progress, process_group)
     return (value, error) if return_error else value
 
 
-def _rsa(x, y, rdm, method, backend, progress) -> tuple[float, float]:
+def _rsa(x, y, rdm, method, backend, progress, group) -> tuple[float, float]:
     if _undefined(x, 3, "rsa") or _constant_warned(x, y, rdm == "cosine", "rsa"):  # < 2 pairs, or 0/0
         return math.nan, 0.0
     if (rdm, method) == ("cosine", "pearson") and backend == "auto":
@@ -174,15 +201,15 @@ def _rsa(x, y, rdm, method, backend, progress) -> tuple[float, float]:
     x, y = x.to(device), y.to(device)
     code = pairwise.COSINE if rdm == "cosine" else pairwise.EUCLIDEAN
     if method == "spearman":
-        return pairwise.spearman(x, y, code, progress=progress)
-    s, _, _ = pairwise.moments(x, y, code, progress=progress)
+        return pairwise.spearman(x, y, code, progress=progress, group=group)
+    s, _, _ = pairwise.moments(x, y, code, progress=progress, group=group)
     m = x.shape[0] * (x.shape[0] - 1) / 2
     var_x, var_y = m * s[1] - s[0] ** 2, m * s[3] - s[2] ** 2
     return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y)), 0.0
 
 
 @accepts_numpy("x", "y")
-def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None) -> dict[str, float]:
+def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None, process_group=None) -> dict[str, float]:
     """Distance between the cosine-similarity matrices Σ_X = X̂X̂ᵀ and Σ_Y of x (N, p) and y (N, q).
 
     Args:
@@ -190,6 +217,7 @@ def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None) -> dic
         max_abs: also compute max_ij |Σ_X − Σ_Y|, an O(N²) pass over the pairs (the pairwise engine).
         backend: where that pass runs: "auto", "cpu", "cuda" or "reference".
         progress: a tqdm bar over the O(N²) pass (None: when stderr is a terminal).
+        process_group: rows sharded over its ranks, as for `cka`.
 
     Returns:
         {"frobenius": ‖Σ_X − Σ_Y‖_F, "relative": ÷ ‖Σ_X‖_F, "floor": the smallest frobenius the statistics
@@ -204,6 +232,7 @@ def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None) -> dic
     if not isinstance(max_abs, bool):
         raise TypeError(f"max_abs must be True or False, got {max_abs!r}")
     keys = ("frobenius", "relative", "floor", "max_abs") if max_abs else ("frobenius", "relative", "floor")
+    x, y = _gather(x, y, process_group)
     if x.shape[0] == 0:
         warnings.warn("similarity_gap needs at least 1 sample, got 0 samples: NaN")
         return dict.fromkeys(keys, math.nan)
@@ -212,11 +241,11 @@ def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None) -> dic
     gram = acc.compute(("gap_frobenius", "gap_relative"))
     out = {"frobenius": gram["gap_frobenius"], "relative": gram["gap_relative"], "floor": acc.gap_floor()}
     if max_abs:
-        out["max_abs"] = _max_abs_gap(x, y, backend, progress)
+        out["max_abs"] = _max_abs_gap(x, y, backend, progress, process_group)
     return out
 
 
-def _max_abs_gap(x, y, backend, progress) -> float:
+def _max_abs_gap(x, y, backend, progress, group) -> float:
     """max_ij |Σ_X − Σ_Y| (the diagonal Σ_ii ∈ {0, 1}: 0 for a zero row)."""
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return math.nan
@@ -226,5 +255,6 @@ def _max_abs_gap(x, y, backend, progress) -> float:
     diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())
     if x.shape[0] == 1:
         return diagonal
-    off_diagonal = float(pairwise.moments(x.to(device), y.to(device), pairwise.COSINE, progress=progress)[0][9])
+    off_diagonal = float(pairwise.moments(x.to(device), y.to(device), pairwise.COSINE, progress=progress,
+                                          group=group)[0][9])
     return max(off_diagonal, diagonal)

@@ -30,6 +30,7 @@ import sys
 import warnings
 
 import torch
+import torch.distributed as dist
 
 from .. import extension
 from ..dispatch import Backend, Registry
@@ -41,6 +42,7 @@ BINS, FINE_BINS = 1 << 16, 1 << 20
 SPEARMAN_BOUND = 1e-3
 EXACT_MAX_N = 4096  # up to 8.4M pairs: materialising and sorting them is cheaper than failing the bound
 PART_PAIRS, MAX_PARTS = 1 << 22, 100  # a pass shown with a bar: parts of at least 4M pairs, at most 100 parts
+_MINS, _MAXES = [5, 7], [6, 8, 9]  # the moments' minima (of dx, dy) and maxima (dx, dy, |cos_x − cos_y|)
 
 
 class Engine(Backend):
@@ -77,21 +79,43 @@ def _parts(n: int, progress: bool | None) -> int:
     return max(1, min(MAX_PARTS, n * (n - 1) // 2 // PART_PAIRS))
 
 
-def _pass(op, x, combine, *, progress: bool | None, desc: str):
-    """op(part, parts) over the parts of a pass (a tqdm bar over them), combined; results on the CPU."""
-    parts = _parts(x.shape[0], progress)
+def _pass(op, x, combine, reduce, *, progress: bool | None, desc: str, group=None):
+    """op(part, parts) over this rank's parts of a pass (a tqdm bar over them), combined, then `reduce`d across the
+    ranks of `group` (each rank takes an equal run of the tile pairs); results on the CPU."""
+    world, rank = (1, 0) if group is None else (dist.get_world_size(group), dist.get_rank(group))
+    shown = progress if rank == 0 else False
+    # every rank cuts alike (a terminal on one rank only must not change the split): under a group, as if shown
+    each = _parts(x.shape[0], shown if group is None else progress is not False)
     total = None
-    for part in progress_bar(range(parts), progress=progress if parts > 1 else False, desc=desc, unit="part"):
-        out = tuple(t.cpu() for t in op(part, parts))
+    for part in progress_bar(range(rank * each, (rank + 1) * each), progress=shown if each > 1 else False, desc=desc,
+                             unit="part"):
+        out = tuple(t.cpu() for t in op(part, world * each))
         total = out if total is None else combine(total, out)
-    return total
+    return total if group is None else reduce(total, group, x.device)
+
+
+def _all_reduce(t: torch.Tensor, op, group, device) -> torch.Tensor:
+    """t reduced over the ranks (on `device`, where NCCL needs it), back on the CPU."""
+    t = t.to(device)
+    dist.all_reduce(t, op=op, group=group)
+    return t.cpu()
 
 
 def _combine_moments(a, b):
     s = a[0] + b[0]
-    s[[5, 7]] = torch.minimum(a[0][[5, 7]], b[0][[5, 7]])
-    s[[6, 8, 9]] = torch.maximum(a[0][[6, 8, 9]], b[0][[6, 8, 9]])
+    s[_MINS] = torch.minimum(a[0][_MINS], b[0][_MINS])
+    s[_MAXES] = torch.maximum(a[0][_MAXES], b[0][_MAXES])
     return s, a[1] + b[1], a[2] + b[2]
+
+
+def _reduce_moments(m, group, device):
+    sums = m[0].clone()
+    sums[_MINS + _MAXES] = 0
+    s = _all_reduce(sums, dist.ReduceOp.SUM, group, device)
+    s[_MINS] = _all_reduce(m[0][_MINS], dist.ReduceOp.MIN, group, device)
+    s[_MAXES] = _all_reduce(m[0][_MAXES], dist.ReduceOp.MAX, group, device)
+    rows = _all_reduce(torch.stack(m[1:]), dist.ReduceOp.SUM, group, device)
+    return s, rows[0], rows[1]
 
 
 def _combine_histograms(a, b):
@@ -101,26 +125,44 @@ def _combine_histograms(a, b):
     return a[0] + b[0], a[1] + b[1], ranges(a[2], b[2]), ranges(a[3], b[3])
 
 
-def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0, *, progress: bool | None = False):
+def _reduce_histograms(h, group, device):
+    counts = _all_reduce(torch.stack(h[:2]), dist.ReduceOp.SUM, group, device)
+    ranges = torch.stack(h[2:])
+    low = _all_reduce(ranges[..., 0].contiguous(), dist.ReduceOp.MIN, group, device)
+    high = _all_reduce(ranges[..., 1].contiguous(), dist.ReduceOp.MAX, group, device)
+    return counts[0], counts[1], torch.stack((low[0], high[0]), 1), torch.stack((low[1], high[1]), 1)
+
+
+def _sum_parts(a, b):
+    return (a[0] + b[0],)
+
+
+def _reduce_sum(t, group, device):
+    return (_all_reduce(t[0], dist.ReduceOp.SUM, group, device),)
+
+
+def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0, *, progress: bool | None = False,
+            group=None):
     """(scalars, row sums of K_x, row sums of K_y) on the CPU; clnscl/csrc/schemas.cpp gives the layout of scalars.
-    Runs where x and y are (CPU or CUDA)."""
+    Runs where x and y are (CPU or CUDA); under `group` (every rank holding all rows) each rank takes its share."""
     op = _ops(x).pairwise_moments
     return _pass(lambda part, parts: op(x, y, rdm, gamma_x, gamma_y, part, parts), x, _combine_moments,
-                 progress=progress, desc="pairwise moments")
+                 _reduce_moments, progress=progress, desc="pairwise moments", group=group)
 
 
-def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, *, progress: bool | None = False):
+def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, *, progress: bool | None = False, group=None):
     """(counts_x, counts_y, range_x, range_y) on the CPU."""
     op = _ops(x).pairwise_histograms
     return _pass(lambda part, parts: op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, part, parts), x,
-                 _combine_histograms, progress=progress, desc="pairwise histograms")
+                 _combine_histograms, _reduce_histograms, progress=progress, desc="pairwise histograms", group=group)
 
 
-def rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, *, progress: bool | None = False) -> float:
+def rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, *, progress: bool | None = False,
+                 group=None) -> float:
     """Σ_{i<j} rank_x[bin(dx_ij)]·rank_y[bin(dy_ij)]."""
     op = _ops(x).pairwise_rank_product
     out = _pass(lambda part, parts: (op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, part, parts),), x,
-                lambda a, b: (a[0] + b[0],), progress=progress, desc="pairwise rank product")
+                _sum_parts, _reduce_sum, progress=progress, desc="pairwise rank product", group=group)
     return float(out[0])
 
 
@@ -153,21 +195,21 @@ def _median_in(counts, ranges) -> tuple[float, float]:
     return low + (high - low) * (k - before - 0.5) / inside, high - low
 
 
-def median_distances(x: torch.Tensor, y: torch.Tensor, *, progress: bool | None = False):
+def median_distances(x: torch.Tensor, y: torch.Tensor, *, progress: bool | None = False, group=None):
     """((median of ‖x_i − x_j‖, its error bound), (the same for y)) over i < j, from one histogram pass."""
     limits = value_range(x, EUCLIDEAN) + value_range(y, EUCLIDEAN)
-    cx, cy, rx, ry = histograms(x, y, EUCLIDEAN, *limits, BINS, progress=progress)
+    cx, cy, rx, ry = histograms(x, y, EUCLIDEAN, *limits, BINS, progress=progress, group=group)
     return _median_in(cx, rx), _median_in(cy, ry)
 
 
-def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress) -> tuple[float, float]:
-    cx, cy, range_x, range_y = histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress=progress)
+def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress, group) -> tuple[float, float]:
+    cx, cy, range_x, range_y = histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress=progress, group=group)
     rx, ry = _binned_ranks(cx), _binned_ranks(cy)
     pairs = float(cx.sum())
     mean = (pairs + 1) / 2
     var_x = float((cx.double() * rx.square()).sum()) / pairs - mean**2
     var_y = float((cy.double() * ry.square()).sum()) / pairs - mean**2
-    cross = rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry, progress=progress)
+    cross = rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry, progress=progress, group=group)
     rho = (cross / pairs - mean**2) / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan
 
     def eps(counts, ranges, var):
@@ -179,14 +221,15 @@ def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress) -> tuple[flo
     return rho, ex + ey + ex * ex + ey * ey
 
 
-def spearman(x, y, rdm: int, *, progress: bool | None = False) -> tuple[float, float]:
-    """(Spearman correlation of the two RDMs over i < j, bound on its error)."""
+def spearman(x, y, rdm: int, *, progress: bool | None = False, group=None) -> tuple[float, float]:
+    """(Spearman correlation of the two RDMs over i < j, bound on its error); under `group` every rank holds all
+    rows and takes its share of each pass."""
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return math.nan, 0.0
     limits = value_range(x, rdm) + value_range(y, rdm)
-    rho, bound = _spearman_at(x, y, rdm, *limits, BINS, progress)
+    rho, bound = _spearman_at(x, y, rdm, *limits, BINS, progress, group)
     if bound > SPEARMAN_BOUND:
-        rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS, progress)
+        rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS, progress, group)
     if bound > SPEARMAN_BOUND and x.shape[0] <= EXACT_MAX_N:  # few pairs: rank them exactly instead
         return reference.rsa(x.cpu(), y.cpu(), "cosine" if rdm == COSINE else "euclidean", "spearman"), 0.0
     if bound > SPEARMAN_BOUND:
