@@ -11,7 +11,8 @@
 #   1. versions, GPU, `python -m clnscl.info` (this compiles the CPU and CUDA ops), and a hard load check;
 #   2. the GPU tests: pytest -k "gpu or cuda or triton" over tests/ (tests/loss/test_triton.py runs its kernels
 #      on the GPU: TRITON_INTERPRET is unset) and benchmarks/loss/test_gpu.py (smoke size);
-#   3. benchmarks.metrics.gpu_metrics: the CUDA pairwise engine and streaming metrics at N = 200,000, d = 512;
+#   3. benchmarks.metrics.gpu_metrics: the CUDA pairwise engine and streaming metrics at N = 200,000, d = 512,
+#      the engine against the CPU engine at N = 20,000 and its time projected to 1.28M rows on 1 and 8 GPUs;
 #   4. benchmarks.loss.gpu_bench: correctness of triton (both schedules) and cuda vs the float64 reference at
 #      N = 4096 (fp32); forward, backward and both at N = 65,536, d = 128, bf16 and fp32: time, TFLOP/s counted
 #      as the bar counts (8N²d for both) and as the work done, peak memory, for triton symmetric and general,
@@ -132,7 +133,7 @@ echo "| step | status | time | detail |"
 echo "| --- | --- | --- | --- |"
 for row in "${SUMMARY[@]}"; do echo "$row"; done
 echo
-grep -A 12 "^## clnscl metrics" "$LOGS/gpu_metrics.log" 2>/dev/null
+grep -A 16 "^## clnscl metrics" "$LOGS/gpu_metrics.log" 2>/dev/null
 echo
 if [ -s "$LOGS/gpu_bench.md" ]; then
     cat "$LOGS/gpu_bench.md"

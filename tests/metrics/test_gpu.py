@@ -68,3 +68,21 @@ def test_pairwise_histograms_shared_memory_equal_global_atomics(rdm, monkeypatch
             assert torch.equal(a, b)
         cpu = pairwise.histograms(x, y, rdm, *limits, bins)  # float64 Grams summed in another order
         assert (shared[1] - cpu[1]).abs().sum() <= 1e-6 * pairs
+
+
+def test_a_cuda_pass_cut_into_parts_gives_the_whole_pass(monkeypatch):
+    """The CUDA ops' part/parts (a progress bar's parts, a rank's share) cover every tile pair once."""
+    from clnscl import metrics
+    from clnscl.metrics import pairwise
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(700, 9, generator=gen, dtype=torch.float64).cuda()
+    y = (x @ torch.randn(9, 4, generator=gen, dtype=torch.float64).cuda()).tanh()
+    whole = [metrics.cka(x, y, "rbf", backend="cuda", progress=False),
+             metrics.rsa(x, y, "euclidean", "spearman", backend="cuda", progress=False),
+             metrics.similarity_gap(x, y, max_abs=True, backend="cuda", progress=False)["max_abs"]]
+    monkeypatch.setattr(pairwise, "PART_PAIRS", 3000)
+    parted = [metrics.cka(x, y, "rbf", backend="cuda", progress=True),
+              metrics.rsa(x, y, "euclidean", "spearman", backend="cuda", progress=True),
+              metrics.similarity_gap(x, y, max_abs=True, backend="cuda", progress=True)["max_abs"]]
+    assert parted == pytest.approx(whole, rel=1e-11, abs=1e-14)
