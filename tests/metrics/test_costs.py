@@ -56,23 +56,21 @@ def test_max_abs_must_be_a_bool(bad):
 def test_a_pass_cut_into_parts_gives_the_whole_pass_and_draws_a_bar(monkeypatch, capsys):
     """Parts of 40 pairs: ~100 parts over N = 301 rows, each op's part ranges covering every tile pair once."""
     x, y = _pair(301, 13, 9, 3)
-    whole = {
-        "gap": metrics.similarity_gap(x, y, max_abs=True, progress=False)["max_abs"],
-        "rbf": metrics.cka(x, y, "rbf", progress=False),
-        "rbf_sigma": metrics.cka(x, y, "rbf", sigma=3.0, unbiased=True, progress=False),
-        "pearson": metrics.rsa(x, y, "euclidean", progress=False),
-        "spearman": metrics.rsa(x, y, "euclidean", "spearman", progress=False),
-    }
+
+    def every(progress):
+        return {
+            "gap": metrics.similarity_gap(x, y, max_abs=True, progress=progress)["max_abs"],
+            "rbf": metrics.cka(x, y, "rbf", progress=progress),
+            "rbf_sigma": metrics.cka(x, y, "rbf", sigma=3.0, unbiased=True, progress=progress),
+            "pearson": metrics.rsa(x, y, "euclidean", progress=progress),
+            "spearman": metrics.rsa(x, y, "euclidean", "spearman", progress=progress),
+        }
+
+    whole = every(False)
     capsys.readouterr()
     monkeypatch.setattr(pairwise, "PART_PAIRS", 40)
     assert pairwise._parts(301, True) == pairwise.MAX_PARTS
-    parted = {
-        "gap": metrics.similarity_gap(x, y, max_abs=True, progress=True)["max_abs"],
-        "rbf": metrics.cka(x, y, "rbf", progress=True),
-        "rbf_sigma": metrics.cka(x, y, "rbf", sigma=3.0, unbiased=True, progress=True),
-        "pearson": metrics.rsa(x, y, "euclidean", progress=True),
-        "spearman": metrics.rsa(x, y, "euclidean", "spearman", progress=True),
-    }
+    parted = every(True)
     for key, value in whole.items():
         assert parted[key] == pytest.approx(value, rel=1e-11, abs=1e-14), key
     err = capsys.readouterr().err
