@@ -23,8 +23,10 @@ struct Side {
 struct Mask {
   bool pos, same, neg;
   explicit Mask(int64_t include) : pos(include & 1), same(include & 2), neg(include & 4) {}
+  // ri == ci ? (pos && rg != cg) : (rc == cc ? same : neg), branch-free so that CPU loops vectorise.
   C10_HOST_DEVICE inline bool operator()(int64_t ri, int64_t rc, int64_t rg, int64_t ci, int64_t cc, int64_t cg) const {
-    return ri == ci ? (pos && rg != cg) : (rc == cc ? same : neg);
+    const bool inst = ri == ci, cls = rc == cc;
+    return (inst & pos & (rg != cg)) | (!inst & cls & same) | (!inst & !cls & neg);
   }
 };
 

@@ -92,23 +92,24 @@ void lse_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, T* lse) {
   const T shift = scale;
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
     double* acc = partial.data() + static_cast<size_t>(at::get_thread_num()) * n;
-    std::vector<T> sbuf(kTile * kTile), colsum(kTile);
+    std::vector<T> sbuf(kTile * kTile), colsum(kTile), terms(kTile);
     for (int64_t p = p0; p < p1; ++p) {
       const auto [i0, j0] = pairs[p];
       const int64_t r = std::min(kTile, n - i0), c = std::min(kTile, n - j0);
       at::Tensor s = scores(sbuf, z, i0, r, z, j0, c);
       std::fill(colsum.begin(), colsum.end(), T(0));
       const int64_t *ci = side.inst + j0, *cc = side.cls + j0;
+      T* cs = colsum.data();
+      T* ev = terms.data();
       for (int64_t a = 0; a < r; ++a) {
         const int64_t ri = side.inst[i0 + a], rc = side.cls[i0 + a], rg = i0 + a;
         const T* srow = sbuf.data() + a * c;
+        masked_exp(srow, c, scale, shift, mask, ri, rc, rg, ci, cc, j0, ev);
         T rowsum = 0;
-        for (int64_t b = 0; b < c; ++b) {
-          const T e = exp_fast<T>(srow[b] * scale - shift);
-          const T v = mask(ri, rc, rg, ci[b], cc[b], j0 + b) ? e : T(0);
-          rowsum += v;
-          colsum[b] += v;
-        }
+#pragma omp simd reduction(+ : rowsum)
+        for (int64_t b = 0; b < c; ++b) rowsum += ev[b];
+#pragma omp simd
+        for (int64_t b = 0; b < c; ++b) cs[b] += ev[b];
         acc[i0 + a] += rowsum;
       }
       if (i0 != j0)
