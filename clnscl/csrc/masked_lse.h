@@ -14,17 +14,20 @@ namespace clnscl {
 
 // Row or column side of the problem: instance and class id per row, and the offset that turns a local row
 // index into the global column index used to recognise "self".
-struct Side {
-  const int64_t* inst;
-  const int64_t* cls;
+template <typename I>
+struct SideOf {
+  const I* inst;
+  const I* cls;
   int64_t offset;
 };
+using Side = SideOf<int64_t>;
 
 struct Mask {
   bool pos, same, neg;
   explicit Mask(int64_t include) : pos(include & 1), same(include & 2), neg(include & 4) {}
   // ri == ci ? (pos && rg != cg) : (rc == cc ? same : neg), branch-free so that CPU loops vectorise.
-  C10_HOST_DEVICE inline bool operator()(int64_t ri, int64_t rc, int64_t rg, int64_t ci, int64_t cc, int64_t cg) const {
+  template <typename I>
+  C10_HOST_DEVICE inline bool operator()(I ri, I rc, I rg, I ci, I cc, I cg) const {
     const bool inst = ri == ci, cls = rc == cc;
     return (inst & pos & (rg != cg)) | (!inst & cls & same) | (!inst & !cls & neg);
   }

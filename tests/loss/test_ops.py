@@ -162,3 +162,23 @@ def test_columns_without_gradient_get_no_backward_pass(backend):
     qq = q.clone().requires_grad_()
     ns.masked_lse(qq, *args[1:]).sum().backward()
     assert qq.grad is not None and k.grad is None
+
+
+@pytest.mark.parametrize("objective", ["nscl", "supcon", "cl"])
+def test_ids_that_agree_in_their_low_32_bits_stay_apart_on_the_symmetric_schedule(objective):
+    """The CPU kernels compare 32-bit codes of the ids (dense ranks, for vector width): labels 1 and 2^32 + 1, or
+    -1 and 2^32 - 1, must stay different classes, as in the float64 reference; forward and gradient."""
+    gen = torch.Generator().manual_seed(32)
+    z = F.normalize(torch.randn(37, 2, 19, generator=gen, dtype=torch.float64), dim=-1)
+    labels = torch.tensor([1, 2**32 + 1, -1, 2**32 - 1, 7, 2**40 + 7] * 6 + [5])
+    got_z = z.float().requires_grad_()
+    want_z = z.clone().requires_grad_()
+    got = clnscl.contrastive_loss(got_z, labels, objective=objective, temperature=0.2, backend="cpu")
+    want = clnscl.contrastive_loss(want_z, labels, objective=objective, temperature=0.2, backend="reference")
+    got.backward()
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(got_z.grad.double(), want_z.grad, rtol=1e-4, atol=1e-6)
+    merged = labels.clone() % 2**32  # what truncating the ids to 32 bits would compute: another loss
+    other = clnscl.contrastive_loss(z.float(), merged, objective=objective, temperature=0.2, backend="cpu")
+    assert objective == "cl" or abs(other.item() - got.item()) > 1e-4

@@ -84,7 +84,7 @@ std::vector<std::pair<int64_t, int64_t>> upper_tiles(int64_t n) {
 }
 
 template <typename T>
-void lse_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, T* lse) {
+void lse_symmetric(const at::Tensor& z, SideOf<int32_t> side, Mask mask, T scale, T* lse) {
   const int64_t n = z.size(0);
   const auto pairs = upper_tiles(n);
   const int nt = at::get_num_threads();
@@ -98,13 +98,13 @@ void lse_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, T* lse) {
       const int64_t r = std::min(kTile, n - i0), c = std::min(kTile, n - j0);
       at::Tensor s = scores(sbuf, z, i0, r, z, j0, c);
       std::fill(colsum.begin(), colsum.end(), T(0));
-      const int64_t *ci = side.inst + j0, *cc = side.cls + j0;
+      const int32_t *ci = side.inst + j0, *cc = side.cls + j0;
       T* cs = colsum.data();
       T* ev = terms.data();
       for (int64_t a = 0; a < r; ++a) {
-        const int64_t ri = side.inst[i0 + a], rc = side.cls[i0 + a], rg = i0 + a;
+        const int32_t ri = side.inst[i0 + a], rc = side.cls[i0 + a], rg = static_cast<int32_t>(i0 + a);
         const T* srow = sbuf.data() + a * c;
-        masked_exp(srow, c, scale, shift, mask, ri, rc, rg, ci, cc, j0, ev);
+        masked_exp(srow, c, scale, shift, mask, ri, rc, rg, ci, cc, static_cast<int32_t>(j0), ev);
         T rowsum = 0;
 #pragma omp simd reduction(+ : rowsum)
         for (int64_t b = 0; b < c; ++b) rowsum += ev[b];
@@ -129,7 +129,8 @@ void lse_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, T* lse) {
 // Symmetric backward with the fixed shift: P_ab = e^{s_ab − m}·(α_a + α_b), α_a = w_a·e^{m − lse_a}; a tile
 // (I, J), I < J, adds P·z_J to rows I and Pᵀ·z_I to rows J, in per-thread buffers summed at the end.
 template <typename T>
-void backward_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, const T* alpha, at::Tensor& dz) {
+void backward_symmetric(const at::Tensor& z, SideOf<int32_t> side, Mask mask, T scale, const T* alpha,
+                        at::Tensor& dz) {
   const int64_t n = z.size(0), d = z.size(1);
   const auto pairs = upper_tiles(n);
   const int nt = at::get_num_threads();
@@ -137,21 +138,21 @@ void backward_symmetric(const at::Tensor& z, Side side, Mask mask, T scale, cons
   const T shift = scale;
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
     at::Tensor mine = bufs.select(0, at::get_thread_num());
-    std::vector<T> sbuf(kTile * kTile);
+    std::vector<T> sbuf(kTile * kTile), terms(kTile);
+    T* ev = terms.data();
     for (int64_t p = p0; p < p1; ++p) {
       const auto [i0, j0] = pairs[p];
       const int64_t r = std::min(kTile, n - i0), c = std::min(kTile, n - j0);
       at::Tensor s = scores(sbuf, z, i0, r, z, j0, c);
-      const int64_t *ci = side.inst + j0, *cc = side.cls + j0;
+      const int32_t *ci = side.inst + j0, *cc = side.cls + j0;
       const T* aj = alpha + j0;
       for (int64_t a = 0; a < r; ++a) {
-        const int64_t ri = side.inst[i0 + a], rc = side.cls[i0 + a], rg = i0 + a;
+        const int32_t ri = side.inst[i0 + a], rc = side.cls[i0 + a], rg = static_cast<int32_t>(i0 + a);
         const T ai = alpha[i0 + a];
         T* srow = sbuf.data() + a * c;
-        for (int64_t b = 0; b < c; ++b) {
-          const T e = exp_fast<T>(srow[b] * scale - shift) * (ai + aj[b]);
-          srow[b] = mask(ri, rc, rg, ci[b], cc[b], j0 + b) ? e : T(0);
-        }
+        masked_exp(srow, c, scale, shift, mask, ri, rc, rg, ci, cc, static_cast<int32_t>(j0), ev);
+#pragma omp simd
+        for (int64_t b = 0; b < c; ++b) srow[b] = ev[b] * (ai + aj[b]);
       }
       mine.narrow(0, i0, r).addmm_(s, z.narrow(0, j0, c), 1, scale);
       if (i0 != j0) mine.narrow(0, j0, c).addmm_(s.t(), z.narrow(0, i0, r), 1, scale);
@@ -185,7 +186,8 @@ at::Tensor masked_lse_cpu(const at::Tensor& q, const std::optional<at::Tensor>& 
   const Mask mask(include);
   AT_DISPATCH_FLOATING_TYPES(p.q.scalar_type(), "masked_lse_cpu", [&] {
     if (use_symmetric(p, unit_rows, scale, false))
-      lse_symmetric<scalar_t>(p.q, rs, mask, static_cast<scalar_t>(scale), lse.data_ptr<scalar_t>());
+      lse_symmetric<scalar_t>(p.q, dense_ids(p.row_inst, p.row_cls).side(), mask, static_cast<scalar_t>(scale),
+                              lse.data_ptr<scalar_t>());
     else
       lse_general<scalar_t>(p.q, p.k, rs, cs, mask, static_cast<scalar_t>(scale), lse.data_ptr<scalar_t>());
   });
@@ -217,7 +219,8 @@ std::tuple<at::Tensor, at::Tensor> masked_lse_backward_cpu(
     if (use_symmetric(p, unit_rows, scale, true)) {
       // α_a = w_a·e^{m − lse_a}, 0 for empty rows (lse_safe = +inf)
       const at::Tensor alpha = (w * (scale - lse_safe).exp()).masked_fill(empty_row, 0).contiguous();
-      backward_symmetric<scalar_t>(p.q, rs, mask, sc, alpha.data_ptr<scalar_t>(), dq);
+      backward_symmetric<scalar_t>(p.q, dense_ids(p.row_inst, p.row_cls).side(), mask, sc,
+                                   alpha.data_ptr<scalar_t>(), dq);
     } else if (p.self_similarity) {
       accumulate<scalar_t, true, true>(p.q, p.q, rs, rs, mask, sc, wp, lp, wp, lp, dq.data_ptr<scalar_t>());
     } else {

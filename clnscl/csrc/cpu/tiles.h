@@ -50,17 +50,31 @@ inline float exp_fast<float>(float x) {
   return x != x ? x : (x < -87.3f ? 0.0f : big);
 }
 
-// out[b] = [mask(row, column b)] · e^{s[b]·scale − shift} over the c columns from j0 (inst, cls their sides), in
-// one loop that vectorises: the row's own values are arguments, nothing in the loop can alias.
-template <typename T>
-inline void masked_exp(const T* __restrict__ s, int64_t c, T scale, T shift, Mask mask, int64_t ri, int64_t rc,
-                       int64_t rg, const int64_t* __restrict__ inst, const int64_t* __restrict__ cls, int64_t j0,
-                       T* __restrict__ out) {
+// out[b] = [mask(row, column b)] · e^{s[b]·scale − shift} over the c columns from j0 (inst, cls their ids), in
+// one loop that vectorises: the row's own values are arguments, nothing in the loop can alias, and with 32-bit
+// ids (`dense_ids`) the comparisons are as wide as the floats, which AVX2 needs as much as AVX-512.
+template <typename T, typename I>
+inline void masked_exp(const T* __restrict__ s, int64_t c, T scale, T shift, Mask mask, I ri, I rc, I rg,
+                       const I* __restrict__ inst, const I* __restrict__ cls, I j0, T* __restrict__ out) {
 #pragma omp simd
-  for (int64_t b = 0; b < c; ++b) {
+  for (I b = 0; b < static_cast<I>(c); ++b) {
     const T e = exp_fast<T>(s[b] * scale - shift);
-    out[b] = mask(ri, rc, rg, inst[b], cls[b], j0 + b) ? e : T(0);
+    out[b] = mask(ri, rc, rg, inst[b], cls[b], static_cast<I>(j0 + b)) ? e : T(0);
   }
+}
+
+// Instance and class ids as dense 32-bit codes (equal ids, equal codes), for masks compared at the floats' width.
+struct DenseIds {
+  at::Tensor inst, cls;  // int32
+  SideOf<int32_t> side() const { return {inst.data_ptr<int32_t>(), cls.data_ptr<int32_t>(), 0}; }
+};
+
+inline DenseIds dense_ids(const at::Tensor& inst, const at::Tensor& cls) {
+  TORCH_CHECK(inst.numel() < (int64_t{1} << 31), "masked_lse (CPU): at most 2^31 - 1 rows");
+  auto code = [](const at::Tensor& t) {
+    return std::get<1>(at::_unique2(t, /*sorted=*/true, /*return_inverse=*/true)).to(at::kInt).contiguous();
+  };
+  return {code(inst), code(cls)};
 }
 
 // NaN-propagating maximum: once a NaN enters, it stays.
