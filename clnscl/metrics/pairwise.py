@@ -79,6 +79,12 @@ def _parts(n: int, progress: bool | None) -> int:
     return max(1, min(MAX_PARTS, n * (n - 1) // 2 // PART_PAIRS))
 
 
+def _float64(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y as contiguous float64 once, so that the op calls of a pass cut into parts do not convert them again
+    (no copy where they already are)."""
+    return x.detach().double().contiguous(), y.detach().double().contiguous()
+
+
 def _pass(op, x, combine, reduce, *, progress: bool | None, desc: str, group=None):
     """op(part, parts) over this rank's parts of a pass (a tqdm bar over them), combined, then `reduce`d across the
     ranks of `group` (each rank takes an equal run of the tile pairs); results on the CPU."""
@@ -146,6 +152,7 @@ def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0, *, progr
     """(scalars, row sums of K_x, row sums of K_y) on the CPU; clnscl/csrc/schemas.cpp gives the layout of scalars.
     Runs where x and y are (CPU or CUDA); under `group` (every rank holding all rows) each rank takes its share."""
     op = _ops(x).pairwise_moments
+    x, y = _float64(x, y)
     return _pass(lambda part, parts: op(x, y, rdm, gamma_x, gamma_y, part, parts), x, _combine_moments,
                  _reduce_moments, progress=progress, desc="pairwise moments", group=group)
 
@@ -153,6 +160,7 @@ def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0, *, progr
 def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, *, progress: bool | None = False, group=None):
     """(counts_x, counts_y, range_x, range_y) on the CPU."""
     op = _ops(x).pairwise_histograms
+    x, y = _float64(x, y)
     return _pass(lambda part, parts: op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, part, parts), x,
                  _combine_histograms, _reduce_histograms, progress=progress, desc="pairwise histograms", group=group)
 
@@ -161,6 +169,7 @@ def rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, *, progress:
                  group=None) -> float:
     """Σ_{i<j} rank_x[bin(dx_ij)]·rank_y[bin(dy_ij)]."""
     op = _ops(x).pairwise_rank_product
+    x, y = _float64(x, y)
     out = _pass(lambda part, parts: (op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, part, parts),), x,
                 _sum_parts, _reduce_sum, progress=progress, desc="pairwise rank product", group=group)
     return float(out[0])
