@@ -257,7 +257,7 @@ class Config:
     seeds: Optional[list[int]] = setting(None, "clnscl sweep: run every value of the factor once per seed of this "
                                                "list (distinct, >= 0), into OUT/<factor>=<value>/seed=<s>, and give "
                                                "the mean and spread over the seeds (null: one run per value with "
-                                               "`seed`, into OUT/<factor>=<value>); a single run ignores it")
+                                               "`seed`, into OUT/<factor>=<value>); clnscl train refuses it")
     dataset: str = setting("digits", "dataset: the digits embedded in scikit-learn (no download), CIFAR-10/100 "
                                      "(torchvision, from data_root) or an ImageFolder tree at data_root",
                            choices=("digits", "cifar10", "cifar100", "imagefolder"), run=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .config import Config
+from .config import Config, ConfigError
 from .fit import continues
 from .loop import CoupledTrainer
 from .records import METRICS_FILE
@@ -32,6 +32,9 @@ def add_run_dir_flags(parser) -> None:
 def train(cfg: Config, out, resume=False, overwrite: bool = False, log=print) -> list[dict]:
     """Train cfg's models into `out`, continuing or refusing as `continues` decides; the records on rank 0, []
     on the other ranks."""
+    if cfg.seeds is not None:
+        raise ConfigError(f"config key 'seeds' ({cfg.seeds}) belongs to `clnscl sweep --seeds`; one run trains with "
+                          "`seed`: drop seeds, or run the sweep")
     out = Path(out)
     resume = continues(out, resume, overwrite)
     if dist.is_available() and dist.is_initialized():

@@ -232,3 +232,12 @@ def test_resuming_a_two_seed_sweep_keeps_its_finished_runs_and_runs_the_missing_
     assert without_timings(_last(missing)) == without_timings(_last(swept / "temperature=0.5" / "seed=1"))
     results = json.loads((out / "sweep_temperature.json").read_text())
     assert results["0.5"]["seeds"]["1"] == _last(missing)
+
+
+def test_clnscl_train_refuses_the_sweep_key_seeds(tmp_path, capsys):
+    from clnscl import cli
+
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--set", "seeds=[0,1]"]) == 2
+    err = capsys.readouterr().err
+    assert "seeds" in err and "clnscl sweep --seeds" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
