@@ -5,7 +5,8 @@ computed exactly and in O((p+q)²) memory by `StreamingAlignment`, whatever the 
 the Euclidean RDM, Spearman RSA, the largest entry of |Σ_X − Σ_Y|) needs the pairs i < j themselves: backends
 "cpu" and "cuda" run the pairwise engine (C++/OpenMP or CUDA, O(N + bins) memory; see metrics/pairwise.py for
 Spearman's error bound and the median-σ estimate) on that device, "reference" materialises the N×N matrices,
-"auto" takes the engine of the tensors' device (else the CPU one, else the reference with a warning).
+"auto" takes the engine of the tensors' device (else the CPU one, else the reference with a warning). Under a
+`process_group` the rows are gathered once and every pass over the pairs is split evenly across the ranks.
 """
 from __future__ import annotations
 
