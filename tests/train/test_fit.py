@@ -334,7 +334,10 @@ def test_wandb_offline_writes_its_run_under_the_run_directory_and_a_resumed_fit_
     fit_here(out, 4, loggers=("wandb",), checkpoint_every=4, resume=True)
     assert (out / "wandb_id").read_text().strip() == run_id
     runs = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.endswith(run_id) for r in runs), runs
+    # wandb names a run's folder offline-run-<start second>-<id>, with -1, -2, ... when a folder of that name
+    # exists: a resumed run that starts within the same second gets the suffix
+    named = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(-\d+)?")
+    assert len(runs) == 2 and all(named.fullmatch(r) for r in runs), runs
 
 
 def test_tensorboard_holds_every_record_once_across_a_preemption_at_an_evaluation_step(tmp_path):
