@@ -2,10 +2,8 @@
 samples: a paired Poisson bootstrap of the difference of their metrics with the anchor."""
 from __future__ import annotations
 
-import torch
-
 from ..checks import accepts_numpy, check_choice, check_int, check_real
-from .streaming import StreamingAlignment, check_pair
+from .streaming import StreamingAlignment, check_pair, percentile_interval
 
 
 @accepts_numpy("anchor", "a", "b")
@@ -40,7 +38,5 @@ def compare(anchor, a, b, *, metric: str = "cka_cosine", bootstrap: int = 1000, 
     StreamingAlignment.update_shared(accs, anchor, [a, b])  # the same rows in the same chunks: the same weights
     values = [acc.compute([metric])[metric] for acc in accs]
     diffs = accs[0].replica_values([metric])[metric] - accs[1].replica_values([metric])[metric]
-    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    low, high = torch.quantile(diffs, quantiles).tolist() if not torch.isnan(diffs).any() else (float("nan"),) * 2
-    return {"a": values[0], "b": values[1], "difference": values[0] - values[1], "interval": (low, high),
-            "fraction": float((diffs > 0).double().mean())}
+    return {"a": values[0], "b": values[1], "difference": values[0] - values[1],
+            "interval": percentile_interval(diffs, level), "fraction": float((diffs > 0).double().mean())}

@@ -65,21 +65,28 @@ def _sum(v: torch.Tensor, w: torch.Tensor | None, scale: torch.Tensor | None = N
     return (w if scale is None else w * scale) @ v
 
 
-def _own_stats(a: torch.Tensor, n2: torch.Tensor, p: str, w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def _own_stats(a: torch.Tensor, n2: torch.Tensor, p: str, w: torch.Tensor | None = None,
+               gram: bool = True) -> dict[str, torch.Tensor]:
     """One side's row sums of a batch (float64; n2 its squared row norms), keys prefixed by `p` ("x" or "y"); with
     row weights w (R, n), the sums Σ w_i f(a_i) of R bootstrap replicas (row i counted w_i times in each), with a
-    leading dimension R."""
-    return {f"s{p}": _sum(a, w), f"{p}{p}": _gram(a, a, w), f"n{p}2": _sum(n2, w), f"n{p}4": _sum(n2, w, n2),
-            f"{p}_n{p}2": _sum(a, w, n2)}
+    leading dimension R. Without `gram`, all but the Gram matrix (which the caller derives)."""
+    out = {f"s{p}": _sum(a, w), f"n{p}2": _sum(n2, w), f"n{p}4": _sum(n2, w, n2), f"{p}_n{p}2": _sum(a, w, n2)}
+    if gram:
+        out[f"{p}{p}"] = _gram(a, a, w)
+    return out
 
 
 def _cross_stats(a: torch.Tensor, na2: torch.Tensor, bs: list[torch.Tensor], nb2s: list[torch.Tensor],
-                 w: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
-    """The mixed row sums of a against each b of bs (aᵀ‖b‖² for all of them in one product); w as in _own_stats."""
+                 w: torch.Tensor | None = None, gram: bool = True) -> list[dict[str, torch.Tensor]]:
+    """The mixed row sums of a against each b of bs (aᵀ‖b‖² for all of them in one product); w and gram as in
+    _own_stats."""
     x_ny2 = a.mT @ torch.stack(nb2s, dim=1) if w is None else None
-    return [{"xy": _gram(a, b, w), "nxy": _sum(nb2, w, na2),
-             "x_ny2": x_ny2[:, i] if w is None else _sum(a, w, nb2), "y_nx2": _sum(b, w, na2)}
-            for i, (b, nb2) in enumerate(zip(bs, nb2s))]
+    out = [{"nxy": _sum(nb2, w, na2), "x_ny2": x_ny2[:, i] if w is None else _sum(a, w, nb2),
+            "y_nx2": _sum(b, w, na2)} for i, (b, nb2) in enumerate(zip(bs, nb2s))]
+    if gram:
+        for st, b in zip(out, bs):
+            st["xy"] = _gram(a, b, w)
+    return out
 
 
 def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor], differences: bool = False,
@@ -92,18 +99,16 @@ def _batch_stats(a: torch.Tensor, bs: list[torch.Tensor], differences: bool = Fa
     na2, nb2s = _norms2(a), [_norms2(b) for b in bs]
     own_x = _own_stats(a, na2, "x", w)
     paired = [differences and b.shape[1] == a.shape[1] for b in bs]
-    apart = [i for i, d in enumerate(paired) if not d]
-    crosses = _cross_stats(a, na2, [bs[i] for i in apart], [nb2s[i] for i in apart], w) if apart else []
+    crosses = iter(_cross_stats(a, na2, bs, nb2s, w, gram=False))
     out = []
     for b, nb2, d in zip(bs, nb2s, paired):
-        if not d:
-            out.append({"n": n, **own_x, **_own_stats(b, nb2, "y", w), **crosses.pop(0)})
-            continue
-        st = {"n": n, **own_x, "sy": _sum(b, w), "ny2": _sum(nb2, w), "ny4": _sum(nb2, w, nb2),
-              "y_ny2": _sum(b, w, nb2), "nxy": _sum(nb2, w, na2), "x_ny2": _sum(a, w, nb2), "y_nx2": _sum(b, w, na2),
-              **_diff_stats(a, b, na2, nb2, w)}
-        st["xy"] = own_x["xx"] + st["xe"]
-        st["yy"] = st["xy"] + st["xe"].mT + st["ee"]
+        st = {"n": n, **own_x, **_own_stats(b, nb2, "y", w, gram=not d), **next(crosses)}
+        if d:
+            st.update(_diff_stats(a, b, na2, nb2, w))
+            st["xy"] = own_x["xx"] + st["xe"]
+            st["yy"] = st["xy"] + st["xe"].mT + st["ee"]
+        else:
+            st["xy"] = _gram(a, b, w)
         out.append(st)
     return out
 
@@ -367,8 +372,8 @@ class StreamingAlignment:
         pairs = [((self._raw, self._unit), (_reshift({k: v.to(dev) for k, v in other._raw.items()}, dx, dy),
                                             other._unit))]
         if self._replicas is not None:
-            pairs.append((self._replicas, (_reshift_replicas(other._replicas[0], dx.to(dev), dy.to(dev)),
-                                           other._replicas[1])))
+            pairs.append((self._replicas, (_reshift_replicas({k: v.to(dev) for k, v in other._replicas[0].items()},
+                                                             dx, dy), other._replicas[1])))
         for mine_pair, theirs_pair in pairs:
             for mine, theirs in zip(mine_pair, theirs_pair):
                 for key in mine:
@@ -441,14 +446,7 @@ class StreamingAlignment:
         unknown = [k for k in (keys or ()) if k not in self.KEYS]
         if unknown:
             raise ValueError(f"keys: unknown {unknown}; choose from {self.KEYS}")
-        out = {}
-        for key, values in self.replica_values(keys).items():
-            if torch.isnan(values).any():
-                out[key] = (math.nan, math.nan)
-                continue
-            low, high = torch.quantile(values, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-            out[key] = (float(low), float(high))
-        return out
+        return {key: percentile_interval(values, level) for key, values in self.replica_values(keys).items()}
 
     def compute(self, keys=None) -> dict[str, float]:
         """The metrics over all rows so far; NaN where undefined, with a warning saying why for each of `keys`
@@ -540,6 +538,14 @@ class StreamingAlignment:
             out["gap_relative"] = float(gap / torch.sqrt(fxx))
         else:
             why["gap_relative"] = "Σ_X is zero (all rows of x are zero)"
+
+
+def percentile_interval(values: torch.Tensor, level: float) -> tuple[float, float]:
+    """The (1 − level)/2 and (1 + level)/2 quantiles of bootstrap replicas' values; (NaN, NaN) if one is NaN."""
+    if torch.isnan(values).any():
+        return math.nan, math.nan
+    low, high = torch.quantile(values, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=values.dtype))
+    return float(low), float(high)
 
 
 def check_pair(x, y) -> None:
