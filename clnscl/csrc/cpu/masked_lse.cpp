@@ -34,7 +34,8 @@ void lse_general(const at::Tensor& q, const at::Tensor& k, Side rs, Side cs, Mas
   const int64_t nq = q.size(0), nk = k.size(0);
   const int64_t nblocks = (nq + kTile - 1) / kTile;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> sbuf(kTile * kTile);
+    std::vector<T> sbuf(kTile * kTile), terms(kTile);
+    T* ev = terms.data();
     std::vector<double> m(kTile), l(kTile);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * kTile, r = std::min(kTile, nq - i0);
@@ -57,11 +58,10 @@ void lse_general(const at::Tensor& q, const at::Tensor& k, Side rs, Side cs, Mas
           if (mx == -std::numeric_limits<T>::infinity()) continue;
           const double nm = max_nan(m[a], static_cast<double>(mx));
           const T shift = static_cast<T>(nm);
+          masked_exp(srow, c, scale, shift, mask, ri, rc, rg, ci, cc, cg0, ev);
           T sum = 0;
-          for (int64_t b = 0; b < c; ++b) {
-            const T e = exp_fast<T>(srow[b] * scale - shift);
-            sum += mask(ri, rc, rg, ci[b], cc[b], cg0 + b) ? e : T(0);
-          }
+#pragma omp simd reduction(+ : sum)
+          for (int64_t b = 0; b < c; ++b) sum += ev[b];
           l[a] = l[a] * std::exp(m[a] - nm) + sum;
           m[a] = nm;
         }
