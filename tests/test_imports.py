@@ -111,8 +111,7 @@ def test_the_public_names_are_where_users_find_them():
         assert callable(getattr(clnscl.metrics, name)), name
     assert issubclass(GlobalBatchNorm, torch.nn.modules.batchnorm._BatchNorm)
     load_cpp("cpu")
-    for op in ("masked_lse", "masked_lse_backward", "pairwise_moments", "pairwise_histograms",
-               "pairwise_rank_product"):
+    for op in ("masked_lse", "masked_lse_backward", "pairwise_moments", "pairwise_histograms"):
         assert hasattr(torch.ops.clnscl, op), op
 
 

@@ -17,59 +17,14 @@ N = 16,384 rows (B = 8192, V = 2), d = 128, fp32, temperature 0.1, 100 classes, 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import time
-from pathlib import Path
 
-import torch
 
 from benchmarks.support.fmt import fmt_bytes, fmt_time
 from benchmarks.support.losses import PEERS, clnscl_method, make_inputs, make_step, too_big, unavailable
+from benchmarks.support.rates import exp_rate, gemm_rate, gemm_rate_shape, machine
 from benchmarks.support.timing import median_time
 from benchmarks.support.memory import measure_peak
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        load = "n/a"
-    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
-                    if k in os.environ)
-    return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads{', ' + env if env else ''}), Python {platform.python_version()}, "
-            f"load average {load}")
-
-
-def sgemm_rate(size: int = 4096, repeats: int = 3) -> float:
-    """FLOP/s of torch.mm on two size×size fp32 matrices (median of `repeats` after a warm-up)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    t, _ = median_time(lambda: torch.mm(a, b), repeats, warmup=1)
-    return 2.0 * size**3 / t
-
-
-def gemm_rate_workload_shape(n: int, d: int, repeats: int = 3) -> float:
-    """FLOP/s of torch.mm at the loss's own shape, (4096 × d)·(d × N): the inner dimension is only d."""
-    a, b = torch.randn(4096, d), torch.randn(d, n)
-    t, _ = median_time(lambda: torch.mm(a, b), repeats, warmup=1)
-    return 2.0 * 4096 * n * d / t
-
-
-def exp_rate(size: int = 65536, calls: int = 400) -> float:
-    """exps/s of torch.exp (vectorised) on `size` fp32 values that stay in cache, over all threads."""
-    x, out = torch.randn(size), torch.empty(size)
-    t, _ = median_time(lambda: [torch.exp(x, out=out) for _ in range(calls)], 3, warmup=1)
-    return size * calls / t
 
 
 def run(method, n, d, repeats, measure_memory=True):
@@ -110,8 +65,8 @@ def main(argv=None):
     started = time.time()
     print(f"machine: {machine()}", flush=True)
 
-    rate = sgemm_rate()
-    rate_k = gemm_rate_workload_shape(n, d)
+    rate = gemm_rate()
+    rate_k = gemm_rate_shape(4096, d, n)
     rate_exp = exp_rate()
     floor = 4.0 * n * n * d / rate
     floor_exp = floor + float(n) * n / rate_exp  # N²/2 exps in the forward, N²/2 in the backward

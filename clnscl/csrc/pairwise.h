@@ -45,12 +45,16 @@ C10_HOST_DEVICE inline double rdm_value(int64_t rdm, double g, double na, double
   return rdm == kEuclidean ? sqrt(squared_distance(g, na, nb)) : 1.0 - cosine(g, na, nb);
 }
 
-// Index of v in `bins` equal-width bins from lo (clamped; NaN to bin 0, the caller sees NaN elsewhere).
-C10_HOST_DEVICE inline int64_t bin_of(double v, double lo, double width, int64_t bins) {
-  const double t = (v - lo) / width;
-  if (!(t > 0.0)) return 0;
-  const auto b = static_cast<int64_t>(t);
-  return b < bins - 1 ? b : bins - 1;
+// Bins per unit of value of `bins` equal-width bins over [lo, hi] (1 when the range is empty).
+inline double bins_per_unit(double lo, double hi, int64_t bins) { return hi > lo ? bins / (hi - lo) : 1.0; }
+
+// Index of v in the equal-width bins from lo, `scale` = bins_per_unit (clamped; NaN to bin 0, the caller sees NaN
+// elsewhere), without branches or a division (the CPU's element loops vectorise; I = int32_t there, bins < 2^31).
+template <typename I = int64_t>
+C10_HOST_DEVICE inline I bin_of(double v, double lo, double scale, int64_t bins) {
+  const double t = (v - lo) * scale, top = static_cast<double>(bins - 1);
+  const double above = t > 0.0 ? t : 0.0;
+  return static_cast<I>(above < top ? above : top);
 }
 
 // The run [first, last) of part `part` of `parts` equal runs of `total` items (the tile pairs of a pass): a pass

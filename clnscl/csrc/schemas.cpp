@@ -37,21 +37,19 @@ TORCH_LIBRARY(clnscl, m) {
 
   // Pairwise engine: statistics over the pairs i < j of two feature sets x (N, p), y (N, q), rows paired, in
   // O(N + bins) memory. rdm: 0 = cosine (1 − cos), 1 = euclidean (‖x_i − x_j‖); computed in float64. Every pass
-// takes part `part` of `parts` equal runs of its tile pairs (the whole pass by default); the parts' results add
-// up to the whole pass's (sums and counts add, minima and maxima combine).
-  // moments -> (scalars[13], rowsum_kx[N], rowsum_ky[N]): Σdx, Σdx², Σdy, Σdy², Σdx·dy, min dx, max dx, min dy,
-  // max dy, max|cos_x − cos_y|, ΣKxKy, ΣKx², ΣKy² with K = exp(−γ‖·‖²) (skipped when a γ ≤ 0), and the row sums
-  // Σ_{j≠i} K_ij.
+  // takes part `part` of `parts` equal runs of its tile pairs (the whole pass by default); the parts' results add
+  // up to the whole pass's (sums and counts add, minima and maxima combine).
+  // moments -> (scalars[14], rowsum_kx[N], rowsum_ky[N]): Σdx, Σdx², Σdy, Σdy², Σdx·dy, min dx, max dx, min dy,
+  // max dy, max|cos_x − cos_y|, ΣKxKy, ΣKx², ΣKy² with K = exp(−γ‖·‖²) (skipped when a γ ≤ 0), and
+  // Σ rank_x[bin(dx)]·rank_y[bin(dy)] with the bins of histograms over [lo, hi], one per rank entry (skipped
+  // without rank tables); and the row sums Σ_{j≠i} K_ij.
   m.def(
-      "pairwise_moments(Tensor x, Tensor y, int rdm, float gamma_x, float gamma_y, int part=0, int parts=1) -> "
-      "(Tensor, Tensor, Tensor)");
+      "pairwise_moments(Tensor x, Tensor y, int rdm, float gamma_x, float gamma_y, Tensor? rank_x=None, "
+      "Tensor? rank_y=None, float lo_x=0., float hi_x=0., float lo_y=0., float hi_y=0., int part=0, int parts=1) "
+      "-> (Tensor, Tensor, Tensor)");
   // histograms -> (counts_x[bins], counts_y[bins], range_x[bins, 2], range_y[bins, 2]): the RDM values in
   // equal-width bins over [lo, hi], with the smallest and largest value of every bin.
   m.def(
       "pairwise_histograms(Tensor x, Tensor y, int rdm, float lo_x, float hi_x, float lo_y, float hi_y, "
       "int bins, int part=0, int parts=1) -> (Tensor, Tensor, Tensor, Tensor)");
-  // rank_product -> Σ_{i<j} rank_x[bin(dx_ij)]·rank_y[bin(dy_ij)] (bins as in histograms, one per rank entry).
-  m.def(
-      "pairwise_rank_product(Tensor x, Tensor y, int rdm, float lo_x, float hi_x, float lo_y, float hi_y, "
-      "Tensor rank_x, Tensor rank_y, int part=0, int parts=1) -> Tensor");
 }

@@ -1,4 +1,4 @@
-"""Alignment of two representations of the same samples: `cka`, `rsa`, `similarity_gap`.
+"""Alignment of two representations of the same samples: `cka`, `rsa`, `similarity_gap`, `pairwise_alignment`.
 
 What Gram statistics express (linear and cosine CKA, Pearson RSA on the cosine RDM, the Frobenius gap) is
 computed exactly and in O((p+q)²) memory by `StreamingAlignment`, whatever the backend. The rest (RBF CKA,
@@ -81,23 +81,43 @@ def _hsic_from_sums(pair_kl, rows_k, rows_l, n, unbiased):
     return (2 * pair_kl + n - 2.0 / n * (full_k @ full_l) + full_k.sum() * full_l.sum() / n**2) / (n - 1) ** 2
 
 
-def _rbf_cka_engine(x, y, sigma, unbiased, progress, group) -> tuple[float, dict[str, float]]:
-    """(RBF CKA, the σ used with its error bound) from the engine's passes."""
-    if sigma is not None:
-        (sx, ex), (sy, ey) = (sigma, 0.0), (sigma, 0.0)
-    else:
-        (sx, ex), (sy, ey) = pairwise.median_distances(x, y, progress=progress, group=group)
-    sigmas = {"sigma_x": sx, "sigma_y": sy, "sigma_x_error": ex, "sigma_y_error": ey}
-    if not (sx > 0 and sy > 0):
-        warnings.warn("cka: a representation has all pairwise distances 0 (median σ = 0): NaN")
-        return math.nan, sigmas
-    s, rk, rl = pairwise.moments(x, y, pairwise.EUCLIDEAN, 1 / (2 * sx**2), 1 / (2 * sy**2), progress=progress,
-                                 group=group)
-    n = x.shape[0]
+def _cka_from(s, rk, rl, n: int, unbiased: bool) -> float:
+    """RBF CKA from a moments pass's kernel sums (scalars[10:13]) and row sums."""
     hkl = _hsic_from_sums(s[10], rk, rl, n, unbiased)
     hkk = _hsic_from_sums(s[11], rk, rk, n, unbiased)
     hll = _hsic_from_sums(s[12], rl, rl, n, unbiased)
-    return float(hkl / torch.sqrt(hkk * hll)), sigmas
+    return float(hkl / torch.sqrt(hkk * hll))
+
+
+def _pearson_from(s, n: int) -> float:
+    """Pearson correlation of the two RDMs from a moments pass's sums (scalars[0:5])."""
+    m = n * (n - 1) / 2
+    var_x, var_y = m * s[1] - s[0] ** 2, m * s[3] - s[2] ** 2
+    return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y))
+
+
+def _sigmas(sigma, medians) -> dict[str, float]:
+    (sx, ex), (sy, ey) = ((sigma, 0.0), (sigma, 0.0)) if sigma is not None else medians
+    return {"sigma_x": sx, "sigma_y": sy, "sigma_x_error": ex, "sigma_y_error": ey}
+
+
+def _gammas(sigmas: dict[str, float]) -> tuple[float, float] | None:
+    """The RBF kernels' γ = 1/2σ², or None (with a warning) where a median σ is 0."""
+    if not (sigmas["sigma_x"] > 0 and sigmas["sigma_y"] > 0):
+        warnings.warn("cka: a representation has all pairwise distances 0 (median σ = 0): NaN")
+        return None
+    return 1 / (2 * sigmas["sigma_x"] ** 2), 1 / (2 * sigmas["sigma_y"] ** 2)
+
+
+def _rbf_cka_engine(x, y, sigma, unbiased, progress, group) -> tuple[float, dict[str, float]]:
+    """(RBF CKA, the σ used with its error bound) from the engine's passes."""
+    sigmas = _sigmas(sigma, None if sigma is not None else
+                     pairwise.median_distances(x, y, progress=progress, group=group))
+    gammas = _gammas(sigmas)
+    if gammas is None:
+        return math.nan, sigmas
+    s, rk, rl = pairwise.moments(x, y, pairwise.EUCLIDEAN, *gammas, progress=progress, group=group)
+    return _cka_from(s, rk, rl, x.shape[0], unbiased), sigmas
 
 
 def _undefined(x, minimum: int, what: str) -> bool:
@@ -203,10 +223,7 @@ def _rsa(x, y, rdm, method, backend, progress, group) -> tuple[float, float]:
     code = pairwise.COSINE if rdm == "cosine" else pairwise.EUCLIDEAN
     if method == "spearman":
         return pairwise.spearman(x, y, code, progress=progress, group=group)
-    s, _, _ = pairwise.moments(x, y, code, progress=progress, group=group)
-    m = x.shape[0] * (x.shape[0] - 1) / 2
-    var_x, var_y = m * s[1] - s[0] ** 2, m * s[3] - s[2] ** 2
-    return float((m * s[4] - s[0] * s[2]) / torch.sqrt(var_x * var_y)), 0.0
+    return _pearson_from(pairwise.moments(x, y, code, progress=progress, group=group)[0], x.shape[0]), 0.0
 
 
 @accepts_numpy("x", "y")
@@ -253,9 +270,93 @@ def _max_abs_gap(x, y, backend, progress, group) -> float:
     device = _engine(backend, x)
     if device is None:
         return reference.similarity_gap(x, y)["max_abs"]
-    diagonal = float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())
     if x.shape[0] == 1:
-        return diagonal
-    off_diagonal = float(pairwise.moments(x.to(device), y.to(device), pairwise.COSINE, progress=progress,
-                                          group=group)[0][9])
-    return max(off_diagonal, diagonal)
+        return _diagonal_gap(x, y)
+    return _with_diagonal(pairwise.moments(x.to(device), y.to(device), pairwise.COSINE, progress=progress,
+                                           group=group)[0][9], x, y)
+
+
+def _diagonal_gap(x, y) -> float:
+    return float(((x.norm(dim=1) > 0).double() - (y.norm(dim=1) > 0).double()).abs().max())
+
+
+def _with_diagonal(off_diagonal, x, y) -> float:
+    """max |Σ_X − Σ_Y| from the off-diagonal maximum of a moments pass (scalars[9]) and the diagonal."""
+    return max(float(off_diagonal), _diagonal_gap(x, y))
+
+
+@accepts_numpy("x", "y")
+def pairwise_alignment(x, y, rdm="euclidean", sigma=None, unbiased=False, backend="auto", *, progress=None,
+                       process_group=None) -> dict[str, float]:
+    """Every metric that needs the pairs i < j, from as few passes over them as the maths allows: two (three for
+    the cosine RDM with the median σ) where `rsa` by both methods, `cka(kernel="rbf")` and
+    `similarity_gap(max_abs=True)` one by one take six.
+
+    Pass 1 histograms the RDM (and, for rdm="cosine" with the median σ, the distances: one more pass), which gives
+    the Spearman rank tables and the median σ; pass 2 adds up the RDM moments, the RBF kernel sums at that σ, the
+    binned rank products and max |Σ_X − Σ_Y| together. The values are those of the functions one by one on the same
+    backend (Spearman's rarer extra passes included: finer bins, exact ranks for few rows).
+
+    Args:
+        x, y: the two representations, rows paired (tensors or numpy arrays).
+        rdm: the RDM of the RSA values: "euclidean" (‖x_i − x_j‖) or "cosine" (1 − cos(x_i, x_j)).
+        sigma, unbiased: the RBF CKA's, as for `cka`.
+        backend: "auto", "cpu", "cuda" or "reference" (then the metrics one by one, materialised).
+        progress: a tqdm bar over the passes (None: when stderr is a terminal).
+        process_group: rows sharded over its ranks, as for `cka`.
+
+    Returns:
+        {"rsa_spearman", "rsa_spearman_error" (the bound of `rsa(..., return_error=True)`), "rsa_pearson",
+        "cka_rbf", "sigma_x", "sigma_y", "sigma_x_error", "sigma_y_error" (as `cka(..., return_sigma=True)`),
+        "gap_max_abs" (max_ij |Σ_X − Σ_Y| of the cosine similarities)}; NaN, with a warning, where undefined.
+
+    Raises:
+        ValueError: a bad shape or choice.
+    """
+    check_pair(x, y)
+    check_choice("rdm", rdm, RDMS)
+    check_choice("backend", backend, BACKENDS.names)
+    if sigma is not None:
+        check_real(sigma, "sigma", 0.0, lo_open=True)
+    x, y = _gather(x, y, process_group)
+    device = _engine(backend, x)
+    if device is not None:  # float64 once, not in every step below
+        x, y = pairwise._float64(x.to(device), y.to(device))
+    if device is None or _degenerate(x, y, rdm, unbiased):  # the metrics one by one state their own NaN
+        return _one_by_one(x, y, rdm, sigma, unbiased, backend, progress, process_group)
+    code = pairwise.COSINE if rdm == "cosine" else pairwise.EUCLIDEAN
+    limits = pairwise.value_range(x, code) + pairwise.value_range(y, code)
+    hist = pairwise.histograms(x, y, code, *limits, pairwise.BINS, progress=progress, group=process_group)
+    ranks = pairwise.spearman_ranks(x, y, code, hist=(hist, limits), progress=progress, group=process_group)
+    medians = None
+    if sigma is None:
+        medians = pairwise.medians(hist if code == pairwise.EUCLIDEAN else
+                                   pairwise.distance_histograms(x, y, progress=progress, group=process_group))
+    sigmas = _sigmas(sigma, medians)
+    gammas = _gammas(sigmas)
+    s, rk, rl = pairwise.moments(x, y, code, *(gammas or (0.0, 0.0)), ranks=ranks, progress=progress,
+                                 group=process_group)
+    if ranks is None:
+        spearman, bound = pairwise.exact_spearman(x, y, code), 0.0
+    else:
+        spearman, bound = ranks.rho(float(s[13])), ranks.bound
+    n = x.shape[0]
+    return {"rsa_spearman": spearman, "rsa_spearman_error": bound, "rsa_pearson": _pearson_from(s, n),
+            "cka_rbf": math.nan if gammas is None else _cka_from(s, rk, rl, n, unbiased), **sigmas,
+            "gap_max_abs": _with_diagonal(s[9], x, y)}
+
+
+def _degenerate(x, y, rdm, unbiased) -> bool:
+    """Whether some metric is undefined (too few rows, a constant representation, non-finite features): quietly,
+    for the metrics one by one to say which."""
+    n = x.shape[0]
+    return (n < (4 if unbiased else 3) or not (torch.isfinite(x).all() and torch.isfinite(y).all())
+            or _constant(x, False) or _constant(y, False) or _constant(x, True) or _constant(y, True))
+
+
+def _one_by_one(x, y, rdm, sigma, unbiased, backend, progress, group) -> dict[str, float]:
+    spearman, bound = _rsa(x, y, rdm, "spearman", backend, progress, group)
+    cka_rbf, sigmas = _rbf_cka(x, y, sigma, unbiased, backend, progress, group)
+    return {"rsa_spearman": spearman, "rsa_spearman_error": bound,
+            "rsa_pearson": _rsa(x, y, rdm, "pearson", backend, progress, group)[0], "cka_rbf": cka_rbf, **sigmas,
+            "gap_max_abs": _max_abs_gap(x, y, backend, progress, group) if x.shape[0] else math.nan}

@@ -1,8 +1,9 @@
 """The pairwise engine from Python, and the metrics' backends: what Gram statistics cannot give, from passes over
 the pairs i < j.
 
-Passes (C++/CUDA ops `clnscl::pairwise_*`, float64, O(N + bins) memory): moments (RDM sums, min/max, RBF kernel
-sums and row sums, max |cos_x − cos_y|); histograms of the RDM values; the sum of products of binned ranks.
+Passes (C++/CUDA ops `clnscl::pairwise_*`, float64, O(N + bins) memory): histograms of the RDM values; moments
+(RDM sums, min/max, RBF kernel sums and row sums, max |cos_x − cos_y|, and the sum of products of binned ranks
+when given the rank tables of a histogram pass).
 
 Spearman RSA: every RDM value is ranked by its histogram bin (2^16 equal-width bins between the smallest and
 largest value; a bin's values get the bin's average rank). Let u be the exact average ranks, ũ the binned
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -139,22 +141,18 @@ def _reduce_histograms(h, group, device):
     return counts[0], counts[1], torch.stack((low[0], high[0]), 1), torch.stack((low[1], high[1]), 1)
 
 
-def _sum_parts(a, b):
-    return (a[0] + b[0],)
-
-
-def _reduce_sum(t, group, device):
-    return (_all_reduce(t[0], dist.ReduceOp.SUM, group, device),)
-
-
-def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0, *, progress: bool | None = False,
-            group=None):
-    """(scalars, row sums of K_x, row sums of K_y) on the CPU; clnscl/csrc/schemas.cpp gives the layout of scalars.
-    Runs where x and y are (CPU or CUDA); under `group` (every rank holding all rows) each rank takes its share."""
+def moments(x, y, rdm: int, gamma_x: float = 0.0, gamma_y: float = 0.0, *, ranks: Ranks | None = None,
+            progress: bool | None = False, group=None):
+    """(scalars, row sums of K_x, row sums of K_y) on the CPU; clnscl/csrc/schemas.cpp gives the layout of scalars
+    (scalars[13], Σ of the binned rank products, needs `ranks`). Runs where x and y are (CPU or CUDA); under
+    `group` (every rank holding all rows) each rank takes its share."""
     op = _ops(x).pairwise_moments
     x, y = _float64(x, y)
-    return _pass(lambda part, parts: op(x, y, rdm, gamma_x, gamma_y, part, parts), x, _combine_moments,
-                 _reduce_moments, progress=progress, desc="pairwise moments", group=group)
+    (lo_x, hi_x, lo_y, hi_y), rank_x, rank_y = (ranks.limits, ranks.rank_x, ranks.rank_y) if ranks else ((0.0,) * 4,
+                                                                                                         None, None)
+    return _pass(lambda part, parts: op(x, y, rdm, gamma_x, gamma_y, rank_x, rank_y, lo_x, hi_x, lo_y, hi_y, part,
+                                        parts), x, _combine_moments, _reduce_moments, progress=progress,
+                 desc="pairwise moments", group=group)
 
 
 def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, *, progress: bool | None = False, group=None):
@@ -163,16 +161,6 @@ def histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, *, progress: bool | None
     x, y = _float64(x, y)
     return _pass(lambda part, parts: op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, part, parts), x,
                  _combine_histograms, _reduce_histograms, progress=progress, desc="pairwise histograms", group=group)
-
-
-def rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, *, progress: bool | None = False,
-                 group=None) -> float:
-    """Σ_{i<j} rank_x[bin(dx_ij)]·rank_y[bin(dy_ij)]."""
-    op = _ops(x).pairwise_rank_product
-    x, y = _float64(x, y)
-    out = _pass(lambda part, parts: (op(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rank_x, rank_y, part, parts),), x,
-                _sum_parts, _reduce_sum, progress=progress, desc="pairwise rank product", group=group)
-    return float(out[0])
 
 
 def _binned_ranks(counts: torch.Tensor) -> torch.Tensor:
@@ -206,20 +194,50 @@ def _median_in(counts, ranges) -> tuple[float, float]:
 
 def median_distances(x: torch.Tensor, y: torch.Tensor, *, progress: bool | None = False, group=None):
     """((median of ‖x_i − x_j‖, its error bound), (the same for y)) over i < j, from one histogram pass."""
-    limits = value_range(x, EUCLIDEAN) + value_range(y, EUCLIDEAN)
-    cx, cy, rx, ry = histograms(x, y, EUCLIDEAN, *limits, BINS, progress=progress, group=group)
+    return medians(distance_histograms(x, y, progress=progress, group=group))
+
+
+def distance_histograms(x, y, *, progress: bool | None = False, group=None):
+    """The histograms of ‖x_i − x_j‖ and ‖y_i − y_j‖ that the median σ and Spearman on the Euclidean RDM share."""
+    return histograms(x, y, EUCLIDEAN, *value_range(x, EUCLIDEAN), *value_range(y, EUCLIDEAN), BINS,
+                      progress=progress, group=group)
+
+
+def medians(hist) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((median, error bound) of x's values, the same for y's) from a histogram pass's output."""
+    cx, cy, rx, ry = hist
     return _median_in(cx, rx), _median_in(cy, ry)
 
 
-def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress, group) -> tuple[float, float]:
-    cx, cy, range_x, range_y = histograms(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress=progress, group=group)
+@dataclass(frozen=True)
+class Ranks:
+    """Binned average ranks of both RDMs from a histogram pass: the tables a moments pass multiplies (its
+    scalars[13]), the histograms' limits, and what turns that sum into ρ with its error bound."""
+
+    limits: tuple[float, float, float, float]
+    rank_x: torch.Tensor
+    rank_y: torch.Tensor
+    pairs: float
+    var_x: float
+    var_y: float
+    bound: float
+
+    def rho(self, cross: float) -> float:
+        """Spearman's ρ from Σ_{i<j} rank_x[bin(dx_ij)]·rank_y[bin(dy_ij)]."""
+        mean = (self.pairs + 1) / 2
+        if not (self.var_x > 0 and self.var_y > 0):
+            return math.nan
+        return (cross / self.pairs - mean**2) / math.sqrt(self.var_x * self.var_y)
+
+
+def ranks_of(hist, limits) -> Ranks:
+    """The rank tables of a histogram pass, with the bound on |ρ̃ − ρ| of the module's docstring."""
+    cx, cy, range_x, range_y = hist
     rx, ry = _binned_ranks(cx), _binned_ranks(cy)
     pairs = float(cx.sum())
     mean = (pairs + 1) / 2
     var_x = float((cx.double() * rx.square()).sum()) / pairs - mean**2
     var_y = float((cy.double() * ry.square()).sum()) / pairs - mean**2
-    cross = rank_product(x, y, rdm, lo_x, hi_x, lo_y, hi_y, rx, ry, progress=progress, group=group)
-    rho = (cross / pairs - mean**2) / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan
 
     def eps(counts, ranges, var):
         spread = ranges[:, 1] > ranges[:, 0]
@@ -227,20 +245,39 @@ def _spearman_at(x, y, rdm, lo_x, hi_x, lo_y, hi_y, bins, progress, group) -> tu
         return math.sqrt(float((c * (c.square() - 1) / 12).sum()) / pairs / var) if var > 0 else math.inf
 
     ex, ey = eps(cx, range_x, var_x), eps(cy, range_y, var_y)
-    return rho, ex + ey + ex * ex + ey * ey
+    return Ranks(tuple(limits), rx, ry, pairs, var_x, var_y, ex + ey + ex * ex + ey * ey)
+
+
+def spearman_ranks(x, y, rdm: int, *, hist=None, progress: bool | None = False, group=None) -> Ranks | None:
+    """The rank tables for Spearman on `rdm` (from `hist` = (that RDM's histograms at BINS, their limits), where
+    already made): with 2^20 bins where 2^16 leave the bound above 1e-3; None where the bound stays above it and
+    N ≤ EXACT_MAX_N (then rank exactly: reference.rsa). A bound still above 1e-3 at larger N warns."""
+    if hist is None:
+        limits = value_range(x, rdm) + value_range(y, rdm)
+        hist = histograms(x, y, rdm, *limits, BINS, progress=progress, group=group)
+    else:
+        hist, limits = hist
+    ranks = ranks_of(hist, limits)
+    if ranks.bound > SPEARMAN_BOUND:
+        ranks = ranks_of(histograms(x, y, rdm, *limits, FINE_BINS, progress=progress, group=group), limits)
+    if ranks.bound > SPEARMAN_BOUND and x.shape[0] <= EXACT_MAX_N:
+        return None
+    if ranks.bound > SPEARMAN_BOUND:
+        warnings.warn(f"rsa spearman: binned ranks guarantee only |error| <= {ranks.bound:.2g} on this data")
+    return ranks
+
+
+def exact_spearman(x, y, rdm: int) -> float:
+    """Spearman on exact ranks (materialised: few rows only)."""
+    return reference.rsa(x.cpu(), y.cpu(), "cosine" if rdm == COSINE else "euclidean", "spearman")
 
 
 def spearman(x, y, rdm: int, *, progress: bool | None = False, group=None) -> tuple[float, float]:
-    """(Spearman correlation of the two RDMs over i < j, bound on its error); under `group` every rank holds all
-    rows and takes its share of each pass."""
+    """(Spearman correlation of the two RDMs over i < j, bound on its error) in two passes (histograms, then the
+    rank products); under `group` every rank holds all rows and takes its share of each pass."""
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return math.nan, 0.0
-    limits = value_range(x, rdm) + value_range(y, rdm)
-    rho, bound = _spearman_at(x, y, rdm, *limits, BINS, progress, group)
-    if bound > SPEARMAN_BOUND:
-        rho, bound = _spearman_at(x, y, rdm, *limits, FINE_BINS, progress, group)
-    if bound > SPEARMAN_BOUND and x.shape[0] <= EXACT_MAX_N:  # few pairs: rank them exactly instead
-        return reference.rsa(x.cpu(), y.cpu(), "cosine" if rdm == COSINE else "euclidean", "spearman"), 0.0
-    if bound > SPEARMAN_BOUND:
-        warnings.warn(f"rsa spearman: binned ranks guarantee only |error| <= {bound:.2g} on this data")
-    return rho, bound
+    ranks = spearman_ranks(x, y, rdm, progress=progress, group=group)
+    if ranks is None:
+        return exact_spearman(x, y, rdm), 0.0
+    return ranks.rho(float(moments(x, y, rdm, ranks=ranks, progress=progress, group=group)[0][13])), ranks.bound

@@ -24,7 +24,8 @@ def data():
 
 def values(x, y, group=None, progress=False) -> dict:
     """Every pairwise metric of x, y: RBF CKA (median σ with its bound, a given σ, unbiased), RSA on both RDMs by
-    both methods with Spearman's bound, the largest entry of |Σ_X − Σ_Y| and the Gram keys beside them."""
+    both methods with Spearman's bound, the largest entry of |Σ_X − Σ_Y| and the Gram keys beside them, and all of
+    them at once from pairwise_alignment."""
     out = {}
     cka, sig = metrics.cka(x, y, "rbf", return_sigma=True, process_group=group, progress=progress)
     out.update({"cka_rbf": cka, **sig})
@@ -36,6 +37,9 @@ def values(x, y, group=None, progress=False) -> dict:
             out[f"rsa_{rdm}_{method}"], out[f"rsa_{rdm}_{method}_bound"] = value, bound
     gap = metrics.similarity_gap(x, y, max_abs=True, process_group=group, progress=progress)
     out.update({f"gap_{k}": v for k, v in gap.items()})
+    for rdm in ("cosine", "euclidean"):
+        every = metrics.pairwise_alignment(x, y, rdm, process_group=group, progress=progress)
+        out.update({f"pairwise_alignment_{rdm}_{k}": v for k, v in every.items()})
     return out
 
 

@@ -1,5 +1,5 @@
 // Tile helpers of the CPU kernels of clnscl::masked_lse and clnscl::masked_lse_cross: the tile size, the
-// fixed-shift bound, a vectorisable exp, the tile GEMM into a per-thread buffer and the backward's
+// fixed-shift bound, the tile GEMM into a per-thread buffer and the backward's
 // accumulation (schemas and math in ../schemas.cpp).
 #pragma once
 
@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include "../masked_lse.h"
+#include "vmath.h"
 
 #include <algorithm>
 #include <cmath>
@@ -21,34 +22,6 @@ namespace cpu {
 constexpr int64_t kTile = 256;
 // exp(s − m) ≥ exp(−2·scale) must stay a normal float: 2·32 = 64 < 87.
 constexpr double kMaxFixedShift = 32.0;
-
-template <typename T>
-inline T exp_fast(T x) {
-  return std::exp(x);
-}
-
-// exp for float, branch-free so loops vectorise: exp(x) = 2^n · p(r), r = x − n·ln2, |r| ≤ ln2/2, with a
-// degree-6 polynomial (relative error ≈ 2e-7). NaN propagates, x < −87.3 gives 0, x > 88.3 gives inf.
-// n = x·log2(e) rounded to nearest by adding and subtracting 1.5·2^23 (|x·log2 e| < 2^22): std::floor kept
-// GCC from vectorising the loops around it (scalar rounding, 0.3 G exps/s a core; 2 G/s without it).
-template <>
-inline float exp_fast<float>(float x) {
-  const float xc = std::min(std::max(x, -87.3f), 88.3f);
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.3888949e-3f;
-  p = p * r + 8.3333510e-3f;
-  p = p * r + 4.1666645e-2f;
-  p = p * r + 1.6666665e-1f;
-  p = p * r + 0.5f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(float));
-  const float y = p * two_n;
-  const float big = x > 88.3f ? std::numeric_limits<float>::infinity() : y;
-  return x != x ? x : (x < -87.3f ? 0.0f : big);
-}
 
 // out[b] = [mask(row, column b)] · e^{s[b]·scale − shift} over the c columns from j0 (inst, cls their ids), in
 // one loop that vectorises: the row's own values are arguments, nothing in the loop can alias, and with 32-bit

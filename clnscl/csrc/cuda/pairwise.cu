@@ -22,12 +22,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 
 namespace clnscl {
 namespace {
 
 constexpr int kSide = 32, kDepth = 32, kThreads = 256, kPerThread = kSide * kSide / kThreads;
-constexpr int kScalars = 13;
+constexpr int kScalars = 14;
 
 // Index of the first tile pair of row i when the pairs I ≤ J of nb tiles are enumerated row by row.
 __device__ inline int64_t row_start(int64_t i, int64_t nb) { return i * (2 * nb - i + 1) / 2; }
@@ -114,7 +115,9 @@ __device__ void for_each_pair(int64_t n, int64_t i0, int64_t j0, double (*gx)[kS
 
 __global__ void moments_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
                                int64_t q, const double* __restrict__ nx, const double* __restrict__ ny, int64_t rdm,
-                               double gamma_x, double gamma_y, int64_t first, double* __restrict__ partial,
+                               double gamma_x, double gamma_y, const double* __restrict__ rank_x,
+                               const double* __restrict__ rank_y, double lo_x, double sx, int64_t bins_x, double lo_y,
+                               double sy, int64_t bins_y, int64_t first, double* __restrict__ partial,
                                double* __restrict__ rkx, double* __restrict__ rky) {
   CLNSCL_PAIRWISE_SHARED
   const bool rbf = gamma_x > 0.0 && gamma_y > 0.0;
@@ -123,7 +126,7 @@ __global__ void moments_kernel(const double* __restrict__ x, const double* __res
   __shared__ double rows_x[kSide], cols_x[kSide], rows_y[kSide], cols_y[kSide];
   for (int e = threadIdx.x; e < kSide; e += kThreads) rows_x[e] = cols_x[e] = rows_y[e] = cols_y[e] = 0.0;
   __syncthreads();
-  double a[kScalars] = {0, 0, 0, 0, 0, INFINITY, -INFINITY, INFINITY, -INFINITY, 0, 0, 0, 0};
+  double a[kScalars] = {0, 0, 0, 0, 0, INFINITY, -INFINITY, INFINITY, -INFINITY, 0, 0, 0, 0, 0};
   for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
     const double dx = rdm_value(rdm, pr.gx, nx[pr.i], nx[pr.j]), dy = rdm_value(rdm, pr.gy, ny[pr.i], ny[pr.j]);
     a[0] += dx, a[1] += dx * dx, a[2] += dy, a[3] += dy * dy, a[4] += dx * dy;
@@ -136,6 +139,7 @@ __global__ void moments_kernel(const double* __restrict__ x, const double* __res
       atomicAdd(rows_x + (pr.i - i0), kx), atomicAdd(cols_x + (pr.j - j0), kx);
       atomicAdd(rows_y + (pr.i - i0), ky), atomicAdd(cols_y + (pr.j - j0), ky);
     }
+    if (rank_x != nullptr) a[13] += rank_x[bin_of(dx, lo_x, sx, bins_x)] * rank_y[bin_of(dy, lo_y, sy, bins_y)];
   });
   // block reduction through shared memory (Gx is free again after the pairs were read)
   __syncthreads();
@@ -183,7 +187,7 @@ __device__ void flush_counts(unsigned int* hist, int64_t words, unsigned long lo
 // memory (dynamic, (bins + 1) / 2 words), else global atomics.
 template <bool kShared>
 __global__ void side_histogram_kernel(const double* __restrict__ a, int64_t n, int64_t d,
-                                      const double* __restrict__ na, int64_t rdm, double lo, double width,
+                                      const double* __restrict__ na, int64_t rdm, double lo, double scale,
                                       int64_t bins, int64_t first, int64_t last,
                                       unsigned long long* __restrict__ counts, double* __restrict__ ext) {
   __shared__ double As[kSide][kDepth + 1], Bs[kSide][kDepth + 1], G[kSide][kSide + 1];
@@ -207,7 +211,7 @@ __global__ void side_histogram_kernel(const double* __restrict__ a, int64_t n, i
       const int64_t i = i0 + u, j = j0 + v;
       if (!(i < n && j < n && i < j)) continue;
       const double dv = rdm_value(rdm, G[u][v], na[i], na[j]);
-      const int64_t b = bin_of(dv, lo, width, bins);
+      const int64_t b = bin_of(dv, lo, scale, bins);
       if (kShared) {
         atomicAdd(hist + (b >> 1), 1u << (16 * (b & 1)));
       } else {
@@ -218,28 +222,6 @@ __global__ void side_histogram_kernel(const double* __restrict__ a, int64_t n, i
     since_flush += kSide * kSide;
   }
   if (kShared) flush_counts(hist, words, counts, bins);
-}
-
-__global__ void rank_product_kernel(const double* __restrict__ x, const double* __restrict__ y, int64_t n, int64_t p,
-                                    int64_t q, const double* __restrict__ nx, const double* __restrict__ ny,
-                                    int64_t rdm, double lo_x, double wx, int64_t bins_x, double lo_y, double wy,
-                                    int64_t bins_y, const double* __restrict__ rank_x,
-                                    const double* __restrict__ rank_y, int64_t first, double* __restrict__ partial) {
-  CLNSCL_PAIRWISE_SHARED
-  double sum = 0.0;
-  for_each_pair(n, i0, j0, Gx, Gy, [&](const Pair& pr) {
-    const double dx = rdm_value(rdm, pr.gx, nx[pr.i], nx[pr.j]), dy = rdm_value(rdm, pr.gy, ny[pr.i], ny[pr.j]);
-    sum += rank_x[bin_of(dx, lo_x, wx, bins_x)] * rank_y[bin_of(dy, lo_y, wy, bins_y)];
-  });
-  __syncthreads();
-  double* red = &As[0][0];
-  red[threadIdx.x] = sum;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
 }
 
 // The inputs (../pairwise.h) and the grid of this file's kernels: one block per tile pair I ≤ J.
@@ -259,12 +241,22 @@ Grid prepare_grid(const at::Tensor& x, const at::Tensor& y, int64_t part, int64_
   return r;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::Tensor& x, const at::Tensor& y,
-                                                                    int64_t rdm, double gamma_x, double gamma_y,
-                                                                    int64_t part, int64_t parts) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(
+    const at::Tensor& x, const at::Tensor& y, int64_t rdm, double gamma_x, double gamma_y,
+    const std::optional<at::Tensor>& rank_x, const std::optional<at::Tensor>& rank_y, double lo_x, double hi_x,
+    double lo_y, double hi_y, int64_t part, int64_t parts) {
   const c10::cuda::CUDAGuard guard(x.device());
+  TORCH_CHECK(rank_x.has_value() == rank_y.has_value(), "pairwise_moments: pass both rank tables or neither");
   const Grid r = prepare_grid(x, y, part, parts);
   const auto opts = r.x.options();
+  at::Tensor rx, ry;
+  int64_t bins_x = 1, bins_y = 1;
+  if (rank_x.has_value()) {
+    rx = rank_x->to(opts).contiguous(), ry = rank_y->to(opts).contiguous();
+    bins_x = rx.numel(), bins_y = ry.numel();
+    TORCH_CHECK(bins_x >= 1 && bins_y >= 1, "pairwise_moments: empty rank tables");
+  }
+  const double sx = bins_per_unit(lo_x, hi_x, bins_x), sy = bins_per_unit(lo_y, hi_y, bins_y);
   at::Tensor rkx = at::zeros({r.n}, opts), rky = at::zeros({r.n}, opts);
   at::Tensor scalars = at::zeros({kScalars}, opts);
   if (r.blocks == 0 || r.n < 2) {
@@ -274,8 +266,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::T
   at::Tensor partial = at::empty({r.blocks, kScalars}, opts);
   moments_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
-      r.ny.data_ptr<double>(), rdm, gamma_x, gamma_y, r.first, partial.data_ptr<double>(), rkx.data_ptr<double>(),
-      rky.data_ptr<double>());
+      r.ny.data_ptr<double>(), rdm, gamma_x, gamma_y, rx.defined() ? rx.data_ptr<double>() : nullptr,
+      ry.defined() ? ry.data_ptr<double>() : nullptr, lo_x, sx, bins_x, lo_y, sy, bins_y, r.first,
+      partial.data_ptr<double>(), rkx.data_ptr<double>(), rky.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   using at::indexing::Slice;
   scalars = partial.sum(0);
@@ -289,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_moments_cuda(const at::T
 
 // One side's histogram: counts (int64, bins) and per-bin [min, max] (bins × 2) of its RDM values.
 void side_histogram(const at::Tensor& a, const at::Tensor& na, int64_t n, int64_t first, int64_t blocks, int64_t rdm,
-                    double lo, double width, int64_t bins, at::Tensor& counts, at::Tensor& ext) {
+                    double lo, double scale, int64_t bins, at::Tensor& counts, at::Tensor& ext) {
   if (blocks == 0) return;
   const auto* props = at::cuda::getCurrentDeviceProperties();
   const size_t dynamic = static_cast<size_t>((bins + 1) / 2) * sizeof(unsigned int);
@@ -308,11 +301,11 @@ void side_histogram(const at::Tensor& a, const at::Tensor& na, int64_t n, int64_
                                                                  dynamic));
     const int64_t grid = std::min<int64_t>(blocks, std::max(per_sm, 1) * int64_t{props->multiProcessorCount});
     side_histogram_kernel<true><<<grid, kThreads, dynamic, stream>>>(
-        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, first, first + blocks, cp,
+        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, scale, bins, first, first + blocks, cp,
         ext.data_ptr<double>());
   } else {
     side_histogram_kernel<false><<<blocks, kThreads, 0, stream>>>(
-        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, width, bins, first, first + blocks, cp,
+        a.data_ptr<double>(), n, d, na.data_ptr<double>(), rdm, lo, scale, bins, first, first + blocks, cp,
         ext.data_ptr<double>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -329,29 +322,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_histograms_c
   at::Tensor ex = at::empty({bins, 2}, r.x.options()), ey = at::empty({bins, 2}, r.x.options());
   ex.select(1, 0).fill_(INFINITY), ex.select(1, 1).fill_(-INFINITY);
   ey.select(1, 0).fill_(INFINITY), ey.select(1, 1).fill_(-INFINITY);
-  const double wx = hi_x > lo_x ? (hi_x - lo_x) / bins : 1.0, wy = hi_y > lo_y ? (hi_y - lo_y) / bins : 1.0;
-  side_histogram(r.x, r.nx, r.n, r.first, r.blocks, rdm, lo_x, wx, bins, cx, ex);
-  side_histogram(r.y, r.ny, r.n, r.first, r.blocks, rdm, lo_y, wy, bins, cy, ey);
+  const double sx = bins_per_unit(lo_x, hi_x, bins), sy = bins_per_unit(lo_y, hi_y, bins);
+  side_histogram(r.x, r.nx, r.n, r.first, r.blocks, rdm, lo_x, sx, bins, cx, ex);
+  side_histogram(r.y, r.ny, r.n, r.first, r.blocks, rdm, lo_y, sy, bins, cy, ey);
   return {cx, cy, ex, ey};
-}
-
-at::Tensor pairwise_rank_product_cuda(const at::Tensor& x, const at::Tensor& y, int64_t rdm, double lo_x,
-                                      double hi_x, double lo_y, double hi_y, const at::Tensor& rank_x,
-                                      const at::Tensor& rank_y, int64_t part, int64_t parts) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  const Grid r = prepare_grid(x, y, part, parts);
-  const at::Tensor rx = rank_x.to(r.x.options()).contiguous(), ry = rank_y.to(r.x.options()).contiguous();
-  const int64_t bins_x = rx.numel(), bins_y = ry.numel();
-  TORCH_CHECK(bins_x >= 1 && bins_y >= 1, "pairwise_rank_product: empty rank tables");
-  const double wx = hi_x > lo_x ? (hi_x - lo_x) / bins_x : 1.0, wy = hi_y > lo_y ? (hi_y - lo_y) / bins_y : 1.0;
-  if (r.blocks == 0) return at::zeros({}, r.x.options());
-  at::Tensor partial = at::empty({r.blocks}, r.x.options());
-  rank_product_kernel<<<r.blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      r.x.data_ptr<double>(), r.y.data_ptr<double>(), r.n, r.p, r.q, r.nx.data_ptr<double>(),
-      r.ny.data_ptr<double>(), rdm, lo_x, wx, bins_x, lo_y, wy, bins_y, rx.data_ptr<double>(),
-      ry.data_ptr<double>(), r.first, partial.data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return partial.sum();
 }
 
 }  // namespace
@@ -359,7 +333,6 @@ at::Tensor pairwise_rank_product_cuda(const at::Tensor& x, const at::Tensor& y, 
 TORCH_LIBRARY_IMPL(clnscl, CUDA, m) {
   m.impl("pairwise_moments", &pairwise_moments_cuda);
   m.impl("pairwise_histograms", &pairwise_histograms_cuda);
-  m.impl("pairwise_rank_product", &pairwise_rank_product_cuda);
 }
 
 }  // namespace clnscl
