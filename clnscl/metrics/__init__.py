@@ -14,6 +14,6 @@ from .streaming import StreamingAlignment
 
 __all__ = [
     "LayerAlignment", "StreamingAlignment", "cka", "compare", "pairwise_alignment", "rsa", "similarity_gap",
-    "align_models", "extract_features", "cdnv", "directional_cdnv", "knn_accuracy", "linear_probe_accuracy", "loss_gap_bound",
-    "nccc_accuracy", "weight_divergence", "layer_alignment",
+    "align_models", "extract_features", "cdnv", "directional_cdnv", "knn_accuracy", "linear_probe_accuracy",
+    "loss_gap_bound", "nccc_accuracy", "weight_divergence", "layer_alignment",
 ]
