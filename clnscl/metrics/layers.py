@@ -57,7 +57,7 @@ from torch import nn
 
 from ..progress import progress_bar
 from .features import _eval_mode, _inputs
-from .streaming import StreamingAlignment, _cross_stats, _norms2, _own_stats
+from .streaming import StreamingAlignment, _augmented, _cross_from, _gram, _own_from
 
 METHODS = ("auto", "exact", "minibatch", "sketch")
 _GRAM_COLUMNS = 8192  # minibatch: feature columns centred and multiplied at a time
@@ -321,12 +321,11 @@ class _Exact:
             self._first(feats)
         rows = {}
         for name, f in feats.items():
-            raw, unit = f - self.shift[name], torch.nn.functional.normalize(f, dim=1)
-            rows[name] = [(raw, _norms2(raw)), (unit, _norms2(unit))]
-            _sum_into(self.own, name, [_own_stats(a, n2, "x") for a, n2 in rows[name]])
+            rows[name] = [_augmented(f, shift=self.shift[name]), _augmented(f, unit=True)]
+            _sum_into(self.own, name, [_own_from(_gram(r.big, r.big, None), r.width, "x") for r in rows[name]])
         for a, b in pairs:
-            cross = [_cross_stats(ra, na2, [rb], [nb2])[0] for (ra, na2), (rb, nb2) in zip(rows[a], rows[b])]
-            _sum_into(self.cross, (a, b), cross)
+            _sum_into(self.cross, (a, b), [_cross_from(_gram(ra.big, rb.big, None), ra.width, rb.width)
+                                           for ra, rb in zip(rows[a], rows[b])])
         self.n += next(iter(feats.values())).shape[0]
 
     def all_reduce(self) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clnscl.metrics import StreamingAlignment
-from clnscl.metrics.streaming import _batch_stats
+from clnscl.metrics.streaming import _augmented, _batch_stats
 from tests.support.processes import run_gloo_workers
 
 KEYS = ("cka_linear", "cka_cosine", "cka_linear_unbiased", "cka_cosine_unbiased", "rsa_pearson", "gap_relative")
@@ -40,10 +40,11 @@ def test_weighted_sums_equal_the_sums_of_repeated_rows(p, q):
     x, y = _rows(40, p, q, 1)
     w = _weights(3, 4, 40)
     for differences in (False, True):
-        stacked = _batch_stats(x, [y], differences=differences, w=w)[0]
+        stacked = _batch_stats(_augmented(x), [_augmented(y)], differences=differences, w=w)[0]
         for r in range(4):
             counts = w[r].long()
-            want = _batch_stats(x.repeat_interleave(counts, 0), [y.repeat_interleave(counts, 0)], differences)[0]
+            repeated = [_augmented(t.repeat_interleave(counts, 0)) for t in (x, y)]
+            want = _batch_stats(repeated[0], repeated[1:], differences)[0]
             for key, value in want.items():
                 torch.testing.assert_close(stacked[key][r], value, rtol=1e-12, atol=1e-9, msg=key)
 
