@@ -2,6 +2,7 @@
 this machine, with the reason for each one that does not."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -31,11 +32,26 @@ def report() -> str:
     lines.append(f"build cache: {extension.build_dir('cpu').parent}")
     why = extension.cuda_toolkit_reason() or extension.reason("cuda")
     lines.append(f"CUDA ops: {'compiled' if why is None else 'unavailable: ' + why}")
+    lines.append(threads())
     for registry in (LOSS, METRICS):
         lines.append(f"{registry.family} backends:")
         for name, why in registry.status().items():
             lines.append(f"  {name:<10} {'available' if why is None else 'unavailable: ' + why}")
     return "\n".join(lines)
+
+
+def threads() -> str:
+    """The CPU threads torch uses against the CPUs this process may run on, and how OpenMP's idle threads wait:
+    with the default (spinning), other processes on the same cores slow the CPU ops most (the loss 3–6× beside
+    one busy core of two, against 1.75× with OMP_WAIT_POLICY=PASSIVE; BENCHMARKS.md)."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    line = (f"CPU threads: {torch.get_num_threads()} (this process may use {allowed} of {os.cpu_count()} CPUs); "
+            f"OMP_WAIT_POLICY={policy or 'unset: idle threads spin'}")
+    if not policy and hasattr(os, "getloadavg") and os.getloadavg()[0] >= allowed:
+        line += (f"; load {os.getloadavg()[0]:.1f} >= {allowed} CPUs: when other processes share the cores, start "
+                 "Python with OMP_WAIT_POLICY=PASSIVE (read when torch is first imported)")
+    return line
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ runs here or why not."""
 import subprocess
 import sys
 
+import torch
+
 import clnscl
 from clnscl.info import report
 from clnscl.loss.backends import BACKENDS as LOSS
@@ -18,6 +20,7 @@ def test_report_names_every_backend_with_its_state():
             assert line.split()[0] == name
             assert line.split(None, 1)[1] == ("available" if why is None else f"unavailable: {why}")
     assert "reference  available" in text
+    assert f"CPU threads: {torch.get_num_threads()} " in text and "OMP_WAIT_POLICY=" in text
 
 
 def test_module_entry_point():
