@@ -8,6 +8,7 @@ kept with their reason for `python -m clnscl.info`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 _PKG = Path(__file__).resolve().parent
+_log = logging.getLogger("clnscl")
 _loaded: dict[str, object] = {}
 _errors: dict[str, str] = {}
 
@@ -52,9 +54,22 @@ def build_dir(kind: str) -> Path:
     return d
 
 
+def _cpp_extension():
+    """torch.utils.cpp_extension, imported without the warning it logs where nvcc exists but no GPU does ("No
+    CUDA runtime is found"): the CPU ops need no CUDA runtime, and the CUDA ops state their own reasons."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
 def cuda_toolkit_reason() -> str | None:
     """Why the CUDA ops cannot be compiled here, or None if they can."""
-    from torch.utils.cpp_extension import CUDA_HOME
+    CUDA_HOME = _cpp_extension().CUDA_HOME  # noqa: N806 (torch's name)
 
     if torch.version.cuda is None:
         return "torch is a CPU-only build"
@@ -75,7 +90,7 @@ def _cuda_include_paths() -> list[str]:
 
 def _cuda_library_flags() -> list[str]:
     """-L for the folder holding libcudart.so: torch's CUDA_HOME guess (from nvcc's path) may lack it."""
-    from torch.utils.cpp_extension import CUDA_HOME
+    CUDA_HOME = _cpp_extension().CUDA_HOME  # noqa: N806 (torch's name)
 
     roots = [r for r in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda") if r]
     for root in roots:
@@ -86,8 +101,7 @@ def _cuda_library_flags() -> list[str]:
 
 
 def _build(kind: str):
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     src = source_dir()
     # -fno-trapping-math, -fno-math-errno: no program here reads floating-point exception flags or errno, and
     # without them GCC may not turn the selects of the element loops (the mask, exp's clamps) into blends on AVX2,
@@ -110,8 +124,8 @@ def _build(kind: str):
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     out = build_dir(kind)
     name = f"clnscl_{kind}"
-    if not (out / f"{name}.so").exists():
-        print(f"clnscl: compiling the {kind.upper()} ops (first use only, about a minute)...", file=sys.stderr)
+    if not (out / f"{name}.so").exists():  # quiet by default: logging.getLogger("clnscl") at INFO shows it
+        _log.info("clnscl: compiling the %s ops into %s (first use only, about a minute)", kind.upper(), out)
     cpp_extension.load(name=name, sources=[str(s) for s in sources], build_directory=str(out), **kwargs)
     return name
 

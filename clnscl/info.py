@@ -30,14 +30,22 @@ def report() -> str:
     lines.append(f"CUDA device: {torch.cuda.get_device_name(0) if cuda else 'none'}")
     lines.append(f"TRITON_INTERPRET: {'1' if triton_interpret() else 'unset'}")
     lines.append(f"build cache: {extension.build_dir('cpu').parent}")
-    why = extension.cuda_toolkit_reason() or extension.reason("cuda")
-    lines.append(f"CUDA ops: {'compiled' if why is None else 'unavailable: ' + why}")
+    lines.append(f"CPU ops: {_state(extension, 'cpu')}")
+    if cuda:
+        lines.append(f"CUDA ops: {_state(extension, 'cuda')}")
+    else:  # never built where they cannot run (`python -m clnscl.kernels --check` compiles them to inspect)
+        lines.append("CUDA ops: not built (no CUDA device)")
     lines.append(threads())
     for registry in (LOSS, METRICS):
         lines.append(f"{registry.family} backends:")
         for name, why in registry.status().items():
             lines.append(f"  {name:<10} {'available' if why is None else 'unavailable: ' + why}")
     return "\n".join(lines)
+
+
+def _state(extension, kind: str) -> str:
+    why = extension.reason(kind)
+    return f"built and loaded ({extension.build_dir(kind)})" if why is None else f"unavailable: {why}"
 
 
 def threads() -> str:

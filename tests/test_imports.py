@@ -127,3 +127,20 @@ def test_the_trainer_library_imports_none_of_the_command_lines_batteries():
     batteries = {f"clnscl.train.{m}" for m in ("datasets", "splits", "augment", "image_ops", "samplers", "pipeline",
                                                "models", "optim", "config", "batches", "loop", "run")}
     assert "clnscl.train.fit" in loaded and not loaded & batteries, sorted(loaded & batteries)
+
+
+def test_import_and_first_use_are_quiet_and_reach_every_part():
+    """A fresh interpreter: `import clnscl` reaches metrics, train, theory and compat (imported on first access),
+    and importing, a loss and a metric print nothing on stderr (no torch build warning, no compile notice)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, clnscl\n"
+            "assert 'clnscl.metrics' not in sys.modules and 'clnscl.train' not in sys.modules\n"
+            "z = torch.randn(6, 2, 5)\n"
+            "clnscl.contrastive_loss(z, objective='cl', backend='cpu').item()\n"
+            "clnscl.metrics.cka(z[:, 0], z[:, 1], 'rbf', backend='cpu')\n"
+            "assert clnscl.theory and clnscl.compat and clnscl.train.Coupled\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == "", done.stderr[-2000:]
