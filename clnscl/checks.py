@@ -145,4 +145,10 @@ def stack_views(first: torch.Tensor, second: torch.Tensor, names: tuple[str, str
     if second.shape != first.shape:
         raise ValueError(f"{names[1]} must have the shape of {names[0]} {tuple(first.shape)}, got "
                          f"{tuple(second.shape)}")
+    if second.device != first.device:
+        raise ValueError(f"{names[0]} is on {first.device} and {names[1]} on {second.device}: move both to one "
+                         f"device (e.g. {names[1]}.to({names[0]}.device))")
+    if second.dtype != first.dtype:
+        raise ValueError(f"{names[0]} is {first.dtype} and {names[1]} {second.dtype}: give both the same dtype "
+                         f"(e.g. {names[1]}.to({names[0]}.dtype))")
     return torch.stack((first, second), dim=1)

@@ -32,8 +32,16 @@ def _as_views(z_i: torch.Tensor, z_j, labels):
             raise ValueError("with features of shape (B, V, d) pass only (features, labels)")
         return z_i, labels if z_j is None else z_j
     if z_i.ndim == 2:
+        if isinstance(z_j, torch.Tensor) and z_j.ndim == 1 and labels is None:  # (z, labels): stacked views?
+            raise ValueError(
+                f"got a 2-D z {tuple(z_i.shape)} and 1-D labels {tuple(z_j.shape)}: if z stacks two views of B "
+                "samples as (2B, d), rows i and B + i being views of sample i, pass "
+                "loss(torch.stack(z.chunk(2), 1), labels.chunk(2)[0]) (features (B, 2, d), labels (B,)); else pass "
+                "the two views as loss(z_i, z_j, labels), each (B, d)")
         if not isinstance(z_j, torch.Tensor) or z_j.ndim != 2:
-            raise ValueError("z_j: with a 2-D z_i (B, d), pass the second view z_j of the same shape")
+            raise ValueError(
+                "z_j: a 2-D z_i (B, d) is one view: pass the second view z_j of the same shape, loss(z_i, z_j, "
+                "labels); for two views stacked as one (2B, d) tensor z, pass torch.stack(z.chunk(2), 1)")
         return stack_views(z_i, z_j, ("z_i", "z_j")), labels
     raise ValueError(f"expected z_i of shape (B, d) or features of shape (B, V, d), got {tuple(z_i.shape)}")
 

@@ -347,6 +347,29 @@ def test_module_rejects_mismatched_views():
         clnscl.SupConLoss(temperature=0.0)
 
 
+def test_stacked_views_get_the_conversion_and_it_gives_the_two_view_loss():
+    """(2B, d) with (2B,) labels, what many codebases pass: the error shows the conversion, which works."""
+    gen = torch.Generator().manual_seed(3)
+    zi, zj = (torch.randn(5, 7, generator=gen, dtype=torch.float64) for _ in range(2))
+    labels = torch.tensor([0, 1, 0, 2, 1])
+    z, stacked_labels = torch.cat([zi, zj]), labels.repeat(2)
+    loss = clnscl.SupConLoss(backend="reference")
+    with pytest.raises(ValueError, match=r"torch\.stack\(z\.chunk\(2\), 1\), labels\.chunk\(2\)\[0\]"):
+        loss(z, stacked_labels)
+    with pytest.raises(ValueError, match=r"torch\.stack\(z\.chunk\(2\), 1\)"):
+        loss(z)
+    torch.testing.assert_close(loss(torch.stack(z.chunk(2), 1), stacked_labels.chunk(2)[0]), loss(zi, zj, labels),
+                               rtol=0, atol=0)
+
+
+def test_views_on_different_devices_or_dtypes_get_an_error_naming_both():
+    zi = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="z_i is on cpu and z_j on meta"):
+        clnscl.NTXentLoss()(zi, torch.randn(4, 3, device="meta"))
+    with pytest.raises(ValueError, match="z_i is torch.float32 and z_j torch.float64"):
+        clnscl.NTXentLoss()(zi, zi.double())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (d) the CL − NSCL loss gap
 # ---------------------------------------------------------------------------------------------------------
