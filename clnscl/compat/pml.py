@@ -10,8 +10,9 @@ ref_emb the columns are ref_emb's rows, ref_labels theirs, and no pair is "self"
 - SupConLoss(temperature=0.1): per row with a positive, LSE over every other column − the mean of s over its
   positives, averaged over the rows whose loss is above 0 (pml's AvgNonZeroReducer).
 Both return 0 (with a zero gradient) without a positive or without a negative pair, as pml does. pml's tiny
-constant inside the log is not reproduced. SelfSupervisedLoss(shim) works (it calls with labels and, when not
-symmetric, ref_emb). indices_tuple (a miner's pairs, and CrossBatchMemory, which always passes its pairs)
+constant inside the log is not reproduced. The loss has the embeddings' dtype, as pml's (float16 and
+bfloat16 computed in float32, rounded once at the end). SelfSupervisedLoss(shim) works (it calls with labels
+and, when not symmetric, ref_emb). indices_tuple (a miner's pairs, and CrossBatchMemory, which always passes its pairs)
 and pml's distance/reducer/regularizer arguments are refused: the fused op takes every pair. For a memory of
 past embeddings use clnscl.NTXentLoss(memory_bank_size=...) or contrastive_loss(negatives=...) instead.
 """
@@ -108,9 +109,9 @@ class NTXentLoss(_PairLoss):
         a, p = same_label_pairs(row_cls, col_cls, same_set=k is None)
         lse_neg = self._lse(args, embeddings)
         if a.numel() == 0 or bool(torch.isneginf(lse_neg).all()):
-            return (x.sum() * 0).to(torch.float32 if x.dtype != torch.float64 else x.dtype)
+            return (x.sum() * 0).to(embeddings.dtype)
         s_ap = args.scale * (x.index_select(0, a) * cols.index_select(0, p)).sum(dim=1)
-        return (log_add_exp(s_ap, lse_neg.index_select(0, a)) - s_ap).mean()
+        return (log_add_exp(s_ap, lse_neg.index_select(0, a)) - s_ap).mean().to(embeddings.dtype)
 
 
 class SupConLoss(_PairLoss):
@@ -132,9 +133,10 @@ class SupConLoss(_PairLoss):
         n_pos = count - (1 if k is None else 0)
         has_neg = count < cols.shape[0] - (1 if k is None else 0)
         if not bool((n_pos > 0).any()) or not bool(has_neg.any()):
-            return (x.sum() * 0).to(torch.float32 if x.dtype != torch.float64 else x.dtype)
+            return (x.sum() * 0).to(embeddings.dtype)
         lse = self._lse(args, embeddings)
         pos = (x * (class_sum.index_select(0, row_d) - own)).sum(dim=1) / n_pos.clamp_min(1).to(x.dtype)
         rows = lse - args.scale * pos
         counted = (n_pos > 0) & (rows > 0)
-        return torch.where(counted, rows, torch.zeros_like(rows)).sum() / counted.sum().clamp_min(1).to(rows.dtype)
+        loss = torch.where(counted, rows, torch.zeros_like(rows)).sum() / counted.sum().clamp_min(1).to(rows.dtype)
+        return loss.to(embeddings.dtype)  # pml's loss has its embeddings' dtype (computed here in float32 at least)

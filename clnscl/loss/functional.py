@@ -16,7 +16,7 @@ from .backends import BACKENDS
 from .columns import columns
 from .ops import LseArgs
 from .positives import class_positive_mean, instance_positive_mean
-from .table import OBJECTIVES, REDUCTIONS, loss_spec
+from .table import OBJECTIVES, POS, REDUCTIONS, loss_spec
 
 NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps), so a zero row stays zero instead of NaN
 
@@ -93,6 +93,9 @@ def contrastive_loss(
         pos = instance_positive_mean(x, v)
     valid = lse != float("-inf")
     rows = torch.where(valid, lse - scale * pos, torch.zeros_like(lse))
+    others = bank is not None or (cols.k is not None and cols.k.shape[0] > x.shape[0])
+    if _positive_only(spec, labels, b, v, others):
+        rows = rows * 0  # log e^{s} − s: exactly 0, with a zero gradient, where the fused LSE leaves rounding
     if reduction == "none":
         return rows.view(b, v)
     if reduction == "sum":
@@ -103,6 +106,16 @@ def contrastive_loss(
         dist.all_reduce(count, group=process_group)  # the valid rows of every rank (no gradient flows here)
         return rows.sum() * dist.get_world_size(process_group) / count.clamp_min(1).to(rows.dtype)
     return rows.sum() / count.clamp_min(1).to(rows.dtype)
+
+
+def _positive_only(spec, labels, b: int, v: int, other_columns: bool) -> bool:
+    """Whether every row's denominator D(a) is its one positive alone (two views, nothing to contrast with: one
+    sample, or for nscl one class; no bank, no other rank), so that each row loss is exactly 0."""
+    if v != 2 or not spec.include & POS or other_columns:
+        return False
+    if spec.objective == "nscl":
+        return bool((labels == labels[0]).all())
+    return b == 1
 
 
 def with_bank(impl, args: LseArgs, lse: torch.Tensor, bank, normalize: bool, io_dtype) -> torch.Tensor:

@@ -86,3 +86,17 @@ def test_what_the_shim_cannot_honour_raises():
         shim.SupConLoss(reducer=None)
     with pytest.raises(ValueError, match="ref_labels"):
         shim.SupConLoss()(emb, labels, ref_emb=emb)
+
+
+@pytest.mark.parametrize("name", ["NTXentLoss", "SupConLoss"])
+def test_the_loss_has_the_embeddings_dtype_as_pmls(name):
+    """float16 embeddings give a float16 loss, as pml's do (the shim computes in float32 and casts at the end)."""
+    gen = gen_for("pml-dtype", name)
+    emb, labels = randn(16, 8, gen=gen), torch.arange(16) % 4
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        got = getattr(shim, name)(backend="reference")(emb.to(dtype), labels)
+        assert got.dtype == getattr(peer, name)()(emb.to(dtype), labels).dtype == dtype
+        if dtype != torch.float64:  # computed in float32, rounded once
+            want = getattr(shim, name)(backend="reference")(emb.to(dtype).float(), labels)
+            torch.testing.assert_close(got, want.to(dtype), rtol=0, atol=0)
+    assert getattr(shim, name)(backend="reference")(emb.half(), torch.arange(16)).dtype == torch.float16  # no pair

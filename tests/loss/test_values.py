@@ -420,3 +420,25 @@ def test_loss_gap_bound(tau, views, clustered):
         gap = contrastive_loss(z, labels, objective="cl", **kw) - contrastive_loss(z, labels, objective="nscl", **kw)
         assert 0 < gap <= _gap_bound(labels, views, tau) + 1e-12
         torch.testing.assert_close(gap, gap_rows.mean(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("case", ["cl one sample", "supcon one sample", "nscl one class"])
+def test_a_row_with_only_its_positive_in_the_denominator_gives_exactly_zero(case, backend):
+    """log e^{s} − s = 0: exactly 0 with a zero gradient (the fused log-sum-exp of one term leaves rounding of
+    order 1e-7 in float32, which lightly's suite catches), on every backend; one more sample or class than that
+    and the loss is the oracle's again."""
+    from tests.support.loss_backends import DEVICE, skip_unless_runs
+
+    skip_unless_runs(backend)
+    objective, b = {"cl one sample": ("cl", 1), "supcon one sample": ("supcon", 1), "nscl one class": ("nscl", 5)}[case]
+    gen = gen_for("positive-only", case)
+    z = torch.randn(b, 2, 9, generator=gen).to(DEVICE).requires_grad_()
+    labels = torch.zeros(b, dtype=torch.long, device=DEVICE)
+    loss = contrastive_loss(z, labels, objective=objective, temperature=0.07, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0 and not z.grad.any()
+    more = torch.cat([z.detach(), torch.randn(1, 2, 9, generator=gen).to(DEVICE)])
+    other = torch.cat([labels, torch.ones(1, dtype=torch.long, device=DEVICE)])
+    got = contrastive_loss(more, other, objective=objective, temperature=0.07, backend=backend)
+    assert got.item() > 0
