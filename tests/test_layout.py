@@ -1,5 +1,5 @@
-"""The README's layout section is the repository's tree: one line per folder and file, every file listed once,
-nothing listed that is not there."""
+"""docs/layout.md (linked from the README) is the repository's tree: one line per folder and file, every file listed
+once, nothing listed that is not there."""
 from __future__ import annotations
 
 import os
@@ -40,13 +40,13 @@ def repository_files() -> set[str]:
 
 
 def test_the_layout_lists_every_file_once():
-    listed = layout_paths((REPO / "README.md").read_text())
+    listed = layout_paths((REPO / "docs" / "layout.md").read_text())
     assert len(listed) == len(set(listed)), sorted({p for p in listed if listed.count(p) > 1})
     files = {p for p in listed if not p.endswith("/")}
     folders = {p for p in listed if p.endswith("/")}
     actual = repository_files()
-    assert sorted(actual - files) == [], "files missing from the README's layout"
-    assert sorted(files - actual) == [], "the README's layout lists files that do not exist"
+    assert sorted(actual - files) == [], "files missing from docs/layout.md"
+    assert sorted(files - actual) == [], "docs/layout.md lists files that do not exist"
     assert folders == {p for f in actual for p in _parents(f)}, "the listed folders are not those of the files"
 
 
