@@ -124,8 +124,13 @@ def resources(cubin: bytes, tool: str, ptx: str | None = None) -> dict:
 def _launch(kind: str, dtype: torch.dtype, d: int, n: int, sm: int):
     """(kernel, arguments, constexprs and options) of one launch of the Triton ops, on CPU tensors of n rows."""
     from .loss.triton import ops
-    from .loss.triton.kernels import (lse_bwd_kernel, lse_cross_fwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel,
-                                      lse_sym_fwd_kernel)
+    from .loss.triton.kernels import (
+        lse_bwd_kernel,
+        lse_cross_fwd_kernel,
+        lse_fwd_kernel,
+        lse_sym_bwd_kernel,
+        lse_sym_fwd_kernel,
+    )
 
     rows = torch.empty(n, d, dtype=dtype)
     ids = torch.zeros(n, dtype=torch.int64)
@@ -272,11 +277,13 @@ def main(argv=None) -> int:
             issues = problems(row)
             bad += bool(issues)
             every["triton"].append({**row, "problems": issues})
-            print(f"| {sm} | {row['dtype']} | {row['d']} | {row['n']} | {row['kernel']} | {_blocks_text(row['blocks'])} | "
+            print(f"| {sm} | {row['dtype']} | {row['d']} | {row['n']} | {row['kernel']} | "
+                  f"{_blocks_text(row['blocks'])} | "
                   f"{row['registers']} | {row['stack']} | {row['shared']} | {row['tensor_cores']} | "
                   f"{'; '.join(issues) or 'ok'} |", flush=True)
     if a.cuda:
-        print("\n| arch | CUDA C++ kernel | registers | stack | shared | tensor cores |\n| --- | --- | --- | --- | --- | --- |")
+        print("\n| arch | CUDA C++ kernel | registers | stack | shared | tensor cores |\n"
+              "| --- | --- | --- | --- | --- | --- |")
         for row in cuda_rows():
             every["cuda"].append(row)
             print(f"| {row['arch']} | {row['kernel']} | {row['registers']} | {row['stack']} | {row['shared']} | "

@@ -27,8 +27,8 @@ def rows(tmp_path_factory):
     env.pop("TRITON_INTERPRET", None)  # the interpreter compiles nothing
     halves = (list(DTYPES)[:2], list(DTYPES)[2:])
     procs = [subprocess.Popen([sys.executable, "-m", "clnscl.kernels", "--sm", "90", "--from-ptx",
-                               "--json", str(out / f"{i}.json"), "--dtypes", *half], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, cwd=REPO) for i, half in enumerate(halves)]
+                               "--json", str(out / f"{i}.json"), "--dtypes", *half], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO) for i, half in enumerate(halves)]
     logs = [p.communicate(timeout=1500)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]

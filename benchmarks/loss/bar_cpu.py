@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import time
 
-
 from benchmarks.support.fmt import fmt_bytes, fmt_time
 from benchmarks.support.losses import PEERS, clnscl_method, make_inputs, make_step, too_big, unavailable
+from benchmarks.support.memory import measure_peak
 from benchmarks.support.rates import exp_rate, gemm_rate, gemm_rate_shape, machine
 from benchmarks.support.timing import median_time
-from benchmarks.support.memory import measure_peak
 
 
 def run(method, n, d, repeats, measure_memory=True):

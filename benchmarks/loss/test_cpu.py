@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from benchmarks.support.fmt import fmt_bytes
-from benchmarks.support.losses import D, PEERS, clnscl_method, make_inputs, make_step, too_big, unavailable
+from benchmarks.support.losses import PEERS, D, clnscl_method, make_inputs, make_step, too_big, unavailable
 from benchmarks.support.memory import measure_peak
 
 SIZES = (2048, 8192, 16384)

@@ -121,7 +121,8 @@ def run_probe(module: str, *args: str, **label) -> dict:
     out = subprocess.run([sys.executable, "-m", module, "--probe", *args], capture_output=True, text=True,
                          timeout=3600, env=_env(), cwd=ROOT)
     if out.returncode != 0:
-        return {**label, "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+        why = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        return {**label, "error": why}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -27,4 +27,5 @@ def median_time(step: Callable[[], object], repeats: int, warmup: int = 1) -> tu
         step()
         times.append(time.perf_counter() - t0)
     times.sort()
-    return times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2]), times
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid]), times

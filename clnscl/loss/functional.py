@@ -10,8 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..checks import (check_choice, check_float, check_labels, check_temperature, check_temperature_tensor,
-                      check_tensor)
+from ..checks import check_choice, check_float, check_labels, check_temperature, check_temperature_tensor, check_tensor
 from .backends import BACKENDS
 from .columns import columns
 from .ops import LseArgs

@@ -11,9 +11,9 @@ import dataclasses
 import math
 
 import torch
+
 from . import image_ops as ops
 from .config import AugmentConfig
-
 
 CROP_TRIES = 10  # candidate windows per sample before the central fallback, as torchvision's RandomResizedCrop
 _COLUMNS = 2 * CROP_TRIES + 17  # uniforms drawn per sample: see Augment.__call__

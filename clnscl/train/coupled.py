@@ -22,8 +22,14 @@ from torch import nn
 
 from .. import contrastive_loss
 from ..collectives import all_gather_rows, local_sizes
-from ..metrics import (StreamingAlignment, knn_accuracy, linear_probe_accuracy, loss_gap_bound, nccc_accuracy,
-                       weight_divergence)
+from ..metrics import (
+    StreamingAlignment,
+    knn_accuracy,
+    linear_probe_accuracy,
+    loss_gap_bound,
+    nccc_accuracy,
+    weight_divergence,
+)
 from .global_bn import convert_global_batchnorm
 from .theory_records import same_class_max, theory_record
 

@@ -14,8 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .records import METRICS_FILE
-from .report import (MIN_EVALUATIONS, SUMMARY_FILE, Chance, _best_accuracy, _count, _f, _final, _models,
-                     read_metrics, run_chance, write_report)
+from .report import (
+    MIN_EVALUATIONS,
+    SUMMARY_FILE,
+    Chance,
+    _best_accuracy,
+    _count,
+    _f,
+    _final,
+    _models,
+    read_metrics,
+    run_chance,
+    write_report,
+)
 from .report import main as report_main
 
 CONFIDENCE = 0.95

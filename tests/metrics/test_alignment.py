@@ -24,11 +24,21 @@ import torch
 
 from clnscl.metrics import StreamingAlignment, cka, rsa, similarity_gap
 from tests.support import metrics_oracle as oracle
-from tests.support.processes import run_gloo_workers
 from tests.support.metrics_cases import (
-    BACKENDS, EXACT, P, Q, SPEARMAN_BOUND, TOL, make_data, need, rng_for, spearman_tol,
-    tied_data, usable_backends,
+    BACKENDS,
+    EXACT,
+    SPEARMAN_BOUND,
+    TOL,
+    P,
+    Q,
+    make_data,
+    need,
+    rng_for,
+    spearman_tol,
+    tied_data,
+    usable_backends,
 )
+from tests.support.processes import run_gloo_workers
 
 KEYS = StreamingAlignment.KEYS
 # The pairwise engine estimates the median σ of RBF CKA from a histogram of the distances with 2^16 bins,
@@ -75,7 +85,8 @@ def data(request):
 def assert_close(got, want, tol, what=""):
     assert isinstance(got, float), f"{what}: expected a Python float, got {type(got).__name__}"
     assert math.isfinite(want), f"{what}: oracle value not finite ({want})"
-    assert math.isclose(got, want, rel_tol=tol, abs_tol=tol), f"{what}: got {got!r}, oracle {want!r}, |err| {abs(got - want):.3e}"
+    assert math.isclose(got, want, rel_tol=tol, abs_tol=tol), (
+        f"{what}: got {got!r}, oracle {want!r}, |err| {abs(got - want):.3e}")
 
 
 def assert_same(got: dict, want: dict, tol=EXACT, what=""):
@@ -109,7 +120,8 @@ def test_oracle_unbiased_hsic_is_songs_u_statistic():
     for kernel in ("linear", "cosine", "rbf"):
         k, l = oracle.kernel_matrix(x, kernel, 2.0), oracle.kernel_matrix(y, kernel, 2.0)
         for a, b in ((k, l), (k, k), (l, l)):
-            assert math.isclose(oracle.hsic_unbiased(a, b), oracle.hsic_unbiased_ustat(a, b), rel_tol=1e-10, abs_tol=1e-12)
+            assert math.isclose(oracle.hsic_unbiased(a, b), oracle.hsic_unbiased_ustat(a, b), rel_tol=1e-10,
+                                abs_tol=1e-12)
         # and the biased estimator is a different number (so a swap of the two shows)
         assert not math.isclose(oracle.hsic_biased(k, l), oracle.hsic_unbiased(k, l), rel_tol=1e-3)
 
@@ -199,8 +211,9 @@ def test_invariances():
     for unbiased in (False, True):
         base = cka(x, y, unbiased=unbiased)
         assert math.isclose(cka(3.0 * x @ qmat + 1.5, y, unbiased=unbiased), base, rel_tol=1e-9)
-        assert math.isclose(cka(x * rows, y, "cosine", unbiased=unbiased), cka(x, y, "cosine", unbiased=unbiased), rel_tol=1e-9)
-        assert math.isclose(cka(4.0 * x, y, "rbf", unbiased=unbiased), cka(x, y, "rbf", unbiased=unbiased), rel_tol=1e-9)
+        for kernel, scaled in (("cosine", x * rows), ("rbf", 4.0 * x)):
+            assert math.isclose(cka(scaled, y, kernel, unbiased=unbiased), cka(x, y, kernel, unbiased=unbiased),
+                                rel_tol=1e-9)
     assert math.isclose(rsa(x + 7.0, y, "euclidean"), rsa(x, y, "euclidean"), rel_tol=1e-9)
     assert math.isclose(cka(x, y), cka(y, x), rel_tol=1e-12)
 
@@ -237,7 +250,8 @@ def test_low_precision_input(dtype):
             for sigma in ((None, s) if kernel == "rbf" else (None,)):
                 got = cka(xl, yl, kernel=kernel, sigma=sigma, unbiased=unbiased)
                 t = max(tol, rbf_tol(xr, yr, sigma, unbiased, "auto")) if kernel == "rbf" else tol
-                assert_close(got, oracle.cka(xr, yr, kernel, sigma, unbiased), t, f"{dtype} cka {kernel} {unbiased} {sigma}")
+                assert_close(got, oracle.cka(xr, yr, kernel, sigma, unbiased), t,
+                             f"{dtype} cka {kernel} {unbiased} {sigma}")
     for rdm in ("cosine", "euclidean"):
         for method in ("pearson", "spearman"):
             t = max(tol, spearman_tol("auto")) if method == "spearman" else tol
@@ -456,7 +470,8 @@ def test_spearman_with_ties_against_scipy(rdm, backend):
     # ties matter here: ordinal (tie-broken) ranks give a clearly different value
     ordinal = oracle.pearson(scipy.stats.rankdata(a, method="ordinal"), scipy.stats.rankdata(b, method="ordinal"))
     assert abs(ordinal - want) > 5 * SPEARMAN_BOUND
-    assert_close(rsa(x, y, rdm=rdm, method="spearman", backend=backend), want, spearman_tol(backend), f"{rdm} spearman with ties")
+    assert_close(rsa(x, y, rdm=rdm, method="spearman", backend=backend), want, spearman_tol(backend),
+                 f"{rdm} spearman with ties")
     assert_close(rsa(x, y, rdm=rdm, method="pearson", backend=backend), oracle.pearson(a, b), TOL, f"{rdm} pearson")
 
 

@@ -13,11 +13,13 @@ from clnscl.metrics import pairwise, reference
 def _data(n, p, q, kind, seed):
     gen = torch.Generator().manual_seed(seed)
     if kind == "ties":  # small integers: many equal distances
-        return (torch.randint(0, 3, (n, p), generator=gen).double(), torch.randint(0, 3, (n, q), generator=gen).double())
+        return tuple(torch.randint(0, 3, (n, w), generator=gen).double() for w in (p, q))
     x = torch.randn(n, p, generator=gen, dtype=torch.float64)
     if kind == "clustered":
-        x = x * 0.3 + 3 * torch.randn(5, p, generator=gen, dtype=torch.float64)[torch.randint(0, 5, (n,), generator=gen)]
-    y = x @ torch.randn(p, q, generator=gen, dtype=torch.float64) + 0.7 * torch.randn(n, q, generator=gen, dtype=torch.float64)
+        centres = torch.randn(5, p, generator=gen, dtype=torch.float64)
+        x = x * 0.3 + 3 * centres[torch.randint(0, 5, (n,), generator=gen)]
+    w = torch.randn(p, q, generator=gen, dtype=torch.float64)
+    y = x @ w + 0.7 * torch.randn(n, q, generator=gen, dtype=torch.float64)
     return x, y
 
 

@@ -58,7 +58,8 @@ def test_streaming_linear_cka_keeps_its_precision_with_a_large_offset(monkeypatc
     monkeypatch.setattr(streaming, "_CHUNK_ROWS", 97)  # several chunks, the shift taken from the first
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1001, 11, generator=gen, dtype=torch.float64)
-    y = x @ torch.randn(11, 6, generator=gen, dtype=torch.float64) + torch.randn(1001, 6, generator=gen, dtype=torch.float64)
+    w = torch.randn(11, 6, generator=gen, dtype=torch.float64)
+    y = x @ w + torch.randn(1001, 6, generator=gen, dtype=torch.float64)
     a, b = metrics.StreamingAlignment(), metrics.StreamingAlignment()
     a.update(x[:400] + 1000, y[:400] - 1000)
     b.update(x[400:] * 1 + 1000, y[400:] - 1000)  # another first chunk, another shift

@@ -16,7 +16,8 @@ def test_pairwise_engine_cuda_matches_reference(n):
 
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(n, 13, generator=gen, dtype=torch.float64)
-    y = x @ torch.randn(13, 7, generator=gen, dtype=torch.float64) + torch.randn(n, 7, generator=gen, dtype=torch.float64)
+    w = torch.randn(13, 7, generator=gen, dtype=torch.float64)
+    y = x @ w + torch.randn(n, 7, generator=gen, dtype=torch.float64)
     xc, yc = x.cuda(), y.cuda()
     for unbiased in (False, True):
         got = metrics.cka(xc, yc, "rbf", sigma=2.0, unbiased=unbiased, backend="cuda")

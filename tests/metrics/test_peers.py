@@ -51,7 +51,8 @@ def _row_centred(t: torch.Tensor) -> torch.Tensor:
 
 def _close(got, want, tol, what):
     assert math.isfinite(want)
-    assert math.isclose(got, want, rel_tol=tol, abs_tol=tol), f"{what}: clnscl {got!r}, peer {want!r}, |err| {abs(got - want):.3e}"
+    assert math.isclose(got, want, rel_tol=tol, abs_tol=tol), (
+        f"{what}: clnscl {got!r}, peer {want!r}, |err| {abs(got - want):.3e}")
 
 
 DATA = [("random", 101), ("clustered", 257)]

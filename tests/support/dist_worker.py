@@ -22,8 +22,8 @@ import traceback
 
 T0 = time.monotonic()
 
-import torch
-import torch.distributed as dist
+import torch  # noqa: E402 (after the clock starts)
+import torch.distributed as dist  # noqa: E402
 
 VALUE_TOL = dict(rtol=1e-9, atol=1e-12)  # float64 values
 GRAD_TOL = dict(rtol=1e-9, atol=1e-11)  # float64 gradients (entries are O(1/N))

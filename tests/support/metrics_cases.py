@@ -16,8 +16,8 @@ BACKENDS = METRICS_BACKENDS.names  # every backend the package offers
 P, Q = 13, 7
 TOL = 1e-10  # float64 metric values in [-1, 1] against the oracle
 EXACT = 1e-12  # the same computation on the same rows, split or merged differently
-# The contract (docs/design.md §3) allows an approximate Spearman with a documented bound |error| ≤ 1e-3 (the pairwise engine's
-# binned ranks); the reference backend is held to float64 accuracy.
+# The contract (docs/design.md §3) allows an approximate Spearman with a documented bound |error| ≤ 1e-3 (the
+# pairwise engine's binned ranks); the reference backend is held to float64 accuracy.
 SPEARMAN_BOUND = 1e-3
 
 _unavailable: dict[str, str | None] = {}

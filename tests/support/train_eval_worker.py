@@ -1,6 +1,7 @@
 """One rank of the distributed-evaluation test (tests/train/test_ddp.py runs it under torchrun).
 
-    torchrun --standalone --nproc_per_node=2 tests/support/train_eval_worker.py OUT_DIR CONFIG_JSON [STOP_AFTER [resume]]
+    torchrun --standalone --nproc_per_node=2 tests/support/train_eval_worker.py OUT_DIR CONFIG_JSON \
+        [STOP_AFTER [resume]]
 
 Joins the gloo group, builds `CoupledTrainer(Config(**json.loads(CONFIG_JSON)), OUT_DIR)`, trains through
 `run(stop_after=STOP_AFTER)` (default 3; with `resume`, continuing from OUT_DIR/checkpoint.pt; rank 0 writes

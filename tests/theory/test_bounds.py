@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from clnscl.metrics import StreamingAlignment
-from clnscl.theory import (bound_ratios, cka_lower_bound, coupling_ratios, delta_pi, epsilon, fraction_delta,
-                           mismatch_bound, rsa_lower_bound, theorem1_bound, theorem1_from_schedule)
+from clnscl.theory import (
+    bound_ratios,
+    cka_lower_bound,
+    coupling_ratios,
+    delta_pi,
+    epsilon,
+    fraction_delta,
+    mismatch_bound,
+    rsa_lower_bound,
+    theorem1_bound,
+    theorem1_from_schedule,
+)
 
 KEYS = {"k_norm", "k_gap", "rho", "sigma_gap", "rdm_gap", "rdm_scale", "r"}
 N, P, Q = 41, 13, 7  # N odd, feature sizes not powers of two, p ≠ q

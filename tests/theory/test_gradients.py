@@ -11,8 +11,14 @@ import pytest
 import torch
 
 import clnscl
-from clnscl.theory import (batch_gradient, batch_loss, fraction_delta, mismatch_bound, same_class_fractions,
-                           softmax_mismatch)
+from clnscl.theory import (
+    batch_gradient,
+    batch_loss,
+    fraction_delta,
+    mismatch_bound,
+    same_class_fractions,
+    softmax_mismatch,
+)
 
 F64 = torch.float64
 D = 5  # feature size of the random vectors behind Σ (not a power of two)

@@ -46,6 +46,7 @@ def test_distributed_evaluation_equals_single_process_evaluation(tmp_path):
     linear-probe accuracies are each rank's queries' counts summed. Features are fp32
     from differently composed batches, hence close, not equal."""
     import math
+
     from clnscl.train.config import Config
     from clnscl.train.loop import CoupledTrainer
 
@@ -134,8 +135,8 @@ def _assert_records_agree(two: list, one: list, run, single, config: dict) -> di
     from clnscl.train.checkpoint import load_checkpoint
     from clnscl.train.config import Config
     from clnscl.train.loop import CoupledTrainer
-    from tests.support.features import features as _features
     from tests.support.conditioning import abs_tolerance, row_error, weight_error
+    from tests.support.features import features as _features
 
     _, state = load_checkpoint(run)  # weights_only: a distributed run's checkpoint holds no code
     other = CoupledTrainer(Config(**config), run.parent / "two_models", log=lambda *_: None)

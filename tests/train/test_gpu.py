@@ -27,9 +27,9 @@ def test_gpu_decode_gives_the_cpu_decoders_canvases(tmp_path):
     import numpy as np
     from PIL import Image
 
+    from clnscl.train.config import Config
     from clnscl.train.datasets import ImageFiles
     from clnscl.train.loop import CoupledTrainer
-    from clnscl.train.config import Config
     from clnscl.train.pipeline import decode_on
 
     rng = np.random.default_rng(0)

@@ -14,7 +14,8 @@ TINY = ["epochs=2", "batch_size=64", "eval_every=4", "warmup_epochs=1", "num_cla
 
 
 def _run(tmp_path, name, extra=()):
-    assert cli.main(["train", "--out", str(tmp_path / name), *[a for kv in [*TINY, *extra] for a in ("--set", kv)]]) == 0
+    settings = [a for kv in [*TINY, *extra] for a in ("--set", kv)]
+    assert cli.main(["train", "--out", str(tmp_path / name), *settings]) == 0
     return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
 

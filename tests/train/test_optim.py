@@ -12,7 +12,7 @@ def test_lars_step_matches_the_formula():
                lr=0.5, momentum=0.9, eta=0.01)
     w0, b0, buf_w, buf_b = w.detach().clone(), b.detach().clone(), None, None
     for _ in range(3):
-        gw, gb = torch.randn(7, 5, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64)
+        gw, gb = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((7, 5), (5,)))
         w.grad, b.grad = gw.clone(), gb.clone()
         opt.step()
         u = gw + 0.1 * w0

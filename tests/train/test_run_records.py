@@ -7,7 +7,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from clnscl import cli
 from clnscl.train.checkpoint import load_checkpoint

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from clnscl.train.config import load_config
 from clnscl.train.loop import CoupledTrainer
-from tests.support.features import features as _features
 from clnscl.train.report import write_report
 from clnscl.train.theory_records import same_class_max
+from tests.support.features import features as _features
 from tests.train.test_loop import TINY
 
 

@@ -17,8 +17,17 @@ from typing import NamedTuple, Optional
 import torch
 import triton
 
-from ..ops import (MAX_FIXED_SHIFT, fake_backward, fake_cross_backward, fake_lse, fake_lse_cross, register_autograd,
-                   register_cross_autograd, scale_value, triton_interpret)
+from ..ops import (
+    MAX_FIXED_SHIFT,
+    fake_backward,
+    fake_cross_backward,
+    fake_lse,
+    fake_lse_cross,
+    register_autograd,
+    register_cross_autograd,
+    scale_value,
+    triton_interpret,
+)
 from .kernels import lse_bwd_kernel, lse_cross_fwd_kernel, lse_fwd_kernel, lse_sym_bwd_kernel, lse_sym_fwd_kernel
 
 MAX_D = 1024
