@@ -49,8 +49,25 @@ def _as_views(z_i: torch.Tensor, z_j, labels):
 class _ContrastiveLoss(nn.Module):
     objective = ""
 
-    def __init__(self, temperature=0.1, *, learnable_temperature=False, max_scale=None, memory_bank_size=0,
-                 decoupled=False, normalize=True, reduction="mean", backend="auto", process_group=None):
+    def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
+                 max_scale: float | None = None, memory_bank_size: int = 0, decoupled: bool = False,
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
+        """
+        Args:
+            temperature: τ > 0 (a float, or a one-element tensor such as a model's nn.Parameter).
+            learnable_temperature: hold CLIP's `logit_scale` = log(1/τ) as an nn.Parameter instead.
+            max_scale: with learnable_temperature, cap exp(logit_scale) (CLIP uses 100).
+            memory_bank_size: keep the last this many rows as extra negatives (cl, dcl, nscl; 0: none).
+            decoupled: drop the positives from the denominator (DCL; for nscl and supcon, D(a) = Neg).
+            normalize: L2-normalise the rows first.
+            reduction: "mean" over the rows, "sum", "none" ((B, V)) or "global_mean" (with process_group).
+            backend: "auto", "reference", "cpu", "triton" or "cuda".
+            process_group: contrast each rank's rows with every rank's (global negatives).
+
+        Raises:
+            ValueError: a bad value (named), or memory_bank_size with supcon, or max_scale without
+                learnable_temperature.
+        """
         super().__init__()
         if memory_bank_size:
             if self.objective == "supcon":
@@ -81,7 +98,18 @@ class _ContrastiveLoss(nn.Module):
         scale = self.logit_scale.exp()
         return 1.0 / (scale if self.max_scale is None else scale.clamp(max=self.max_scale))
 
-    def forward(self, z_i, z_j=None, labels=None):
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of two views `(z_i, z_j, labels=None)`, each (B, d), or of `(features, labels=None)` with
+        features (B, V, d); labels (B,) integer classes (needed by nscl and supcon, ignored by cl/dcl).
+
+        Returns:
+            The loss: a scalar, or (B, V) row losses with reduction="none".
+
+        Raises:
+            ValueError: shapes that do not fit (stacked (2B, d) views get the conversion in the message), views
+                on different devices or of different dtypes, missing labels.
+        """
         z, labels = _as_views(z_i, z_j, labels)
         bank = getattr(self, "memory_bank", None)
         negatives = negative_labels = None
@@ -107,21 +135,35 @@ class _ContrastiveLoss(nn.Module):
 
 
 class NTXentLoss(_ContrastiveLoss):
-    """SimCLR's NT-Xent (CL): P(a) = other views of the sample, D(a) = all b ≠ a. Labels are ignored."""
+    """SimCLR's NT-Xent (CL): P(a) = other views of the sample, D(a) = all b ≠ a. Labels are ignored.
+
+    ℓ_a = log Σ_{b≠a} e^{s_ab} − mean_{p∈P(a)} s_ap with s_ab = ⟨ẑ_a, ẑ_b⟩/τ; the mean over the rows.
+    lightly's NTXentLoss defaults to τ = 0.5 (this one to 0.1; docs/migration.md).
+    """
 
     objective = "cl"
 
-    def __init__(self, temperature=0.1, **kwargs):
-        super().__init__(temperature, decoupled=False, **kwargs)
+    def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
+                 max_scale: float | None = None, memory_bank_size: int = 0, normalize: bool = True,
+                 reduction: str = "mean", backend: str = "auto", process_group=None):
+        """Args as for `NSCLLoss` (without `decoupled`: NT-Xent keeps the positives in the denominator)."""
+        super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
+                         memory_bank_size=memory_bank_size, decoupled=False, normalize=normalize,
+                         reduction=reduction, backend=backend, process_group=process_group)
 
 
 class DCLLoss(_ContrastiveLoss):
-    """Decoupled contrastive loss: NT-Xent without the positives in the denominator."""
+    """Decoupled contrastive loss: NT-Xent without the positives in the denominator, D(a) = other samples' views."""
 
     objective = "cl"
 
-    def __init__(self, temperature=0.1, **kwargs):
-        super().__init__(temperature, decoupled=True, **kwargs)
+    def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
+                 max_scale: float | None = None, memory_bank_size: int = 0, normalize: bool = True,
+                 reduction: str = "mean", backend: str = "auto", process_group=None):
+        """Args as for `NSCLLoss` (without `decoupled`: always decoupled)."""
+        super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
+                         memory_bank_size=memory_bank_size, decoupled=True, normalize=normalize,
+                         reduction=reduction, backend=backend, process_group=process_group)
 
 
 class NSCLLoss(_ContrastiveLoss):
