@@ -1,7 +1,11 @@
 """The examples run as a user would run them: `python examples/NAME.py`, from a directory of their own."""
+import importlib.util
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.support.processes import REPO, repo_env
 
@@ -16,3 +20,83 @@ def test_coupled_own_model_example_trains_into_its_run_directory(tmp_path):
     last = records[-1]
     assert 0 < last["cka_cosine/nscl"] <= 1 and last["loss_gap"] <= last["loss_gap_bound"]
     assert (run / "checkpoint.pt").is_file() and (run / "summary.md").read_text().strip() in done.stderr
+
+
+def _run(name: str, cwd) -> str:
+    """Run examples/NAME.py from `cwd` as a user would; its stdout, after checking it exited cleanly."""
+    done = subprocess.run([sys.executable, str(REPO / "examples" / name)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=repo_env(OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def _number(pattern: str, out: str) -> float:
+    """The number that `pattern`'s one group captures in `out` (the test fails if the line is missing)."""
+    found = re.search(pattern, out)
+    assert found, f"no match for {pattern!r} in:\n{out}"
+    return float(found.group(1))
+
+
+def test_from_lightly_example_switches_and_agrees(tmp_path):
+    out = _run("from_lightly.py", tmp_path)
+    steps = re.findall(r"\[(shim|native)\] step +(\d+): loss ([\d.]+) \(the other form on this batch: ([\d.]+)\)", out)
+    assert [(kind, int(step)) for kind, step, *_ in steps] == [
+        (kind, step) for kind in ("shim", "native") for step in (1, 15, 30, 45, 60)]
+    assert all(abs(float(loss) - float(other)) < 1e-5 for *_, loss, other in steps)
+    first, last = float(steps[0][2]), float(steps[4][2])
+    assert last < first - 0.2  # the loop learns
+    assert _number(r"between the two runs' loss curves: (\S+)", out) < 1e-5
+    assert _number(r"\|loss difference\| = (\S+),", out) < 1e-10
+    assert _number(r"max \|gradient difference\| = (\S+)\n", out) < 1e-10
+    if importlib.util.find_spec("lightly") is None:
+        assert "lightly is not installed" in out
+    else:  # lightly's own loss on the same float64 batch
+        assert _number(r"lightly's own NTXentLoss: \S+; \|difference from the shim\| = (\S+),", out) < 1e-10
+
+
+def test_from_supcontrast_example_agrees_and_converts_stacked_views(tmp_path):
+    out = _run("from_supcontrast.py", tmp_path)
+    shim = _number(r"shim \(SupContrast's SupConLoss\): +(\S+)", out)
+    native = _number(r"native clnscl.SupConLoss: +(\S+)", out)
+    assert shim > 0 and abs(shim - native) < 1e-5
+    assert _number(r"at the defaults .*\|loss difference\| = (\S+),", out) < 1e-5
+    assert _number(r"at τ = 0.1: shim / native = (\S+)", out) == pytest.approx(0.1 / 0.07, rel=1e-5)
+    assert "raises ValueError:" in out and "torch.stack(z.chunk(2), 1)" in out and "labels.chunk(2)[0]" in out
+    converted = _number(r"labels.chunk\(2\)\[0\]\) = (\S+) ", out)
+    assert converted == pytest.approx(native, abs=1e-6)
+
+
+def test_two_towers_example_trains_and_matches_open_clip(tmp_path):
+    out = _run("two_towers.py", tmp_path)
+    before = _number(r"before training: held-out image -> text top-1 accuracy (\S+)", out)
+    after = _number(r"after training: held-out image -> text top-1 accuracy (\S+)", out)
+    assert before < 0.1 and after > 0.8  # retrieval learned, from near chance (1/256)
+    losses = [float(v) for v in re.findall(r"step +\d+: loss (\S+),", out)]
+    assert len(losses) == 5 and losses[-1] < losses[0] / 5
+    assert _number(r"agreement on one batch: \|native - shim\| = (\S+)", out) < 1e-10
+    if importlib.util.find_spec("open_clip") is None:
+        assert "open_clip is not installed" in out
+    else:
+        assert _number(r"open_clip's own ClipLoss: \S+; \|difference from the shim\| = (\S+)", out) < 1e-10
+
+
+def test_alignment_example_prints_metrics_and_writes_heatmap(tmp_path):
+    out = _run("alignment_of_two_models.py", tmp_path)
+    for pattern in (r"cka linear +(\S+)", r"cka cosine +(\S+)", r"cka rbf +(\S+)", r"rsa euclidean, pearson +(\S+)",
+                    r"rsa euclidean, spearman +(\S+)"):
+        assert 0 < _number(pattern, out) < 1  # two differently seeded models: related, not identical
+    assert _number(r"error bound (\S+)\)", out) <= 1e-3
+    # pairwise_alignment's values are those of the metrics one by one
+    assert _number(r"pairwise_alignment: .*cka_rbf (\S+),", out) == pytest.approx(_number(r"cka rbf +(\S+)", out),
+                                                                                  abs=2e-6)
+    assert _number(r"pairwise_alignment: rsa_spearman (\S+),", out) == pytest.approx(
+        _number(r"rsa euclidean, spearman +(\S+)", out), abs=2e-6)
+    rows = re.findall(r"^ +(conv1|conv2|conv3|fc|out)((?: +[\d.]+){5})$", out, re.M)
+    assert [name for name, _ in rows] == ["conv1", "conv2", "conv3", "fc", "out"]
+    assert all(0 < float(v) <= 1 for _, values in rows for v in values.split())
+    png = tmp_path / "alignment_heatmap.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert f"heatmap written to {png.resolve()}" in out
+    streamed = _number(r"StreamingAlignment over 512 rows in 8 batches: cka_linear (\S+)", out)
+    assert streamed == pytest.approx(_number(r"metrics.cka on the concatenated features: +(\S+)", out), abs=1e-10)
+    assert streamed == pytest.approx(_number(r"cka linear +(\S+)", out), abs=1e-6)
