@@ -58,3 +58,14 @@ def _parents(path: str) -> list[str]:
 def test_the_parser_reads_a_tree():
     text = "## Layout\n\n```text\na/   x\n├── b.py  y\n└── c/    z\n    └── d.py w\ne.md  v\n```\n"
     assert layout_paths(text) == ["a/", "a/b.py", "a/c/", "a/c/d.py", "e.md"]
+
+
+def test_the_readme_is_a_landing_page():
+    """At most 250 lines (issue 23): the tree, the command line's reference and the migration details live in
+    docs/, and the README links them."""
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    for page in ("docs/layout.md", "docs/trainer.md", "docs/migration.md", "docs/design.md", "BENCHMARKS.md",
+                 "CITATION.cff", "LICENSE", "CHANGELOG.md"):
+        assert f"]({page})" in text, page
+        assert (REPO / page).is_file(), page
