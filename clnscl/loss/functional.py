@@ -93,8 +93,9 @@ def contrastive_loss(
     valid = lse != float("-inf")
     rows = torch.where(valid, lse - scale * pos, torch.zeros_like(lse))
     others = bank is not None or (cols.k is not None and cols.k.shape[0] > x.shape[0])
-    if _positive_only(spec, labels, b, v, others):
-        rows = rows * 0  # log e^{s} − s: exactly 0, with a zero gradient, where the fused LSE leaves rounding
+    only = _positive_only(spec, labels, b, v, others)
+    if only is not False:  # log e^{s} − s: exactly 0, with a zero gradient, where the fused LSE leaves rounding
+        rows = rows * 0 if only is True else torch.where(only, rows * 0, rows)
     if reduction == "none":
         return rows.view(b, v)
     if reduction == "sum":
@@ -107,13 +108,14 @@ def contrastive_loss(
     return rows.sum() / count.clamp_min(1).to(rows.dtype)
 
 
-def _positive_only(spec, labels, b: int, v: int, other_columns: bool) -> bool:
+def _positive_only(spec, labels, b: int, v: int, other_columns: bool) -> bool | torch.Tensor:
     """Whether every row's denominator D(a) is its one positive alone (two views, nothing to contrast with: one
-    sample, or for nscl one class; no bank, no other rank), so that each row loss is exactly 0."""
+    sample, or for nscl one class; no bank, no other rank), so that each row loss is exactly 0. For nscl a
+    0-d tensor (the labels decide: no Python branch on data, so torch.compile keeps one graph)."""
     if v != 2 or not spec.include & POS or other_columns:
         return False
     if spec.objective == "nscl":
-        return bool((labels == labels[0]).all())
+        return (labels == labels[0]).all()
     return b == 1
 
 
