@@ -1,6 +1,7 @@
 """The examples run as a user would run them: `python examples/NAME.py`, from a directory of their own."""
 import importlib.util
 import json
+import math
 import re
 import subprocess
 import sys
@@ -100,3 +101,61 @@ def test_alignment_example_prints_metrics_and_writes_heatmap(tmp_path):
     streamed = _number(r"StreamingAlignment over 512 rows in 8 batches: cka_linear (\S+)", out)
     assert streamed == pytest.approx(_number(r"metrics.cka on the concatenated features: +(\S+)", out), abs=1e-10)
     assert streamed == pytest.approx(_number(r"cka linear +(\S+)", out), abs=1e-6)
+
+
+def _cost(block: str) -> dict[str, float]:
+    """The figures of one cost estimate of reproduce_paper.py's dry run, by name."""
+    patterns = {
+        "forward": r"per view: forward (\S+) FLOP", "view": r"forward \+ backward (\S+) FLOP",
+        "image": r"training: (\S+) FLOP per image \(2 views\)", "images": r"× (\d+) images per epoch",
+        "epochs": r"× (\d+) epochs ×", "models": r"× (\d+) models =", "training": r"models = (\S+) FLOP\n",
+        "loss": r"losses: (\S+) FLOP per step", "steps": r"× (\d+) steps ×", "contrastive": r"× (\d+) contrastive",
+        "losses": r"contrastive models = (\S+) FLOP", "evaluations": r"evaluations: (\d+) ×",
+        "per_evaluation": r"evaluations: \d+ × (\S+) FLOP", "evaluating": r"loss-gap views\) = (\S+) FLOP",
+        "peak": r"throughput: (\S+) TFLOP/s peak", "utilisation": r"× (\S+) % assumed utilisation",
+        "sustained": r"= (\S+) TFLOP/s sustained", "total": r"estimate: (\S+) FLOP /", "hours": r"= (\S+) GPU-hours",
+    }
+    return {key: _number(pattern, block) for key, pattern in patterns.items()}
+
+
+def test_reproduce_paper_example_estimates_its_cost_and_runs_a_tiny_version(tmp_path):
+    out = _run("reproduce_paper.py", tmp_path)
+    # the dry run: the plan of configs/cifar100.yaml and the cost of it and of two cheaper variants, each figure
+    # the product of the printed ones (to the 5 significant digits printed)
+    assert "1200 epochs × 48 steps = 57600 steps" in out and "117 evaluations" in out
+    blocks = dict(block.split("] ", 1) for block in out.split("\n\n[")[1:])
+    assert list(blocks) == ["paper", "short", "small"]
+    hours = {}
+    for name, block in blocks.items():
+        c = _cost(block)
+        assert c["image"] == pytest.approx(2 * c["view"], rel=1e-4)
+        assert c["view"] > 2 * c["forward"] > 0  # the backward pass costs more than the forward
+        assert c["training"] == pytest.approx(c["image"] * c["images"] * c["epochs"] * c["models"], rel=1e-3)
+        assert c["losses"] == pytest.approx(c["loss"] * c["steps"] * c["contrastive"], rel=1e-3)
+        assert c["evaluating"] == pytest.approx(c["evaluations"] * c["per_evaluation"], rel=1e-3)
+        assert c["total"] == pytest.approx(c["training"] + c["losses"] + c["evaluating"], rel=1e-3)
+        assert c["sustained"] == pytest.approx(c["peak"] * c["utilisation"] / 100, rel=1e-3)
+        assert c["hours"] > 0 and c["hours"] == pytest.approx(c["total"] / (c["sustained"] * 1e12) / 3600, rel=1e-3)
+        assert (c["images"], c["models"], c["contrastive"]) == (49152, 4, 3)
+        hours[name] = c["hours"]
+    paper = _cost(blocks["paper"])
+    assert paper["epochs"] == 1200 and paper["steps"] == 57600 and paper["evaluations"] == 117
+    assert 2e9 < paper["forward"] < 3.5e9  # ResNet-50 with the CIFAR stem at 32 px: about 1.3 G multiply-adds
+    assert hours["small"] < hours["short"] < hours["paper"]
+    # the tiny run: the same objectives through clnscl train's entry point, its records finite
+    run = tmp_path / "runs" / "reproduce_paper_tiny"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 11, 22, 33, 44]
+    values = [v for r in records for v in r.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    assert len(values) > 200 and all(math.isfinite(v) for v in values)
+    assert {f"cka_cosine/{m}" for m in ("nscl", "supcon", "ce")} <= set(records[-1])
+    assert (run / "summary.md").is_file() and (run / "checkpoint.pt").is_file()
+    assert f"tiny run written to {run.resolve()}" in out
+
+
+def test_reproduce_paper_example_refuses_a_data_root_without_the_data(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "reproduce_paper.py"), "--data-root", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=repo_env(OMP_NUM_THREADS="1"))
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "--data-root" in done.stderr and "cifar-100-python/train" in done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing trained

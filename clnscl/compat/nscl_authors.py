@@ -28,13 +28,14 @@ from ..checks import check_choice, check_labels, check_real, stack_views
 from ..loss.backends import BACKENDS
 from ..loss.functional import NORM_EPS, contrastive_loss, log_add_exp, temperature_scale
 from ..loss.ops import LseArgs
+from ..loss.rows import compute_dtype
 from ..loss.table import NEG, POS, SAME
 
 
 class _AuthorsLoss(nn.Module):
     include = POS | SAME | NEG
 
-    def __init__(self, temperature=0.5, device="cuda", *, backend="auto"):
+    def __init__(self, temperature: float = 0.5, device: str | torch.device = "cuda", *, backend: str = "auto"):
         super().__init__()
         self.temperature = check_real(temperature, "temperature", 0.0, lo_open=True)
         self.device = device
@@ -54,13 +55,15 @@ class _AuthorsLoss(nn.Module):
     def _lse_and_positive(self, z, labels):
         """(lse over D(a) of the include mask, s_pos) for the 2B normalised rows."""
         b, v, d = z.shape
-        x = z.reshape(b * v, d).to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+        x = z.reshape(b * v, d).to(compute_dtype(z))
         x = F.normalize(x, dim=1, eps=NORM_EPS)
         inst = torch.arange(b, device=z.device).repeat_interleave(v)
         cls = inst if labels is None else labels.to(torch.int64).repeat_interleave(v)
         scale = temperature_scale(self.temperature)
         impl = BACKENDS.resolve(self.backend, z)
-        lse = impl.masked_lse(LseArgs(x, None, inst, cls, None, None, 0, scale, self.include, True), z.dtype)
+        args = LseArgs(q=x, k=None, row_inst=inst, row_cls=cls, col_inst=None, col_cls=None, row_offset=0,
+                       scale=scale, include=self.include, unit_rows=True)
+        lse = impl.masked_lse(args, z.dtype)
         other_view = x.view(b, v, d).flip(1).reshape(b * v, d)
         return lse, scale * (x * other_view).sum(dim=1)
 
@@ -69,27 +72,124 @@ class _AuthorsLoss(nn.Module):
 
 
 class NTXentLoss(_AuthorsLoss):
-    """The authors' NT-Xent: every b ≠ a in the denominator and the positive once more."""
+    """The authors' NT-Xent: every b ≠ a in the denominator and the positive once more,
+    ℓ_a = log(e^{s_pos} + Σ_{b≠a} e^{s_ab}) − s_pos, s = cos/τ.
 
-    def forward(self, z_i, z_j, labels=None):
+    Args:
+        temperature: τ > 0.
+        device: accepted and not used (the computation runs where z is).
+        backend: clnscl's backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Raises:
+        ValueError: temperature ≤ 0, an unknown backend.
+        TypeError: a temperature that is not a real number.
+
+    Example:
+        >>> from clnscl.compat.nscl_authors import NTXentLoss
+        >>> z = torch.eye(2)  # the two views alike: s_pos = 1/τ, the other sample's rows 0
+        >>> round(NTXentLoss(temperature=0.5, device="cpu")(z, z).item(), 4)  # log(2e² + 2) − 2
+        0.8201
+    """
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of two views.
+
+        Args:
+            z_i: (B, d) the first view's embeddings (cosine-normalised inside).
+            z_j: (B, d) the second view's, row i the positive of z_i's row i.
+            labels: ignored (the authors' signature).
+
+        Returns:
+            The scalar loss, the mean over the 2B rows.
+
+        Raises:
+            ValueError: z_i or z_j not 2-D, or of different shapes, devices or dtypes.
+            TypeError: z_i or z_j not a tensor, labels not an integer tensor.
+            RuntimeError: under an initialised torch.distributed (the authors' classes gather every rank's views).
+        """
         lse, s_pos = self._lse_and_positive(self._views(z_i, z_j, None), None)
         return (log_add_exp(lse, s_pos) - s_pos).mean()
 
 
 class DecoupledNTXentLoss(_AuthorsLoss):
-    """The authors' "decoupled" NT-Xent: the positive once, with every other row — SimCLR's NT-Xent."""
+    """The authors' "decoupled" NT-Xent: the positive once, with every other row — SimCLR's NT-Xent,
+    ℓ_a = log Σ_{b≠a} e^{s_ab} − s_pos (not DCL).
 
-    def forward(self, z_i, z_j, labels=None):
+    Args:
+        temperature: τ > 0.
+        device: accepted and not used (the computation runs where z is).
+        backend: clnscl's backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Raises:
+        ValueError: temperature ≤ 0, an unknown backend.
+        TypeError: a temperature that is not a real number.
+
+    Example:
+        >>> from clnscl.compat.nscl_authors import DecoupledNTXentLoss
+        >>> z = torch.eye(2)
+        >>> round(DecoupledNTXentLoss(temperature=0.5)(z, z).item(), 4)  # log(e² + 2) − 2
+        0.2395
+    """
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of two views.
+
+        Args:
+            z_i: (B, d) the first view's embeddings (cosine-normalised inside).
+            z_j: (B, d) the second view's, row i the positive of z_i's row i.
+            labels: ignored (the authors' signature).
+
+        Returns:
+            The scalar loss, the mean over the 2B rows.
+
+        Raises:
+            ValueError: z_i or z_j not 2-D, or of different shapes, devices or dtypes.
+            TypeError: z_i or z_j not a tensor, labels not an integer tensor.
+            RuntimeError: under an initialised torch.distributed (the authors' classes gather every rank's views).
+        """
         lse, s_pos = self._lse_and_positive(self._views(z_i, z_j, None), None)
         return (lse - s_pos).mean()
 
 
 class NegSupConLoss(_AuthorsLoss):
-    """The authors' NSCL: the positive and the rows of other classes in the denominator."""
+    """The authors' NSCL: the positive and the rows of other classes in the denominator,
+    ℓ_a = log(e^{s_pos} + Σ_{b of another class} e^{s_ab}) − s_pos.
+
+    Args:
+        temperature: τ > 0.
+        device: accepted and not used (the computation runs where z is).
+        backend: clnscl's backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Raises:
+        ValueError: temperature ≤ 0, an unknown backend.
+        TypeError: a temperature that is not a real number.
+
+    Example:
+        >>> from clnscl.compat.nscl_authors import NegSupConLoss
+        >>> z = torch.eye(2)
+        >>> round(NegSupConLoss(temperature=0.5)(z, z, torch.tensor([0, 1])).item(), 4)  # log(e² + 2) − 2
+        0.2395
+    """
 
     include = POS | NEG
 
-    def forward(self, z_i, z_j, labels):
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of two views of labelled samples.
+
+        Args:
+            z_i: (B, d) the first view's embeddings (cosine-normalised inside).
+            z_j: (B, d) the second view's, row i the positive of z_i's row i.
+            labels: (B,) integer classes.
+
+        Returns:
+            The scalar loss, the mean over the 2B rows.
+
+        Raises:
+            ValueError: z_i or z_j not 2-D, or of different shapes, devices or dtypes, labels missing or of
+                another length, or a class holding the whole batch (a row without a negative).
+            TypeError: z_i or z_j not a tensor, labels not an integer tensor.
+            RuntimeError: under an initialised torch.distributed (the authors' classes gather every rank's views).
+        """
         if labels is None:
             raise ValueError("NegSupConLoss needs labels")
         z = self._views(z_i, z_j, labels)
@@ -100,9 +200,36 @@ class NegSupConLoss(_AuthorsLoss):
 
 
 class SupConLoss(_AuthorsLoss):
-    """The authors' SupCon (L_out): every row of the class a positive, every b ≠ a in the denominator."""
+    """The authors' SupCon (L_out): every row of the class a positive, every b ≠ a in the denominator,
+    ℓ_a = −mean_{p same class, p≠a} log softmax_{b≠a}(s_ab)_p.
 
-    def forward(self, z_i, z_j, labels):
+    Args:
+        temperature: τ > 0.
+        device: accepted and not used (the computation runs where z is).
+        backend: clnscl's backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Raises:
+        ValueError: temperature ≤ 0, an unknown backend.
+        TypeError: a temperature that is not a real number.
+    """
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of two views of labelled samples.
+
+        Args:
+            z_i: (B, d) the first view's embeddings (cosine-normalised inside).
+            z_j: (B, d) the second view's, row i the positive of z_i's row i.
+            labels: (B,) integer classes.
+
+        Returns:
+            The scalar loss, the mean over the 2B rows.
+
+        Raises:
+            ValueError: z_i or z_j not 2-D, or of different shapes, devices or dtypes, labels missing or of
+                another length.
+            TypeError: z_i or z_j not a tensor, labels not an integer tensor.
+            RuntimeError: under an initialised torch.distributed (the authors' classes gather every rank's views).
+        """
         if labels is None:
             raise ValueError("SupConLoss needs labels")
         z = self._views(z_i, z_j, labels)

@@ -21,15 +21,37 @@ from ..loss.backends import BACKENDS
 from ..loss.functional import temperature_scale
 from ..loss.ops import LseArgs
 from ..loss.positives import class_positive_mean, dense_ids
+from ..loss.rows import compute_dtype
 from ..loss.table import NEG, POS, SAME
 
 CONTRAST_MODES = ("all", "one")
 
 
 class SupConLoss(nn.Module):
-    """SupContrast's SupConLoss: same constructor (plus clnscl's backend), call and value."""
+    """SupContrast's SupConLoss: same constructor (plus clnscl's backend), call and value.
 
-    def __init__(self, temperature=0.07, contrast_mode="all", base_temperature=0.07, *, backend="auto"):
+    The mean over the anchors a of −(τ/τ_base)·mean_{p∈P(a)} log p(p | a), s_ab = ⟨f_a, f_b⟩/τ on the features as
+    given, the denominator every b ≠ a, P(a) the other rows of a's class (of its own sample without labels).
+
+    Args:
+        temperature: τ > 0.
+        contrast_mode: "all" (every view an anchor) or "one" (the first view's rows, against all views).
+        base_temperature: τ_base > 0.
+        backend: clnscl's backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Raises:
+        ValueError: temperature or base_temperature ≤ 0, an unknown contrast_mode or backend.
+        TypeError: a temperature or base_temperature that is not a real number.
+
+    Example:
+        >>> from clnscl.compat.supcon import SupConLoss
+        >>> features = torch.eye(2)[:, None].repeat(1, 2, 1)  # (B=2, V=2, d=2): the views of a sample alike
+        >>> round(SupConLoss(temperature=0.5, base_temperature=0.5)(features).item(), 4)  # log(e² + 2) − 2
+        0.2395
+    """
+
+    def __init__(self, temperature: float = 0.07, contrast_mode: str = "all", base_temperature: float = 0.07, *,
+                 backend: str = "auto"):
         super().__init__()
         check_choice("contrast_mode", contrast_mode, CONTRAST_MODES)
         check_choice("backend", backend, BACKENDS.names)
@@ -38,7 +60,23 @@ class SupConLoss(nn.Module):
         self.contrast_mode = contrast_mode
         self.backend = backend
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of features [bsz, n_views, ...] (flattened after the second dimension).
+
+        Args:
+            features: [bsz, n_views, ...] the views of bsz samples, not normalised inside.
+            labels: [bsz] integer classes (None: SimCLR's positives, the other views of the sample).
+            mask: [bsz, bsz] mask_ij = 1 when samples i and j share a class (a class equality), instead of labels.
+
+        Returns:
+            The scalar loss.
+
+        Raises:
+            ValueError: features of fewer than 3 dimensions, both labels and mask, labels of another length, a
+                mask that is not a class equality, an anchor without a positive.
+            TypeError: features or mask not a tensor, labels not an integer tensor.
+        """
         check_tensor(features, "features", "[bsz, n_views, ...]")
         if features.ndim < 3:
             raise ValueError("features needs to be [bsz, n_views, ...], at least 3 dimensions are required")
@@ -52,7 +90,7 @@ class SupConLoss(nn.Module):
             labels = labels.reshape(-1)
             check_labels(labels, "labels", b, features.device, against="features", unit="samples")
         impl = BACKENDS.resolve(self.backend, f)
-        dtype = torch.float64 if f.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(f)
         k = f.transpose(0, 1).reshape(v * b, -1).to(dtype)  # view-major, as the reference: view 0 first
         inst = torch.arange(b, device=f.device).repeat(v)
         cls = inst if labels is None else labels.to(torch.int64).repeat(v)
@@ -64,9 +102,11 @@ class SupConLoss(nn.Module):
                              "SupConLoss is NaN (0/0) there; give every class two rows")
         scale = temperature_scale(self.temperature)
         q = k[:n]
-        lse = impl.masked_lse(LseArgs(q, None if n == v * b else k, inst[:n], cls[:n],
-                                      None if n == v * b else inst, None if n == v * b else cls, 0, scale,
-                                      POS | SAME | NEG, False), f.dtype)
+        cross = n != v * b  # contrast_mode "one": the anchors against every view
+        args = LseArgs(q=q, k=k if cross else None, row_inst=inst[:n], row_cls=cls[:n],
+                       col_inst=inst if cross else None, col_cls=cls if cross else None, row_offset=0, scale=scale,
+                       include=POS | SAME | NEG, unit_rows=False)
+        lse = impl.masked_lse(args, f.dtype)
         pos = class_positive_mean(q, k, cls, 0)  # the anchors are the first n columns
         # −mean log p = lse − scale·mean⟨f_a, f_p⟩, times τ/τ_base, averaged over the anchors
         return (self.temperature / self.base_temperature) * (lse - scale * pos).mean()

@@ -13,7 +13,26 @@ from ..checks import check_int, check_labels, check_tensor
 
 
 class MemoryBank(nn.Module):
-    """The last `size` rows (M ≤ size, d) pushed, with their int64 labels (−1 where none were given)."""
+    """The last `size` rows (M ≤ size, d) pushed, with their int64 labels (−1 where none were given).
+
+    Pass `negatives()` to contrastive_loss (negatives=, negative_labels=) or clip_loss, then `push` the batch:
+    the losses' memory_bank_size does exactly that.
+
+    Args:
+        size: the most rows the bank holds (≥ 1).
+
+    Raises:
+        ValueError: size < 1.
+        TypeError: size not an integer.
+
+    Examples:
+        >>> bank = clnscl.MemoryBank(4)
+        >>> bank.push(torch.randn(3, 8), torch.tensor([0, 1, 2]))
+        >>> bank.push(torch.randn(3, 8))  # the fifth and sixth rows overwrite the first two
+        >>> rows, labels = bank.negatives()
+        >>> rows.shape, labels.tolist()
+        (torch.Size([4, 8]), [-1, -1, 2, -1])
+    """
 
     def __init__(self, size: int):
         super().__init__()
@@ -24,14 +43,30 @@ class MemoryBank(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))  # rows filled, ≤ size
 
     def negatives(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, labels) filled so far, in storage order (an empty (0, 0) before the first push): views of the
-        buffers, which the next push rewrites — clone them to keep them past it."""
+        """The rows and labels filled so far, in storage order.
+
+        Returns:
+            The rows (M, d) and labels (M,) filled so far, views of the buffers that the next push rewrites (clone
+                them to keep them past it); empty (0, 0) and (0,) before the first push.
+        """
         n = int(self.count)
         return self.features[:n], self.labels[:n]
 
     @torch.no_grad()
     def push(self, rows: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """Append rows (n, d) (detached) and their labels (n,); past `size` the oldest rows go first."""
+        """Append rows (detached, in the bank's dtype) and their labels; past `size` the oldest rows go first.
+
+        The first push fixes the bank's width d, dtype and device (a loaded state dict does too).
+
+        Args:
+            rows: (n, d) the rows to keep; only the last `size` when n > size.
+            labels: (n,) their integer labels, or None (stored as −1).
+
+        Raises:
+            TypeError: rows not a tensor, labels not an integer tensor.
+            ValueError: rows not 2-D, or of another width or device than the bank's; labels of another length
+                or device than the rows.
+        """
         check_tensor(rows, "rows", "(n, d)")
         if rows.ndim != 2:
             raise ValueError(f"rows must have shape (n, d), got {tuple(rows.shape)}")

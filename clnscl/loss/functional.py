@@ -7,7 +7,6 @@ reference), and the positive mean from per-instance or per-class sums in O(N·d)
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..checks import check_choice, check_float, check_labels, check_temperature, check_temperature_tensor, check_tensor
@@ -15,6 +14,7 @@ from .backends import BACKENDS
 from .columns import columns
 from .ops import LseArgs
 from .positives import class_positive_mean, instance_positive_mean
+from .rows import compute_dtype, nonempty_mean
 from .table import OBJECTIVES, POS, REDUCTIONS, loss_spec
 
 NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps), so a zero row stays zero instead of NaN
@@ -30,35 +30,75 @@ def contrastive_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
-    process_group=None,
+    process_group: torch.distributed.ProcessGroup | None = None,
     negatives: torch.Tensor | None = None,
     negative_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Contrastive loss of z (B, V, d): B samples, V ≥ 2 views, with optional integer labels (B,).
+    """Contrastive loss of z (B, V, d): B samples, V ≥ 2 views each, with optional integer labels (B,).
 
     Rows a = (i, v), N = B·V, ẑ_a = z_a/‖z_a‖ (normalize=True), s_ab = ⟨ẑ_a, ẑ_b⟩/τ, and
     ℓ_a = LSE_{b∈D(a)} s_ab − mean_{p∈P(a)} s_ap with Pos(a) the other views of sample i, Same(a) the views
     of other samples of its class, Neg(a) those of other classes:
 
-    | objective          | P(a)       | D(a)                 | D(a), decoupled=True |
-    | "cl" (NT-Xent)     | Pos        | all b ≠ a            | Same ∪ Neg ("dcl")   |
-    | "nscl"             | Pos        | Pos ∪ Neg            | Neg                  |
-    | "supcon" (L_out)   | Pos ∪ Same | all b ≠ a            | Neg                  |
+    | objective          | P(a)       | D(a)        | D(a), decoupled=True |
+    | ------------------ | ---------- | ----------- | -------------------- |
+    | "cl" (NT-Xent)     | Pos        | all b ≠ a   | Same ∪ Neg ("dcl")   |
+    | "nscl"             | Pos        | Pos ∪ Neg   | Neg                  |
+    | "supcon" (L_out)   | Pos ∪ Same | all b ≠ a   | Neg                  |
 
-    temperature: a float, or a one-element tensor (an nn.Parameter learns: its exact gradient on every backend).
-    "cl" ignores labels (None allowed); "nscl" and "supcon" need them. A row with empty D(a) contributes 0
-    and is not counted. reduction "mean" averages over the other rows, "sum" adds, "none" returns (B, V);
-    "global_mean" (with process_group; "mean" without) returns world_size·Σ_own ℓ_a / (rows of all ranks),
-    whose average over the ranks — what DDP's gradient averaging takes — is the mean over the whole batch, so
-    DDP's gradients equal one process's for any per-rank sizes.
-    fp32, bf16 and fp16 accumulate in fp32 (the loss is fp32), float64 stays float64. backend: "auto",
-    "reference", "cpu", "cuda" or "triton" (loss/backends.py). With process_group every rank passes its own
-    rows; negatives and positives run over the rows of all ranks, the result reduces this rank's rows, and
-    column gradients are summed back to their owners. negatives (M, d): extra columns of the denominator only
-    (a memory bank: MoCo's queue, lightly's memory_bank_size), for cl/dcl and nscl (negative_labels (M,) then
-    needed: same-class entries leave nscl's denominator, as same-class samples do), not for supcon (its
-    same-class entries would be positives); they carry no gradient and stay local to the rank. See
-    docs/design.md for the kernels.
+    A row with empty D(a) contributes 0 and is not counted. The LSE is fused (the N×N matrix is never built) and
+    the positive mean comes from per-instance or per-class sums in O(N·d); see docs/design.md for the kernels.
+    fp32, bf16 and fp16 accumulate in fp32 (the loss is fp32), float64 stays float64.
+
+    Args:
+        z: (B, V, d) floating features: V ≥ 2 views of each of B samples.
+        labels: (B,) integer class ids; "nscl" and "supcon" need them, "cl" ignores them (None allowed).
+        objective: "cl" (NT-Xent), "dcl" ("cl" decoupled), "nscl" or "supcon" (the table above).
+        temperature: τ > 0: a float, or a one-element tensor (an nn.Parameter learns: its exact gradient on every
+            backend).
+        decoupled: D(a) of the table's last column (the positives leave the denominator).
+        normalize: L2-normalise the rows first (a zero row stays zero).
+        reduction: "mean" over the rows with a non-empty D(a), "sum", "none" (the (B, V) row losses) or
+            "global_mean" (with process_group; "mean" without): world_size·Σ_own ℓ_a / (counted rows of all
+            ranks), whose average over the ranks (what DDP's gradient averaging takes) is the mean over the whole
+            batch, so DDP's gradients equal one process's for any per-rank sizes.
+        backend: "auto", "reference", "cpu", "cuda" or "triton" (loss/backends.py); "auto" takes triton, then
+            cuda, for CUDA tensors and cpu otherwise, and falls back to the reference with a warning.
+        process_group: every rank passes its own rows; negatives and positives run over the rows of all ranks,
+            the result reduces this rank's rows, and column gradients are summed back to their owners.
+        negatives: (M, d) extra columns of the denominator only (a memory bank: MoCo's queue, lightly's
+            memory_bank_size), for cl/dcl and nscl, not for supcon (its same-class entries would be positives);
+            they carry no gradient and stay local to the rank.
+        negative_labels: (M,) class ids of the negatives, needed by nscl: same-class entries leave its
+            denominator, as same-class samples do.
+
+    Returns:
+        The loss, a 0-d tensor (float64 for float64 z, else float32), or the (B, V) row losses with
+            reduction="none".
+
+    Raises:
+        TypeError: z or negatives not a floating tensor, labels not an integer tensor, a temperature that is
+            not a real number or a floating tensor.
+        ValueError: a bad shape, choice or temperature (τ ≤ 0); labels missing for "nscl" or "supcon";
+            negatives with "supcon", with requires_grad, on another device, or without negative_labels for "nscl".
+        RuntimeError: the backend named cannot run here (the message says why).
+
+    Examples:
+        >>> z = torch.randn(8, 2, 16)  # 8 samples, 2 views each
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> loss = clnscl.contrastive_loss(z, labels, objective="nscl", temperature=0.1)
+        >>> loss.shape, loss.dtype
+        (torch.Size([]), torch.float32)
+        >>> clnscl.contrastive_loss(z, labels, reduction="none").shape
+        torch.Size([8, 2])
+        >>> exact = clnscl.contrastive_loss(z, labels, objective="nscl", temperature=0.1, backend="reference")
+        >>> torch.allclose(loss, exact, atol=1e-5)  # the fused kernel equals the materialised N×N reference
+        True
+
+        Two views alike and nothing else to contrast with: log e^{s} − s = 0 exactly.
+
+        >>> clnscl.contrastive_loss(torch.ones(1, 2, 4), objective="cl").item()
+        0.0
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -72,14 +112,15 @@ def contrastive_loss(
     impl = BACKENDS.resolve(backend, z)
 
     b, v, d = z.shape
-    x = z.reshape(b * v, d).to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+    x = z.reshape(b * v, d).to(compute_dtype(z))
     if normalize:
         x = F.normalize(x, dim=1, eps=NORM_EPS)
     bank = bank_columns(negatives, negative_labels, spec, d, z.device) if negatives is not None else None
     cols = columns(x, None if spec.objective == "cl" else labels, v, process_group)
     # this rank's rows against themselves as one set (the backends' symmetric schedules apply), then, under
     # a process group, against the other ranks' rows as separate columns
-    own = LseArgs(x, None, cols.row_inst, cols.row_cls, None, None, 0, scale, spec.include, normalize)
+    own = LseArgs(q=x, k=None, row_inst=cols.row_inst, row_cls=cols.row_cls, col_inst=None, col_cls=None,
+                  row_offset=0, scale=scale, include=spec.include, unit_rows=normalize)
     lse = impl.masked_lse(own, z.dtype)
     if cols.k is not None and cols.k.shape[0] > x.shape[0]:
         k, col_inst, col_cls = cols.others()
@@ -100,12 +141,7 @@ def contrastive_loss(
         return rows.view(b, v)
     if reduction == "sum":
         return rows.sum()
-    count = valid.sum()
-    if reduction == "global_mean" and process_group is not None:
-        count = count.clone()
-        dist.all_reduce(count, group=process_group)  # the valid rows of every rank (no gradient flows here)
-        return rows.sum() * dist.get_world_size(process_group) / count.clamp_min(1).to(rows.dtype)
-    return rows.sum() / count.clamp_min(1).to(rows.dtype)
+    return nonempty_mean(rows, valid, process_group if reduction == "global_mean" else None)
 
 
 def _positive_only(spec, labels, b: int, v: int, other_columns: bool) -> bool | torch.Tensor:

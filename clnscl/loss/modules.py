@@ -49,25 +49,11 @@ def _as_views(z_i: torch.Tensor, z_j, labels):
 class _ContrastiveLoss(nn.Module):
     objective = ""
 
+    # The public subclasses document the arguments (mkdocstrings shows their own docstrings, not this one's).
     def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
                  max_scale: float | None = None, memory_bank_size: int = 0, decoupled: bool = False,
-                 normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
-        """
-        Args:
-            temperature: τ > 0 (a float, or a one-element tensor such as a model's nn.Parameter).
-            learnable_temperature: hold CLIP's `logit_scale` = log(1/τ) as an nn.Parameter instead.
-            max_scale: with learnable_temperature, cap exp(logit_scale) (CLIP uses 100).
-            memory_bank_size: keep the last this many rows as extra negatives (cl, dcl, nscl; 0: none).
-            decoupled: drop the positives from the denominator (DCL; for nscl and supcon, D(a) = Neg).
-            normalize: L2-normalise the rows first.
-            reduction: "mean" over the rows, "sum", "none" ((B, V)) or "global_mean" (with process_group).
-            backend: "auto", "reference", "cpu", "triton" or "cuda".
-            process_group: contrast each rank's rows with every rank's (global negatives).
-
-        Raises:
-            ValueError: a bad value (named), or memory_bank_size with supcon, or max_scale without
-                learnable_temperature.
-        """
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto",
+                 process_group: torch.distributed.ProcessGroup | None = None):
         super().__init__()
         if memory_bank_size:
             if self.objective == "supcon":
@@ -101,7 +87,12 @@ class _ContrastiveLoss(nn.Module):
     def forward(self, z_i: torch.Tensor, z_j: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of two views `(z_i, z_j, labels=None)`, each (B, d), or of `(features, labels=None)` with
-        features (B, V, d); labels (B,) integer classes (needed by nscl and supcon, ignored by cl/dcl).
+        features (B, V, d).
+
+        Args:
+            z_i: (B, d) the first view, or (B, V, d) the features of every view.
+            z_j: (B, d) the second view; with features, the labels or None.
+            labels: (B,) integer classes (needed by nscl and supcon, ignored by cl/dcl).
 
         Returns:
             The loss: a scalar, or (B, V) row losses with reduction="none".
@@ -135,44 +126,195 @@ class _ContrastiveLoss(nn.Module):
 
 
 class NTXentLoss(_ContrastiveLoss):
-    """SimCLR's NT-Xent (CL): P(a) = other views of the sample, D(a) = all b ≠ a. Labels are ignored.
+    """SimCLR's NT-Xent (CL): P(a) = the other views of the sample, D(a) = all b ≠ a.
 
-    ℓ_a = log Σ_{b≠a} e^{s_ab} − mean_{p∈P(a)} s_ap with s_ab = ⟨ẑ_a, ẑ_b⟩/τ; the mean over the rows.
-    lightly's NTXentLoss defaults to τ = 0.5 (this one to 0.1; docs/migration.md).
+    ℓ_a = log Σ_{b≠a} e^{s_ab} − mean_{p∈P(a)} s_ap with s_ab = ⟨ẑ_a, ẑ_b⟩/τ; the mean over the rows. Labels are
+    ignored. lightly's NTXentLoss defaults to τ = 0.5 (this one to 0.1; docs/migration.md).
+
+    Called as `loss(z_i, z_j, labels=None)` with two views (B, d), or `loss(features, labels=None)` with
+    features (B, V, d); it returns the loss (a 0-d tensor, or the (B, V) row losses with reduction="none").
+
+    Args:
+        temperature: τ > 0: a float, or a one-element tensor (such as a model's nn.Parameter).
+        learnable_temperature: hold CLIP's `logit_scale` = log(1/τ) as an nn.Parameter (initialised from
+            temperature) and use scale = exp(logit_scale).
+        max_scale: with learnable_temperature, cap exp(logit_scale) (CLIP: 100, so τ ≥ 0.01; at the cap the scale
+            gets no gradient that would push it further).
+        memory_bank_size: keep a MemoryBank of the last this many rows (all views, normalised when normalize is
+            set, with their labels) as extra negatives of the next steps; 0: none.
+        normalize: L2-normalise the rows first.
+        reduction: "mean" over the rows with a non-empty D(a), "sum", "none" (the (B, V) row losses) or
+            "global_mean" (with process_group; see contrastive_loss).
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        process_group: contrast each rank's rows with every rank's (global negatives).
+
+    Raises:
+        ValueError: a bad value (named), or max_scale without learnable_temperature.
+        TypeError: a temperature that is not a real number or a floating tensor.
+
+    Examples:
+        Two samples whose two views agree, orthogonal to each other: ℓ = log(e² + 2) − 2 at τ = 0.5.
+
+        >>> loss_fn = clnscl.NTXentLoss(temperature=0.5)
+        >>> z = torch.eye(2)
+        >>> round(loss_fn(z, z).item(), 4)
+        0.2395
+        >>> loss_fn(torch.randn(8, 32), torch.randn(8, 32)).shape
+        torch.Size([])
     """
 
     objective = "cl"
 
     def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
                  max_scale: float | None = None, memory_bank_size: int = 0, normalize: bool = True,
-                 reduction: str = "mean", backend: str = "auto", process_group=None):
-        """Args as for `NSCLLoss` (without `decoupled`: NT-Xent keeps the positives in the denominator)."""
+                 reduction: str = "mean", backend: str = "auto",
+                 process_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
                          memory_bank_size=memory_bank_size, decoupled=False, normalize=normalize,
                          reduction=reduction, backend=backend, process_group=process_group)
 
 
 class DCLLoss(_ContrastiveLoss):
-    """Decoupled contrastive loss: NT-Xent without the positives in the denominator, D(a) = other samples' views."""
+    """Decoupled contrastive loss: NT-Xent without the positives in the denominator.
+
+    ℓ_a = log Σ_{b∈D(a)} e^{s_ab} − mean_{p∈P(a)} s_ap with D(a) = the other samples' views (Same ∪ Neg) and
+    P(a) = the other views of the sample; s_ab = ⟨ẑ_a, ẑ_b⟩/τ. Labels are ignored.
+
+    Called as `loss(z_i, z_j, labels=None)` with two views (B, d), or `loss(features, labels=None)` with
+    features (B, V, d); it returns the loss (a 0-d tensor, or the (B, V) row losses with reduction="none").
+
+    Args:
+        temperature: τ > 0: a float, or a one-element tensor (such as a model's nn.Parameter).
+        learnable_temperature: hold CLIP's `logit_scale` = log(1/τ) as an nn.Parameter (initialised from
+            temperature) and use scale = exp(logit_scale).
+        max_scale: with learnable_temperature, cap exp(logit_scale) (CLIP: 100, so τ ≥ 0.01; at the cap the scale
+            gets no gradient that would push it further).
+        memory_bank_size: keep a MemoryBank of the last this many rows (all views, normalised when normalize is
+            set, with their labels) as extra negatives of the next steps; 0: none.
+        normalize: L2-normalise the rows first.
+        reduction: "mean" over the rows with a non-empty D(a), "sum", "none" (the (B, V) row losses) or
+            "global_mean" (with process_group; see contrastive_loss).
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        process_group: contrast each rank's rows with every rank's (global negatives).
+
+    Raises:
+        ValueError: a bad value (named), or max_scale without learnable_temperature.
+        TypeError: a temperature that is not a real number or a floating tensor.
+
+    Examples:
+        The NT-Xent example without the positive in the denominator: ℓ = log 2 − 2 (DCL's loss can be negative).
+
+        >>> z = torch.eye(2)
+        >>> round(clnscl.DCLLoss(temperature=0.5)(z, z).item(), 4)
+        -1.3069
+    """
 
     objective = "cl"
 
     def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
                  max_scale: float | None = None, memory_bank_size: int = 0, normalize: bool = True,
-                 reduction: str = "mean", backend: str = "auto", process_group=None):
-        """Args as for `NSCLLoss` (without `decoupled`: always decoupled)."""
+                 reduction: str = "mean", backend: str = "auto",
+                 process_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
                          memory_bank_size=memory_bank_size, decoupled=True, normalize=normalize,
                          reduction=reduction, backend=backend, process_group=process_group)
 
 
 class NSCLLoss(_ContrastiveLoss):
-    """Negatives-only supervised contrastive loss: same-class samples leave the denominator (needs labels)."""
+    """Negatives-only supervised contrastive loss (NSCL): same-class samples leave the denominator.
+
+    ℓ_a = log Σ_{b∈D(a)} e^{s_ab} − mean_{p∈P(a)} s_ap with P(a) = the other views of the sample (Pos) and
+    D(a) = Pos ∪ Neg: the positives and the views of samples of other classes, never those of other samples of
+    a's class; s_ab = ⟨ẑ_a, ẑ_b⟩/τ. Needs labels.
+
+    Called as `loss(z_i, z_j, labels=None)` with two views (B, d), or `loss(features, labels=None)` with
+    features (B, V, d); it returns the loss (a 0-d tensor, or the (B, V) row losses with reduction="none").
+
+    Args:
+        temperature: τ > 0: a float, or a one-element tensor (such as a model's nn.Parameter).
+        learnable_temperature: hold CLIP's `logit_scale` = log(1/τ) as an nn.Parameter (initialised from
+            temperature) and use scale = exp(logit_scale).
+        max_scale: with learnable_temperature, cap exp(logit_scale) (CLIP: 100, so τ ≥ 0.01; at the cap the scale
+            gets no gradient that would push it further).
+        memory_bank_size: keep a MemoryBank of the last this many rows (all views, normalised when normalize is
+            set, with their labels) as extra negatives of the next steps; 0: none.
+        decoupled: drop the positive from the denominator too: D(a) = Neg.
+        normalize: L2-normalise the rows first.
+        reduction: "mean" over the rows with a non-empty D(a), "sum", "none" (the (B, V) row losses) or
+            "global_mean" (with process_group; see contrastive_loss).
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        process_group: contrast each rank's rows with every rank's (global negatives).
+
+    Raises:
+        ValueError: a bad value (named), or max_scale without learnable_temperature.
+        TypeError: a temperature that is not a real number or a floating tensor.
+
+    Examples:
+        Four samples in two classes, orthogonal, two views alike: ℓ = log(e² + 4) − 2 at τ = 0.5 (the two
+        other-class samples' views in D(a), the same-class sample's not).
+
+        >>> z, labels = torch.eye(4), torch.tensor([0, 0, 1, 1])
+        >>> round(clnscl.NSCLLoss(temperature=0.5)(z, z, labels).item(), 4)
+        0.4327
+    """
 
     objective = "nscl"
 
+    def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
+                 max_scale: float | None = None, memory_bank_size: int = 0, decoupled: bool = False,
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto",
+                 process_group: torch.distributed.ProcessGroup | None = None):
+        super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
+                         memory_bank_size=memory_bank_size, decoupled=decoupled, normalize=normalize,
+                         reduction=reduction, backend=backend, process_group=process_group)
+
 
 class SupConLoss(_ContrastiveLoss):
-    """Supervised contrastive loss (Khosla et al., L_out): all same-class views are positives (needs labels)."""
+    """Supervised contrastive loss (Khosla et al., L_out): all same-class views are positives.
+
+    ℓ_a = log Σ_{b≠a} e^{s_ab} − mean_{p∈P(a)} s_ap with P(a) = Pos ∪ Same (the other views of the sample and
+    every view of the other samples of its class); s_ab = ⟨ẑ_a, ẑ_b⟩/τ. Needs labels.
+
+    Called as `loss(z_i, z_j, labels=None)` with two views (B, d), or `loss(features, labels=None)` with
+    features (B, V, d); it returns the loss (a 0-d tensor, or the (B, V) row losses with reduction="none").
+
+    Args:
+        temperature: τ > 0: a float, or a one-element tensor (such as a model's nn.Parameter).
+        learnable_temperature: hold CLIP's `logit_scale` = log(1/τ) as an nn.Parameter (initialised from
+            temperature) and use scale = exp(logit_scale).
+        max_scale: with learnable_temperature, cap exp(logit_scale) (CLIP: 100, so τ ≥ 0.01; at the cap the scale
+            gets no gradient that would push it further).
+        memory_bank_size: keep a MemoryBank of the last this many rows (all views, normalised when normalize is
+            set, with their labels) as extra negatives of the next steps; 0: none.
+        decoupled: D(a) = Neg (the positives and the same-class rows leave the denominator).
+        normalize: L2-normalise the rows first.
+        reduction: "mean" over the rows with a non-empty D(a), "sum", "none" (the (B, V) row losses) or
+            "global_mean" (with process_group; see contrastive_loss).
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        process_group: contrast each rank's rows with every rank's (global negatives).
+
+    Raises:
+        ValueError: a bad value (named), any memory_bank_size (supcon's same-class bank entries would be
+            positives), or max_scale without learnable_temperature.
+        TypeError: a temperature that is not a real number or a floating tensor.
+
+    Examples:
+        SupContrast's call, features (B, V, d) and labels; with the NSCL example's rows ℓ = log(e² + 6) − 2/3.
+
+        >>> z, labels = torch.eye(4), torch.tensor([0, 0, 1, 1])
+        >>> features = torch.stack((z, z), dim=1)
+        >>> round(clnscl.SupConLoss(temperature=0.5)(features, labels).item(), 4)
+        1.9278
+        >>> clnscl.SupConLoss(learnable_temperature=True).logit_scale.requires_grad
+        True
+    """
 
     objective = "supcon"
+
+    def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
+                 max_scale: float | None = None, memory_bank_size: int = 0, decoupled: bool = False,
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto",
+                 process_group: torch.distributed.ProcessGroup | None = None):
+        super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
+                         memory_bank_size=memory_bank_size, decoupled=decoupled, normalize=normalize,
+                         reduction=reduction, backend=backend, process_group=process_group)

@@ -5,7 +5,8 @@
 for every row a of q (−inf where D(a) is empty); their backward ops map (grad, lse, *args) to (dq, dk). The
 cross ops (`masked_lse_cross`, C++ CPU and Triton) take the same arguments with k set and return the rows' and
 the columns' lse of the same tiles in one pass (the two directions of a two-tower loss). Both
-get the fake kernels (shapes only, for torch.compile) and the autograd below, which also differentiates in
+get the fake kernels (the arguments' shapes and dtypes checked, the outputs' given, for torch.compile) and the
+autograd below, both of which read the arguments by LseArgs' field names, and which also differentiates in
 the scale (a tensor, so that a learnable temperature trains); the C++ op's are registered by `load_cpp`,
 which builds and loads the C++ library (clnscl/extension.py) first.
 """
@@ -13,19 +14,24 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, get_type_hints
 
 import torch
 
 from .. import extension
+from .rows import compute_dtype
 
 # With unit rows |s_ab| ≤ scale, so for scale ≤ MAX_FIXED_SHIFT the fixed shift m = scale keeps every
 # exp(s_ab − m) ≥ e^{−64} a normal float: the kernels' symmetric schedules need no running max (the CPU
 # kernel's kMaxFixedShift, csrc/cpu/masked_lse.cpp, is the same bound).
 MAX_FIXED_SHIFT = 32.0
 
+
 class LseArgs(NamedTuple):
-    """The arguments of every masked-LSE op, in schema order."""
+    """The arguments of every masked-LSE op, in schema order: the one spec of them. The ops' schemas (C++:
+    csrc/schemas.cpp; Triton: loss/triton/ops.py) list these fields in this order (tests/loss/test_op_spec.py),
+    the backward ops take (grads, lse, *fields, need_dk); the fake kernels and the autograd below read them by
+    name. Build it by keyword and call an op as op(*args)."""
 
     q: torch.Tensor  # (N, d) rows
     k: Optional[torch.Tensor]  # (M, d) columns, or None: the columns are the rows
@@ -41,12 +47,23 @@ class LseArgs(NamedTuple):
     def transposed(self) -> "LseArgs":
         """The same pairs seen from the columns: k's rows against q's (k must be set), row b the "self" of
         column b − row_offset."""
-        return LseArgs(self.k, self.q, self.col_inst, self.col_cls, self.row_inst, self.row_cls, -self.row_offset,
-                       self.scale, self.include, self.unit_rows)
+        return self._replace(q=self.k, k=self.q, row_inst=self.col_inst, row_cls=self.col_cls,
+                             col_inst=self.row_inst, col_cls=self.row_cls, row_offset=-self.row_offset)
 
     def cast(self, dtype: torch.dtype) -> "LseArgs":
         """The same problem with q and k in `dtype` (the GPU kernels read bf16/fp16 and accumulate in fp32)."""
         return self._replace(q=self.q.to(dtype), k=None if self.k is None else self.k.to(dtype))
+
+
+# The fields that are tensors (or None), which the autograd saves; the others are plain values it keeps.
+TENSOR_FIELDS = tuple(name for name, hint in get_type_hints(LseArgs).items()
+                      if hint in (torch.Tensor, Optional[torch.Tensor]))
+
+
+def split_args(values: tuple) -> tuple[LseArgs, tuple]:
+    """(the LseArgs at the start of an op's argument values, the values after them, such as need_dk)."""
+    n = len(LseArgs._fields)
+    return LseArgs._make(values[:n]), tuple(values[n:])
 
 
 def scale_value(scale: torch.Tensor) -> float:
@@ -65,78 +82,151 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def fake_lse(q, *_):
-    """Shape and dtype of lse: one per row of q, float64 for float64 q, else float32."""
-    return q.new_empty(q.shape[0], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+def check_args(a: LseArgs, op: str, cross: bool = False) -> None:
+    """The fake kernels' checks of the arguments (those of the C++ ops' make_problem and scale_value that need no
+    values): q 2-D floating; k, when given (always for a cross op), 2-D with q's d and dtype, with column ids;
+    without k no column ids and row_offset 0; ids int64 1-D, one per row of q (row_*) or of k (col_*); scale a
+    one-element floating tensor. A failed check raises RuntimeError, as the ops do."""
+    q, k = a.q, a.k
+    torch._check(q.dim() == 2 and q.is_floating_point(),
+                 lambda: f"{op}: q must be a 2-D (N, d) floating tensor, got {q.dim()}-D {q.dtype}")
+    torch._check(not cross or k is not None, lambda: f"{op}: k must be given (the columns are not the rows)")
+    if k is None:
+        torch._check(a.col_inst is None and a.col_cls is None,
+                     lambda: f"{op}: with k = None the columns are the rows (no column ids, row_offset 0)")
+        torch._check(a.row_offset == 0,
+                     lambda: f"{op}: with k = None the columns are the rows (no column ids, row_offset 0)")
+    else:
+        torch._check(k.dim() == 2 and k.dtype == q.dtype, lambda: f"{op}: k must be (M, d) with the dtype and d of q")
+        torch._check(k.shape[1] == q.shape[1], lambda: f"{op}: k must be (M, d) with the dtype and d of q")
+        torch._check(a.col_inst is not None and a.col_cls is not None, lambda: f"{op}: k needs col_inst and col_cls")
+    for name in ("row_inst", "row_cls", "col_inst", "col_cls"):
+        ids, of = getattr(a, name), (q if name.startswith("row") else k)
+        if ids is None or of is None:
+            continue
+        torch._check(ids.dim() == 1 and ids.dtype == torch.int64,
+                     lambda: f"{op}: {name} must be a 1-D int64 tensor, got {ids.dim()}-D {ids.dtype}")
+        torch._check(ids.shape[0] == of.shape[0], lambda: f"{op}: {name} must have one entry per row of "
+                                                          f"{'q' if of is q else 'k'}")
+    scale = a.scale
+    torch._check(isinstance(scale, torch.Tensor) and scale.numel() == 1 and scale.is_floating_point(),
+                 lambda: f"{op}: scale must be a one-element floating tensor")
 
 
-def fake_backward(grad, lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale, include, unit_rows,
-                  need_dk=True):
-    """Shapes of (dq, dk); dk is empty (0, d) when k is None or need_dk is false."""
-    empty = k is None or not need_dk
-    return torch.empty_like(q), q.new_empty((0, q.shape[1])) if empty else torch.empty_like(k)
+def _check_per_row(t: torch.Tensor, rows: torch.Tensor, op: str, name: str, of: str) -> None:
+    """A backward op's grad or lse: one entry per row of `rows`."""
+    torch._check(t.numel() == rows.shape[0], lambda: f"{op}: {name} must have one entry per row of {of}")
 
 
-def fake_lse_cross(q, k, *_):
+def fake_lse(*values) -> torch.Tensor:
+    """Shape and dtype of lse (the arguments are LseArgs' fields): one per row of q, float64 for float64 q, else
+    float32."""
+    a, _ = split_args(values)
+    check_args(a, "masked_lse")
+    return a.q.new_empty(a.q.shape[0], dtype=compute_dtype(a.q))
+
+
+def fake_backward(grad: torch.Tensor, lse: torch.Tensor, *values) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shapes of (dq, dk) (the arguments after grad and lse are LseArgs' fields, then need_dk = True); dk is
+    empty (0, d) when k is None or need_dk is false."""
+    a, rest = split_args(values)
+    need_dk = rest[0] if rest else True
+    op = "masked_lse_backward"
+    check_args(a, op)
+    _check_per_row(grad, a.q, op, "grad", "q")
+    _check_per_row(lse, a.q, op, "lse", "q")
+    empty = a.k is None or not need_dk
+    return torch.empty_like(a.q), a.q.new_empty((0, a.q.shape[1])) if empty else torch.empty_like(a.k)
+
+
+def fake_lse_cross(*values) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes and dtypes of (lse_rows, lse_cols): one per row of q and of k."""
-    return fake_lse(q), fake_lse(k)
+    a, _ = split_args(values)
+    check_args(a, "masked_lse_cross", cross=True)
+    return (a.q.new_empty(a.q.shape[0], dtype=compute_dtype(a.q)),
+            a.k.new_empty(a.k.shape[0], dtype=compute_dtype(a.k)))
 
 
-def fake_cross_backward(grad_rows, grad_cols, lse_rows, lse_cols, q, k, row_inst, row_cls, col_inst, col_cls,
-                        row_offset, scale, include, unit_rows, need_dk=True):
-    """Shapes of (dq, dk) of the cross op; dk is empty (0, d) when need_dk is false."""
-    return torch.empty_like(q), torch.empty_like(k) if need_dk else q.new_empty((0, q.shape[1]))
+def fake_cross_backward(grad_rows: torch.Tensor, grad_cols: torch.Tensor, lse_rows: torch.Tensor,
+                        lse_cols: torch.Tensor, *values) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shapes of (dq, dk) of the cross op (LseArgs' fields after the grads and lses, then need_dk = True); dk is
+    empty (0, d) when need_dk is false."""
+    a, rest = split_args(values)
+    need_dk = rest[0] if rest else True
+    op = "masked_lse_cross_backward"
+    check_args(a, op, cross=True)
+    for t, name in ((grad_rows, "grad_rows"), (lse_rows, "lse_rows")):
+        _check_per_row(t, a.q, op, name, "q")
+    for t, name in ((grad_cols, "grad_cols"), (lse_cols, "lse_cols")):
+        _check_per_row(t, a.k, op, name, "k")
+    return torch.empty_like(a.q), torch.empty_like(a.k) if need_dk else a.q.new_empty((0, a.q.shape[1]))
 
 
 def scale_gradient(q: torch.Tensor, dq: torch.Tensor, symmetric: bool, scale: torch.Tensor) -> torch.Tensor:
     """d(Σ_a grad_a·lse_a)/d scale = Σ_ab G_ab·⟨q_a, k_b⟩ from the backward's own dq: with separate columns
     dq_a = scale·Σ_b G_ab·k_b, so the sum is Σ_a ⟨q_a, dq_a⟩ / scale; with k = None dz = scale·(G + Gᵀ)·z holds
     every pair twice, so it is Σ_a ⟨z_a, dz_a⟩ / (2·scale)."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = compute_dtype(q)
     inner = (q.to(acc) * dq.to(acc)).sum()
     return (inner / (scale.to(acc) * (2.0 if symmetric else 1.0))).to(scale.dtype).reshape(scale.shape)
 
 
+def _save(ctx, inputs: tuple, outputs: tuple) -> None:
+    """setup_context of the autograd: the op's tensor arguments (TENSOR_FIELDS) and its outputs saved, the other
+    arguments kept by name."""
+    args = LseArgs._make(inputs)
+    ctx.values = {name: value for name, value in args._asdict().items() if name not in TENSOR_FIELDS}
+    ctx.save_for_backward(*(getattr(args, name) for name in TENSOR_FIELDS), *outputs)
+
+
+def _restore(ctx) -> tuple[LseArgs, tuple, dict[str, bool]]:
+    """(the op's arguments, its outputs, which arguments need a gradient, by name) in the backward."""
+    saved = ctx.saved_tensors
+    args = LseArgs(**dict(zip(TENSOR_FIELDS, saved)), **ctx.values)
+    return args, saved[len(TENSOR_FIELDS):], dict(zip(LseArgs._fields, ctx.needs_input_grad))
+
+
+def _input_grads(**grads: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
+    """The backward's result: one entry per argument of the op, the gradients given by name, None elsewhere."""
+    unknown = set(grads) - set(LseArgs._fields)
+    if unknown:
+        raise TypeError(f"no argument of the masked-LSE ops is named {sorted(unknown)}")
+    return tuple(grads.get(name) for name in LseArgs._fields)
+
+
 def register_autograd(op_name: str, backward_op) -> None:
-    """Attach autograd to `op_name`: dq and dk from `backward_op(grad, lse, *args)`, d scale from dq
+    """Attach autograd to `op_name`: dq and dk from `backward_op(grad, lse, *args, need_dk)`, d scale from dq
     (scale_gradient); no gradient for the ids and flags."""
-    scale_at = LseArgs._fields.index("scale")
 
     def setup_context(ctx, inputs, output):
-        ctx.args = inputs
-        ctx.save_for_backward(inputs[0], inputs[1], *inputs[2:6], inputs[scale_at], output)
+        _save(ctx, inputs, (output,))
 
     def backward(ctx, grad):
-        q, k, row_inst, row_cls, col_inst, col_cls, scale, lse = ctx.saved_tensors
-        row_offset, _, include, unit_rows = ctx.args[6:]
-        need_dk = k is not None and ctx.needs_input_grad[1]  # a bank's columns: no pass over them
-        dq, dk = backward_op(grad.contiguous(), lse, q, k, row_inst, row_cls, col_inst, col_cls, row_offset, scale,
-                             include, unit_rows, need_dk)
-        d_scale = scale_gradient(q, dq, k is None, scale) if ctx.needs_input_grad[scale_at] else None
-        return (dq, dk if need_dk else None, None, None, None, None, None, d_scale, None, None)
+        args, (lse,), needs = _restore(ctx)
+        need_dk = args.k is not None and needs["k"]  # a bank's columns: no pass over them
+        dq, dk = backward_op(grad.contiguous(), lse, *args, need_dk)
+        d_scale = scale_gradient(args.q, dq, args.k is None, args.scale) if needs["scale"] else None
+        return _input_grads(q=dq, k=dk if need_dk else None, scale=d_scale)
 
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
 
 
 def register_cross_autograd(op_name: str, backward_op) -> None:
     """Attach autograd to the cross op `op_name` (outputs lse_rows, lse_cols): dq and dk from
-    `backward_op(grad_rows, grad_cols, lse_rows, lse_cols, *args)`, d scale from dq, which holds both terms."""
-    scale_at = LseArgs._fields.index("scale")
+    `backward_op(grad_rows, grad_cols, lse_rows, lse_cols, *args, need_dk)`, d scale from dq, which holds both
+    terms."""
 
     def setup_context(ctx, inputs, output):
-        ctx.args = inputs
-        ctx.save_for_backward(*inputs[:6], inputs[scale_at], *output)
+        _save(ctx, inputs, tuple(output))
 
     def backward(ctx, grad_rows, grad_cols):
-        q, k, row_inst, row_cls, col_inst, col_cls, scale, lse_rows, lse_cols = ctx.saved_tensors
-        row_offset, _, include, unit_rows = ctx.args[6:]
-        need_dk = ctx.needs_input_grad[1]
+        args, (lse_rows, lse_cols), needs = _restore(ctx)
+        need_dk = needs["k"]
         grad_rows = torch.zeros_like(lse_rows) if grad_rows is None else grad_rows.contiguous()
         grad_cols = torch.zeros_like(lse_cols) if grad_cols is None else grad_cols.contiguous()
-        dq, dk = backward_op(grad_rows, grad_cols, lse_rows, lse_cols, q, k, row_inst, row_cls, col_inst, col_cls,
-                             row_offset, scale, include, unit_rows, need_dk)
-        d_scale = scale_gradient(q, dq, False, scale) if ctx.needs_input_grad[scale_at] else None
-        return (dq, dk if need_dk else None, None, None, None, None, None, d_scale, None, None)
+        dq, dk = backward_op(grad_rows, grad_cols, lse_rows, lse_cols, *args, need_dk)
+        d_scale = scale_gradient(args.q, dq, False, args.scale) if needs["scale"] else None
+        return _input_grads(q=dq, k=dk if need_dk else None, scale=d_scale)
 
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
 

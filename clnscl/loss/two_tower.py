@@ -25,7 +25,8 @@ from ..collectives import all_gather_rows, gather_rows, local_sizes
 from .backends import BACKENDS
 from .functional import NORM_EPS, bank_columns, with_bank
 from .ops import LseArgs
-from .positives import dense_ids
+from .positives import class_sums, dense_ids
+from .rows import compute_dtype, nonempty_mean
 from .table import OBJECTIVES, loss_spec
 
 TWO_TOWER_REDUCTIONS = ("mean", "sum", "none")
@@ -46,19 +47,66 @@ def clip_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
-    process_group=None,
+    process_group: torch.distributed.ProcessGroup | None = None,
     negatives: torch.Tensor | None = None,
     negative_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Two-tower InfoNCE of a (Ba, d) against b (Bb, d); see the module docstring for the definitions.
+    """Two-tower (CLIP) InfoNCE of the rows of a (Ba, d) against those of b (Bb, d), cross-modal negatives only.
 
-    targets (Ba,): the index in b of each a row's positive (distinct; default i ↔ i, Ba = Bb); symmetric needs
-    them to pair every row of both (a permutation). labels (Ba,) and key_labels (Bb,) are class ids for
-    "nscl" and "supcon" (key_labels default: labels under the pairing). reduction "mean" averages the rows
-    (of both directions, averaged), "sum" adds, "none" returns (Ba,) rows, or (2, B) for symmetric.
-    process_group: only the default pairing. negatives (M, d): extra key columns of the a→b direction only (a
-    queue of past b rows: no gradient; negative_labels (M,) for "nscl"; not for "supcon"), as in
-    contrastive_loss.
+    Row a_i's positive is b_{t_i} (t = targets, by default i ↔ i); s_ij = logit_scale·⟨â_i, b̂_j⟩ and
+    ℓ_i = LSE_{j∈D(i)} s_ij − mean_{j∈P(i)} s_ij, with the loss table across the towers (Pos = the paired
+    column, Same = the other columns of a_i's class, Neg = the rest): "cl" (CLIP's InfoNCE: D = every column,
+    P = the pair), "dcl" (D without the pair), "nscl" (D = the pair and the other classes), "supcon" (P = every
+    column of a_i's class). symmetric=True averages the a→b and b→a directions, as CLIP does, from one fused
+    pass over the same tiles.
+
+    Args:
+        a: (Ba, d) floating rows of the first tower (image, query).
+        b: (Bb, d) rows of the second tower (text, key), on a's device.
+        logit_scale: CLIP's multiplier (exp of its learnable parameter), > 0: a number or a one-element floating
+            tensor (differentiable).
+        logit_bias: a scalar bias of the logits (SigLIP's): it cancels in every softmax
+            (LSE(s + β) − (s_pos + β) = LSE(s) − s_pos), so it changes nothing and gets a zero gradient.
+        targets: (Ba,) the index in b of each a row's positive (distinct; default i ↔ i, Ba = Bb); symmetric needs
+            them to pair every row of both (a permutation).
+        labels: (Ba,) class ids of a's rows for "nscl" and "supcon".
+        key_labels: (Bb,) class ids of b's rows (default: labels under the pairing).
+        objective: "cl", "dcl", "nscl" or "supcon".
+        decoupled: the decoupled denominator of the objective (the pair leaves D).
+        symmetric: average the two directions (CLIP); False: a→b only.
+        normalize: L2-normalise the rows of both towers first.
+        reduction: "mean" over the rows with a non-empty D (of both directions, averaged), "sum", or "none":
+            (Ba,) row losses, or (2, B) with symmetric.
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+        process_group: every rank passes its own pairs (only the default pairing); its rows meet the columns of
+            every rank (open_clip's local_loss=True, gather_with_grad=True), the gathered columns' gradients are
+            summed back to their owners, and the result reduces this rank's rows.
+        negatives: (M, d) extra key columns of the a→b direction only (a queue of past b rows, no gradient),
+            not for "supcon", as in contrastive_loss.
+        negative_labels: (M,) class ids of the negatives, needed by "nscl".
+
+    Returns:
+        The loss, a 0-d tensor (float64 for float64 rows, else float32), or the row losses with reduction="none".
+
+    Raises:
+        TypeError: a or b not a floating tensor, ids not integer tensors, a logit_scale that is not a number or
+            a floating tensor.
+        ValueError: a bad shape, device or choice; logit_scale ≤ 0; targets that are not distinct or out of
+            range, or not a permutation with symmetric; labels missing for "nscl" or "supcon"; with "supcon", a
+            pair of different classes; bad negatives (see contrastive_loss).
+        RuntimeError: the backend named cannot run here (the message says why).
+
+    Examples:
+        Orthonormal pairs, each row its own pair's twin: every positive logit is 100, every other 0, so the loss
+        is log(1 + 3e^{−100}) ≈ 0; at logit_scale 1 it is log(e + 3) − 1.
+
+        >>> x = torch.eye(4)
+        >>> clnscl.clip_loss(x, x, logit_scale=100.0).item()
+        0.0
+        >>> round(clnscl.clip_loss(x, x, logit_scale=1.0).item(), 4)
+        0.7437
+        >>> clnscl.clip_loss(torch.randn(8, 16), torch.randn(8, 16), 10.0, reduction="none").shape
+        torch.Size([2, 8])
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("reduction", reduction, TWO_TOWER_REDUCTIONS)
@@ -89,8 +137,7 @@ def clip_loss(
     bank = None if negatives is None else bank_columns(negatives, negative_labels, spec, a.shape[1], a.device)
     impl = BACKENDS.resolve(backend, a)
 
-    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-    xa, xb = a.to(dtype), b.to(dtype)
+    xa, xb = a.to(compute_dtype(a)), b.to(compute_dtype(a))
     if normalize:
         xa, xb = F.normalize(xa, dim=1, eps=NORM_EPS), F.normalize(xb, dim=1, eps=NORM_EPS)
     args_ab, cols_ab = _pairs(xa, xb, targets, labels, key_labels, spec, scale, normalize, process_group)
@@ -133,7 +180,9 @@ def _pairs(q, k, targets, q_labels, k_labels, spec, scale, unit_rows, group):
     row_cls = row_inst if q_labels is None else q_labels.to(torch.int64)
     col_cls = col_inst if k_labels is None else k_labels.to(torch.int64)
     # row_offset m: no column is a row's "self" (the positive pair belongs in CLIP's denominator)
-    return LseArgs(q, k, row_inst, row_cls, col_inst, col_cls, m, scale, spec.include, unit_rows), cols
+    args = LseArgs(q=q, k=k, row_inst=row_inst, row_cls=row_cls, col_inst=col_inst, col_cls=col_cls, row_offset=m,
+                   scale=scale, include=spec.include, unit_rows=unit_rows)
+    return args, cols
 
 
 def _row_losses(args: LseArgs, lse, cols, spec):
@@ -143,10 +192,7 @@ def _row_losses(args: LseArgs, lse, cols, spec):
         n = q.shape[0]
         dense = dense_ids(torch.cat((row_cls, col_cls)))
         row_dense, col_dense = dense[:n], dense[n:]
-        class_sum = torch.zeros(int(dense.max()) + 1, k.shape[1], dtype=k.dtype, device=k.device)
-        class_sum = class_sum.index_add(0, col_dense, k)
-        count = torch.zeros(class_sum.shape[0], dtype=k.dtype, device=k.device).index_add(
-            0, col_dense, torch.ones_like(k[:, 0]))
+        class_sum, count = class_sums(k, col_dense, int(dense.max()) + 1)
         pos = (q * class_sum.index_select(0, row_dense)).sum(dim=1) / count.index_select(0, row_dense)
     else:
         pos = (q * k.index_select(0, cols)).sum(dim=1)
@@ -163,7 +209,7 @@ def _reduce(direction, reduction: str, bias) -> torch.Tensor:
         return rows
     if reduction == "sum":
         return rows.sum()
-    return rows.sum() / valid.sum().clamp_min(1).to(rows.dtype)
+    return nonempty_mean(rows, valid)
 
 
 def _scale(logit_scale) -> torch.Tensor:
@@ -205,13 +251,40 @@ def _targets(targets, na: int, nb: int, device, symmetric: bool, group) -> torch
 
 
 class ClipLoss(nn.Module):
-    """clip_loss as a module: forward(a, b, logit_scale=None, labels=None). With learnable_scale=True it holds
-    CLIP's logit_scale parameter (log of the multiplier, initialised to log(1/init_temperature)), capped at
-    max_scale (CLIP: 100) in the forward."""
+    """clip_loss as a module, called as `loss(a, b, logit_scale=None, labels=None)`.
 
-    def __init__(self, *, objective="cl", decoupled=False, symmetric=True, learnable_scale=False,
-                 init_temperature=0.07, max_scale=100.0, normalize=True, reduction="mean", backend="auto",
-                 process_group=None):
+    With learnable_scale=True it holds CLIP's `logit_scale` parameter (log of the multiplier, initialised to
+    log(1/init_temperature)), capped at max_scale in the forward; else each call passes the multiplier.
+
+    Args:
+        objective: "cl", "dcl", "nscl" or "supcon" (see clip_loss).
+        decoupled: the decoupled denominator of the objective.
+        symmetric: average the a→b and b→a directions (CLIP).
+        learnable_scale: hold the learnable `logit_scale` parameter.
+        init_temperature: τ₀ > 0 of the learnable scale: logit_scale starts at log(1/τ₀) (CLIP: 0.07).
+        max_scale: the cap of exp(logit_scale) (CLIP: 100); None: no cap.
+        normalize: L2-normalise the rows of both towers first.
+        reduction: "mean", "sum" or "none" (see clip_loss).
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+        process_group: gather the other ranks' columns (see clip_loss).
+
+    Raises:
+        ValueError: an unknown objective, reduction or backend.
+
+    Examples:
+        >>> loss_fn = clnscl.ClipLoss(learnable_scale=True)
+        >>> round(loss_fn.logit_scale.exp().item(), 2)  # 1 / 0.07
+        14.29
+        >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
+        >>> loss.backward()
+        >>> loss.shape, loss_fn.logit_scale.grad is not None
+        (torch.Size([]), True)
+    """
+
+    def __init__(self, *, objective: str = "cl", decoupled: bool = False, symmetric: bool = True,
+                 learnable_scale: bool = False, init_temperature: float = 0.07, max_scale: float | None = 100.0,
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto",
+                 process_group: torch.distributed.ProcessGroup | None = None):
         super().__init__()
         check_choice("objective", objective, OBJECTIVES)
         check_choice("reduction", reduction, TWO_TOWER_REDUCTIONS)
@@ -222,7 +295,23 @@ class ClipLoss(nn.Module):
         if learnable_scale:
             self.logit_scale = nn.Parameter(torch.tensor(1.0 / init_temperature).log())
 
-    def forward(self, a, b, logit_scale=None, labels=None):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale: float | torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """clip_loss of a against b with this module's settings.
+
+        Args:
+            a: (Ba, d) rows of the first tower.
+            b: (Bb, d) rows of the second tower.
+            logit_scale: the multiplier (> 0), when the module holds no learnable one.
+            labels: (Ba,) class ids of a's rows for "nscl" and "supcon".
+
+        Returns:
+            The loss (see clip_loss).
+
+        Raises:
+            ValueError: logit_scale given with learnable_scale, or missing without it; what clip_loss raises.
+            TypeError: what clip_loss raises.
+        """
         learnable = hasattr(self, "logit_scale")
         if (logit_scale is None) == (not learnable):
             raise ValueError("logit_scale: pass it to forward, or build the module with learnable_scale=True "

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal
 
+import numpy as np
 import torch
 
 from ..checks import accepts_numpy, check_choice, check_real
@@ -128,12 +130,16 @@ def _undefined(x, minimum: int, what: str) -> bool:
 
 
 @accepts_numpy("x", "y")
-def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto", *, return_sigma=False, progress=None,
-        process_group=None):
+def cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+        kernel: Literal["linear", "cosine", "rbf"] = "linear", sigma: float | None = None, unbiased: bool = False,
+        backend: Literal["auto", "cpu", "cuda", "reference"] = "auto", *, return_sigma: bool = False,
+        progress: bool | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None) -> float | tuple[float, dict[str, float]]:
     """Centred kernel alignment HSIC(K, L)/√(HSIC(K, K)·HSIC(L, L)) of x (N, p) and y (N, q).
 
     Args:
-        x, y: the two representations, rows paired (tensors or numpy arrays).
+        x: the first representation (N, p) (a tensor or a numpy array).
+        y: the second representation (N, q), its rows paired with x's.
         kernel: "linear" (K = x xᵀ), "cosine" (linear on L2-normalised rows: the CKA of the cosine-similarity
             matrices) or "rbf" (K_ij = exp(−‖x_i − x_j‖²/2σ²)).
         sigma: the RBF bandwidth; None takes the median of ‖x_i − x_j‖ over i < j of each representation
@@ -150,7 +156,18 @@ def cka(x, y, kernel="linear", sigma=None, unbiased=False, backend="auto", *, re
         The CKA (NaN, with a warning, where undefined), or (CKA, sigmas) with return_sigma.
 
     Raises:
-        ValueError: a bad shape or choice; return_sigma with a kernel other than "rbf".
+        TypeError: x or y not a floating tensor (or array); sigma not a real number.
+        ValueError: a bad shape or choice, sigma ≤ 0; return_sigma with a kernel other than "rbf".
+
+    Examples:
+        CKA is invariant to rotations, isotropic scaling and translation of either representation:
+
+        >>> x = torch.randn(100, 8, dtype=torch.float64)
+        >>> q = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64)).Q
+        >>> round(clnscl.metrics.cka(x, 3 * x @ q + 1), 4)
+        1.0
+        >>> round(clnscl.metrics.cka(x, x @ q, kernel="cosine"), 4)
+        1.0
     """
     check_pair(x, y)
     check_choice("kernel", kernel, KERNELS)
@@ -179,12 +196,16 @@ def _rbf_cka(x, y, sigma, unbiased, backend, progress, group) -> tuple[float, di
 
 
 @accepts_numpy("x", "y")
-def rsa(x, y, rdm="cosine", method="pearson", backend="auto", *, return_error=False, progress=None,
-        process_group=None):
+def rsa(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, rdm: Literal["cosine", "euclidean"] = "cosine",
+        method: Literal["pearson", "spearman"] = "pearson",
+        backend: Literal["auto", "cpu", "cuda", "reference"] = "auto", *, return_error: bool = False,
+        progress: bool | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None) -> float | tuple[float, float]:
     """Correlation of the two representational dissimilarity matrices over the pairs i < j.
 
     Args:
-        x, y: the two representations, rows paired (tensors or numpy arrays).
+        x: the first representation (N, p) (a tensor or a numpy array).
+        y: the second representation (N, q), its rows paired with x's.
         rdm: "cosine" (1 − cos(x_i, x_j)) or "euclidean" (‖x_i − x_j‖).
         method: "pearson", or "spearman" (Pearson correlation of average ranks, ties included; the engine ranks
             by histogram bins with an a-posteriori bound ≤ 1e-3 on the error, see metrics/pairwise.py).
@@ -198,7 +219,16 @@ def rsa(x, y, rdm="cosine", method="pearson", backend="auto", *, return_error=Fa
         The correlation (NaN, with a warning, where undefined), or (correlation, error bound) with return_error.
 
     Raises:
+        TypeError: x or y not a floating tensor (or array).
         ValueError: a bad shape or choice.
+
+    Examples:
+        Scaling and rotating a representation leaves its cosine RDM, and so the RSA, unchanged:
+
+        >>> x = torch.randn(50, 8, dtype=torch.float64)
+        >>> q = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64)).Q
+        >>> round(clnscl.metrics.rsa(x, 2 * x @ q), 4)
+        1.0
     """
     check_pair(x, y)
     check_choice("rdm", rdm, RDMS)
@@ -227,11 +257,14 @@ def _rsa(x, y, rdm, method, backend, progress, group) -> tuple[float, float]:
 
 
 @accepts_numpy("x", "y")
-def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None, process_group=None) -> dict[str, float]:
+def similarity_gap(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, max_abs: bool = False,
+                   backend: Literal["auto", "cpu", "cuda", "reference"] = "auto", *, progress: bool | None = None,
+                   process_group: torch.distributed.ProcessGroup | None = None) -> dict[str, float]:
     """Distance between the cosine-similarity matrices Σ_X = X̂X̂ᵀ and Σ_Y of x (N, p) and y (N, q).
 
     Args:
-        x, y: the two representations, rows paired (tensors or numpy arrays).
+        x: the first representation (N, p) (a tensor or a numpy array).
+        y: the second representation (N, q), its rows paired with x's.
         max_abs: also compute max_ij |Σ_X − Σ_Y|, an O(N²) pass over the pairs (the pairwise engine).
         backend: where that pass runs: "auto", "cpu", "cuda" or "reference".
         progress: a tqdm bar over the O(N²) pass (None: when stderr is a terminal).
@@ -239,11 +272,20 @@ def similarity_gap(x, y, max_abs=False, backend="auto", *, progress=None, proces
 
     Returns:
         {"frobenius": ‖Σ_X − Σ_Y‖_F, "relative": ÷ ‖Σ_X‖_F, "floor": the smallest frobenius the statistics
-        resolve (`StreamingAlignment.gap_floor`: about 1e-13 of ‖Σ_X‖_F when p = q, 1e-7 when p ≠ q)} from Gram
-        statistics in O((p+q)²) memory, and "max_abs" with max_abs=True; NaN where undefined.
+            resolve (`StreamingAlignment.gap_floor`: about 1e-13 of ‖Σ_X‖_F when p = q, 1e-7 when p ≠ q)} from Gram
+            statistics in O((p+q)²) memory, and "max_abs" with max_abs=True; NaN where undefined.
 
     Raises:
+        TypeError: x or y not a floating tensor (or array); max_abs not a bool.
         ValueError: a bad shape or choice.
+
+    Examples:
+        Scaling the rows leaves the cosine similarities as they are:
+
+        >>> x = torch.randn(50, 8, dtype=torch.float64)
+        >>> gap = clnscl.metrics.similarity_gap(x, 2 * x)
+        >>> sorted(gap), gap["frobenius"] <= gap["floor"]
+        (['floor', 'frobenius', 'relative'], True)
     """
     check_pair(x, y)
     check_choice("backend", backend, BACKENDS.names)
@@ -286,8 +328,11 @@ def _with_diagonal(off_diagonal, x, y) -> float:
 
 
 @accepts_numpy("x", "y")
-def pairwise_alignment(x, y, rdm="euclidean", sigma=None, unbiased=False, backend="auto", *, progress=None,
-                       process_group=None) -> dict[str, float]:
+def pairwise_alignment(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+                       rdm: Literal["euclidean", "cosine"] = "euclidean", sigma: float | None = None,
+                       unbiased: bool = False, backend: Literal["auto", "cpu", "cuda", "reference"] = "auto", *,
+                       progress: bool | None = None,
+                       process_group: torch.distributed.ProcessGroup | None = None) -> dict[str, float]:
     """Every metric that needs the pairs i < j, from as few passes over them as the maths allows: two (three for
     the cosine RDM with the median σ) where `rsa` by both methods, `cka(kernel="rbf")` and
     `similarity_gap(max_abs=True)` one by one take six.
@@ -298,20 +343,31 @@ def pairwise_alignment(x, y, rdm="euclidean", sigma=None, unbiased=False, backen
     backend (Spearman's rarer extra passes included: finer bins, exact ranks for few rows).
 
     Args:
-        x, y: the two representations, rows paired (tensors or numpy arrays).
+        x: the first representation (N, p) (a tensor or a numpy array).
+        y: the second representation (N, q), its rows paired with x's.
         rdm: the RDM of the RSA values: "euclidean" (‖x_i − x_j‖) or "cosine" (1 − cos(x_i, x_j)).
-        sigma, unbiased: the RBF CKA's, as for `cka`.
+        sigma: the RBF CKA's bandwidth, as for `cka` (None: the median distance).
+        unbiased: the RBF CKA's unbiased HSIC, as for `cka`.
         backend: "auto", "cpu", "cuda" or "reference" (then the metrics one by one, materialised).
         progress: a tqdm bar over the passes (None: when stderr is a terminal).
         process_group: rows sharded over its ranks, as for `cka`.
 
     Returns:
         {"rsa_spearman", "rsa_spearman_error" (the bound of `rsa(..., return_error=True)`), "rsa_pearson",
-        "cka_rbf", "sigma_x", "sigma_y", "sigma_x_error", "sigma_y_error" (as `cka(..., return_sigma=True)`),
-        "gap_max_abs" (max_ij |Σ_X − Σ_Y| of the cosine similarities)}; NaN, with a warning, where undefined.
+            "cka_rbf", "sigma_x", "sigma_y", "sigma_x_error", "sigma_y_error" (as `cka(..., return_sigma=True)`),
+            "gap_max_abs" (max_ij |Σ_X − Σ_Y| of the cosine similarities)}; NaN, with a warning, where undefined.
 
     Raises:
-        ValueError: a bad shape or choice.
+        TypeError: x or y not a floating tensor (or array); sigma not a real number.
+        ValueError: a bad shape or choice, sigma ≤ 0.
+
+    Examples:
+        A representation against itself: every correlation 1, no gap:
+
+        >>> x = torch.randn(20, 4, dtype=torch.float64)
+        >>> out = clnscl.metrics.pairwise_alignment(x, x, backend="reference")
+        >>> round(out["rsa_spearman"], 4), round(out["cka_rbf"], 4), out["gap_max_abs"]
+        (1.0, 1.0, 0.0)
     """
     check_pair(x, y)
     check_choice("rdm", rdm, RDMS)

@@ -2,20 +2,25 @@
 samples: a paired Poisson bootstrap of the difference of their metrics with the anchor."""
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from ..checks import accepts_numpy, check_choice, check_int, check_real
 from .streaming import StreamingAlignment, check_pair, percentile_interval
 
 
 @accepts_numpy("anchor", "a", "b")
-def compare(anchor, a, b, *, metric: str = "cka_cosine", bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
-            budget_gib: float = 4.0) -> dict:
+def compare(anchor: torch.Tensor | np.ndarray, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, *,
+            metric: str = "cka_cosine", bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
+            budget_gib: float = 4.0) -> dict[str, float | tuple[float, float]]:
     """The difference m(anchor, a) − m(anchor, b) of a streaming metric over the same N reference samples, with a
     paired bootstrap interval: both accumulators draw the same Poisson(1) weights for every row, so each replica
     resamples the reference set once for both models.
 
     Args:
         anchor: (N, p) features of the anchor (tensor or numpy array).
-        a, b: (N, q_a) and (N, q_b) features of the two models on the same samples.
+        a: (N, q_a) features of the first model on the same samples (tensor or numpy array).
+        b: (N, q_b) features of the second model on the same samples (tensor or numpy array).
         metric: a key of StreamingAlignment.KEYS (default the CKA of the cosine-similarity matrices).
         bootstrap: the number of replicas R (≥ 2).
         seed: seeds the replicas' weights.
@@ -24,10 +29,18 @@ def compare(anchor, a, b, *, metric: str = "cka_cosine", bootstrap: int = 1000, 
 
     Returns:
         {"a": m(anchor, a), "b": m(anchor, b), "difference": their difference, "interval": (low, high) the percentile
-        interval of the replicas' differences, "fraction": the share of replicas in which a's metric exceeds b's}.
+            interval of the replicas' differences, "fraction": the share of replicas in which a's metric exceeds b's}.
 
     Raises:
-        ValueError: a bad metric, level or shape (the rows of all three must pair).
+        TypeError: features that are not floating tensors (or arrays); a non-integer bootstrap or seed.
+        ValueError: a bad metric, level or shape (the rows of all three must pair), bootstrap < 2, a negative seed,
+            a non-positive budget_gib or replicas above it.
+
+    Examples:
+        >>> anchor = torch.randn(200, 8, dtype=torch.float64)
+        >>> out = clnscl.metrics.compare(anchor, 2 * anchor, torch.randn(200, 8, dtype=torch.float64), bootstrap=20)
+        >>> round(out["a"], 4), out["difference"] > 0, out["interval"][0] > 0
+        (1.0, True, True)
     """
     check_choice("metric", metric, StreamingAlignment.KEYS)
     check_int(bootstrap, "bootstrap", 2)

@@ -3,8 +3,9 @@ the bound on the gap between their CL and NSCL losses on a batch."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..checks import accepts_numpy, check_labels, check_temperature
@@ -20,15 +21,33 @@ def _named_weights(model, name: str) -> dict[str, torch.Tensor]:
     raise TypeError(f"{name} must be a torch.nn.Module (or a mapping name -> tensor), got {type(model).__name__}")
 
 
-def weight_divergence(model_a, model_b) -> dict:
+def weight_divergence(model_a: torch.nn.Module | Mapping[str, torch.Tensor],
+                      model_b: torch.nn.Module | Mapping[str, torch.Tensor]) -> dict[str, float | dict[str, float]]:
     """Relative distance between the weights of two models with the same parameter names and shapes.
 
     For each parameter tensor (``named_parameters()``, or the items of a mapping name → tensor)
     r = ‖w_a − w_b‖_F / (½(‖w_a‖_F + ‖w_b‖_F)), with r = 0 when both tensors are zero (so 0 ≤ r ≤ 2).
-    Returns ``{"per_tensor": {name: r}, "mean": mean of r over tensors, "global": the same ratio on all
-    parameters concatenated}``. Computed on CPU in float64, so the models may live on different devices or
-    dtypes. Models without parameters give ``mean = global = 0.0``. A name present in only one model or a
-    shape mismatch raises ValueError naming the first such parameter (in ``model_a``'s order).
+    Computed on CPU in float64, so the models may live on different devices or dtypes.
+
+    Args:
+        model_a: a module, or a mapping name → tensor.
+        model_b: the same, with the same names and shapes.
+
+    Returns:
+        ``{"per_tensor": {name: r}, "mean": mean of r over tensors, "global": the same ratio on all parameters
+            concatenated}``. Models without parameters give ``mean = global = 0.0``.
+
+    Raises:
+        TypeError: a model that is neither a module nor a mapping.
+        ValueError: a name present in only one model, or a shape mismatch, naming the first such parameter (in
+            ``model_a``'s order).
+
+    Examples:
+        >>> a, b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+        >>> clnscl.metrics.weight_divergence(a, a)["global"]
+        0.0
+        >>> 0 < clnscl.metrics.weight_divergence(a, b)["global"] <= 2
+        True
     """
     wa, wb = _named_weights(model_a, "model_a"), _named_weights(model_b, "model_b")
     for key in wa:
@@ -62,14 +81,31 @@ def _ratio(d2: float, a2: float, b2: float) -> float:
 
 
 @accepts_numpy("labels")
-def loss_gap_bound(labels, temperature) -> float:
+def loss_gap_bound(labels: torch.Tensor | np.ndarray | Sequence[int], temperature: float | torch.Tensor) -> float:
     """Upper bound on ℓ_CL − ℓ_NSCL for a batch with these labels: log(1 + n_max·e^{2/τ}/(N − n_max)).
 
     N = len(labels), n_max = size of the largest class. Evaluated as softplus(log n_max − log(N − n_max)
     + 2/τ), so small τ (e.g. 0.01) gives a large finite value instead of overflowing. Counting samples or
-    views gives the same value (both n_max and N − n_max scale by V). A single class (N = n_max: NSCL has
-    no negatives) gives ``math.inf``; empty labels give 0.0 (both losses are 0 on an empty batch).
-    labels: 1-D integer tensor (or anything ``torch.as_tensor`` turns into one); temperature: finite > 0.
+    views gives the same value (both n_max and N − n_max scale by V).
+
+    Args:
+        labels: 1-D integer tensor (or anything ``torch.as_tensor`` turns into one).
+        temperature: τ, finite > 0 (a number or a one-element floating tensor).
+
+    Returns:
+        The bound. A single class (N = n_max: NSCL has no negatives) gives ``math.inf``; empty labels give 0.0
+            (both losses are 0 on an empty batch).
+
+    Raises:
+        TypeError: labels that are not (or do not convert to) a 1-D integer tensor; a temperature that is not a
+            real number (or a floating tensor).
+        ValueError: labels that are not 1-D; a temperature that is not finite and > 0.
+
+    Examples:
+        Two classes of two samples at τ = 1: log(1 + 2e²/2) = log(1 + e²):
+
+        >>> round(clnscl.metrics.loss_gap_bound(torch.tensor([0, 0, 1, 1]), 1.0), 4)
+        2.1269
     """
     if not isinstance(labels, torch.Tensor):
         try:

@@ -33,8 +33,9 @@ def _eval_mode(*models: nn.Module):
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader: Iterable, *, device=None, dtype=torch.float16,
-                     select: Callable | None = None, progress: bool | None = None) -> torch.Tensor:
+def extract_features(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float16, select: Callable | None = None,
+                     progress: bool | None = None) -> torch.Tensor:
     """model(inputs) for every batch of `loader`, in eval mode under no_grad, concatenated on `device` in `dtype`.
 
     Args:
@@ -49,7 +50,15 @@ def extract_features(model: nn.Module, loader: Iterable, *, device=None, dtype=t
         The features (N, D), each output flattened.
 
     Raises:
+        TypeError: progress is not None, True or False.
         ValueError: the loader yielded no batches.
+
+    Examples:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+        >>> loader = [torch.randn(8, 4) for _ in range(3)]
+        >>> feats = clnscl.metrics.extract_features(model, loader, progress=False)
+        >>> feats.shape, feats.dtype
+        (torch.Size([24, 3]), torch.float16)
     """
     parts = []
     with _eval_mode(model):
@@ -63,13 +72,15 @@ def extract_features(model: nn.Module, loader: Iterable, *, device=None, dtype=t
 
 
 @torch.no_grad()
-def align_models(model_a: nn.Module, model_b: nn.Module, loader: Iterable, *, device=None,
-                 keep_features: bool = False, dtype=torch.float16, select: Callable | None = None,
-                 progress: bool | None = None):
+def align_models(model_a: nn.Module, model_b: nn.Module, loader: Iterable, *,
+                 device: torch.device | str | None = None, keep_features: bool = False,
+                 dtype: torch.dtype = torch.float16, select: Callable | None = None,
+                 progress: bool | None = None) -> tuple[StreamingAlignment, tuple[torch.Tensor, torch.Tensor] | None]:
     """Run both models on the same batches (eval mode, no_grad) and accumulate their alignment statistics.
 
     Args:
-        model_a, model_b: any modules; their training modes are restored afterwards.
+        model_a: any module; its training mode is restored afterwards.
+        model_b: another module, run on the same batches (likewise restored).
         loader: batches of `inputs` or `(inputs, labels, ...)`.
         device: where the inputs go (None: where they are).
         keep_features: also keep both models' features (for the pairwise metrics).
@@ -79,10 +90,18 @@ def align_models(model_a: nn.Module, model_b: nn.Module, loader: Iterable, *, de
 
     Returns:
         (StreamingAlignment, features) where features is None, or, with keep_features=True, the pair
-        (features_a, features_b) kept on the device in `dtype`.
+            (features_a, features_b) kept on the device in `dtype`.
 
     Raises:
-        ValueError: the loader yielded no batches.
+        TypeError: progress is not None, True or False; a model's output is not a floating tensor.
+        ValueError: the loader yielded no batches, or the models' outputs differ in their number of rows.
+
+    Examples:
+        >>> model = torch.nn.Linear(4, 3)
+        >>> loader = [torch.randn(8, 4) for _ in range(3)]
+        >>> acc, feats = clnscl.metrics.align_models(model, model, loader, progress=False)
+        >>> acc.n, feats, round(acc.compute()["cka_linear"], 4)
+        (24, None, 1.0)
     """
     acc = StreamingAlignment()
     kept: tuple[list, list] = ([], [])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 
 from ..checks import accepts_numpy, check_labels, check_matrix
@@ -78,14 +79,34 @@ def _too_few_classes(c: int, what: str, return_matrix: bool, device):
 
 @torch.no_grad()
 @accepts_numpy("features", "labels")
-def cdnv(features, labels, return_matrix: bool = False):
+def cdnv(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+         return_matrix: bool = False) -> float | torch.Tensor:
     """Class-distance normalised variance (Galanti et al., 2022), averaged over ordered pairs i ≠ j.
 
     V_ij = (σ_i² + σ_j²) / (2‖μ_i − μ_j‖²), μ_i = mean of class i's rows, σ_i² = mean over class i of
-    ‖f − μ_i‖² (population variance; 0 for a singleton class). Returns the mean of V_ij over i ≠ j as a
-    float, or with ``return_matrix=True`` the (C, C) float64 matrix (classes in sorted label order, NaN on
-    the diagonal). Two classes with identical means have V_ij = +inf. Fewer than 2 classes: NaN (a C×C NaN
-    matrix) with a warning.
+    ‖f − μ_i‖² (population variance; 0 for a singleton class).
+
+    Args:
+        features: (N, p) finite floating features (a tensor or a numpy array).
+        labels: (N,) integer labels on the features' device (arbitrary integers; classes are the sorted values).
+        return_matrix: return the (C, C) matrix instead of its mean.
+
+    Returns:
+        The mean of V_ij over i ≠ j as a float, or with ``return_matrix=True`` the (C, C) float64 matrix
+            (classes in sorted label order, NaN on the diagonal). Two classes with identical means have V_ij = +inf.
+            Fewer than 2 classes: NaN (a C×C NaN matrix) with a warning.
+
+    Raises:
+        TypeError: features that are not a floating tensor, labels that are not an integer tensor.
+        ValueError: features that are not 2-D or not finite; labels that are not 1-D, of another length or on
+            another device.
+
+    Examples:
+        Two classes of variance 1 whose means are 10 apart: V = (1 + 1)/(2·10²):
+
+        >>> f = torch.tensor([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])
+        >>> round(clnscl.metrics.cdnv(f, torch.tensor([0, 0, 1, 1])), 4)
+        0.01
     """
     check_labelled(features, labels, "features", "labels")
     classes, idx, counts, means = class_stats(features, labels)
@@ -105,18 +126,39 @@ def cdnv(features, labels, return_matrix: bool = False):
 
 @torch.no_grad()
 @accepts_numpy("features", "labels")
-def directional_cdnv(features, labels, return_matrix: bool = False):
+def directional_cdnv(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                     return_matrix: bool = False) -> float | torch.Tensor:
     """Directional CDNV: the CDNV with each variance taken only along the line between the two means.
 
     u_ij = (μ_i − μ_j)/‖μ_i − μ_j‖, σ_i²(u_ij) = mean over class i of ⟨f − μ_i, u_ij⟩²,
-    V^dir_ij = (σ_i²(u_ij) + σ_j²(u_ij)) / (2‖μ_i − μ_j‖²); mean over ordered pairs i ≠ j, or the (C, C)
-    matrix with ``return_matrix=True`` (sorted label order, NaN diagonal). Same degenerate values as
-    :func:`cdnv` (coinciding means → +inf, fewer than 2 classes → NaN with a warning).
+    V^dir_ij = (σ_i²(u_ij) + σ_j²(u_ij)) / (2‖μ_i − μ_j‖²).
 
     No per-class covariance: with M the class means shifted by their average (the inner products below do
     not change under a common shift, and the shift reduces cancellation), P = (F − μ_y) Mᵀ is (N, C) and
     ⟨f − μ_i, μ_i − μ_j⟩ = P[f, i] − P[f, j]; T_ij = Σ_{f∈i} (P[f, i] − P[f, j])² is one ``index_add_``
     per block of rows, and σ_i²(u_ij) = T_ij / (n_i ‖μ_i − μ_j‖²). O(N·p·C) time, O(C·(p + C)) memory.
+
+    Args:
+        features: (N, p) finite floating features (a tensor or a numpy array).
+        labels: (N,) integer labels on the features' device (arbitrary integers; classes are the sorted values).
+        return_matrix: return the (C, C) matrix instead of its mean.
+
+    Returns:
+        The mean of V^dir_ij over ordered pairs i ≠ j, or the (C, C) float64 matrix with ``return_matrix=True``
+            (sorted label order, NaN diagonal). Same degenerate values as `cdnv` (coinciding means → +inf, fewer
+            than 2 classes → NaN with a warning).
+
+    Raises:
+        TypeError: features that are not a floating tensor, labels that are not an integer tensor.
+        ValueError: features that are not 2-D or not finite; labels that are not 1-D, of another length or on
+            another device.
+
+    Examples:
+        The classes below vary only at right angles to the line between their means:
+
+        >>> f = torch.tensor([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])
+        >>> clnscl.metrics.directional_cdnv(f, torch.tensor([0, 0, 1, 1]))
+        0.0
     """
     check_labelled(features, labels, "features", "labels")
     classes, idx, counts, means = class_stats(features, labels)

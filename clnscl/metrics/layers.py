@@ -46,11 +46,14 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import warnings
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -174,10 +177,20 @@ def _device_of(model: nn.Module):
 class LayerAlignment:
     """The L_a × L_b matrices of a `layer_alignment` call (float64, rows: model a's layers).
 
-    Attributes:
+    Args:
+        names_a: model a's layer names (the rows).
+        names_b: model b's layer names (the columns).
+        cka: the (L_a, L_b) CKA matrix; NaN where not computed (pairs="matching") or undefined.
+        rsa: the (L_a, L_b) cosine-RDM Pearson RSA matrix, or None when not asked for.
         method: the method that ran ("exact", "minibatch" or "sketch"; never "auto").
+        kernel: the CKA's kernel, "linear" or "cosine".
+        samples: the number of samples the matrices are computed over.
         sketch_dim: the sketch's k when `method` is "sketch" (what `method="auto"` chose, or the `sketch_dim`
             asked for), else None.
+
+    Raises:
+        TypeError: a missing or unknown field (the dataclass constructor's own check; the values are not
+            validated).
     """
     names_a: list[str]
     names_b: list[str]
@@ -189,7 +202,12 @@ class LayerAlignment:
     sketch_dim: int | None = None
 
     def to_dict(self) -> dict:
-        """The names, settings and matrices as lists (an entry not computed or undefined is None)."""
+        """The names, settings and matrices as lists, ready for JSON.
+
+        Returns:
+            {"names_a", "names_b", "method", "kernel", "samples", "cka", and "sketch_dim", "rsa" when set}; the
+                matrices as lists of rows, an entry not computed or undefined None.
+        """
         def rows(m: torch.Tensor) -> list:
             return [[None if math.isnan(v) else v for v in row] for row in m.tolist()]
 
@@ -201,13 +219,34 @@ class LayerAlignment:
             out["rsa"] = rows(self.rsa)
         return out
 
-    def save_json(self, path) -> Path:
+    def save_json(self, path: str | os.PathLike) -> Path:
+        """Write `to_dict()` as JSON.
+
+        Args:
+            path: the file to write (replaced if it exists).
+
+        Returns:
+            The path written.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
 
-    def save_csv(self, path) -> Path:
-        """One row per layer pair: layer_a, layer_b, cka (and rsa)."""
+    def save_csv(self, path: str | os.PathLike) -> Path:
+        """Write one row per layer pair: layer_a, layer_b, cka (and rsa), after a header.
+
+        Args:
+            path: the file to write (replaced if it exists).
+
+        Returns:
+            The path written.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         path = Path(path)
         head = "layer_a,layer_b,cka" + (",rsa" if self.rsa is not None else "")
         rows = [head]
@@ -218,10 +257,25 @@ class LayerAlignment:
         path.write_text("\n".join(rows) + "\n")
         return path
 
-    def heatmap(self, path, metric: str = "cka", annotate: bool | None = None, title: str | None = None,
-                labels: tuple[str, str] = ("model a", "model b")) -> Path:
-        """A PNG of the matrix, layer names on the axes, values written in the cells when `annotate` (default:
-        when there are at most 16 × 16 cells)."""
+    def heatmap(self, path: str | os.PathLike, metric: Literal["cka", "rsa"] = "cka", annotate: bool | None = None,
+                title: str | None = None, labels: tuple[str, str] = ("model a", "model b")) -> Path:
+        """Draw a PNG of one matrix, layer names on the axes (needs matplotlib).
+
+        Args:
+            path: the PNG file to write.
+            metric: "cka", or "rsa" when the RSA was computed.
+            annotate: write the values in the cells (None: when there are at most 16 × 16 cells).
+            title: the figure's title (None: the metric, kernel, method and number of samples).
+            labels: the axis labels of the rows' and the columns' model.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ValueError: an unknown metric, or "rsa" when it was not computed.
+            ImportError: matplotlib is missing.
+            OSError: the file cannot be written.
+        """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -449,30 +503,60 @@ class _Minibatch:
 
 
 @torch.no_grad()
-def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader, layers_a=None, layers_b=None, *,
-                    method: str = "auto", kernel: str = "linear", rsa: bool = False, pool: str | None = None,
-                    pairs: str = "all",
-                    sketch_dim: int = 4096, seed: int = 0, budget_gib: float = 4.0, process_group=None,
+def layer_alignment(model_a: nn.Module, model_b: nn.Module | None, loader: Iterable,
+                    layers_a: str | type[nn.Module] | Sequence[str | type[nn.Module]] | None = None,
+                    layers_b: str | type[nn.Module] | Sequence[str | type[nn.Module]] | None = None, *,
+                    method: Literal["auto", "exact", "minibatch", "sketch"] = "auto",
+                    kernel: Literal["linear", "cosine"] = "linear", rsa: bool = False,
+                    pool: Literal["avg", "max", "tokens"] | None = None, pairs: Literal["all", "matching"] = "all",
+                    sketch_dim: int = 4096, seed: int = 0, budget_gib: float = 4.0,
+                    process_group: torch.distributed.ProcessGroup | None = None,
                     progress: bool | None = None) -> LayerAlignment:
     """CKA (`kernel` "linear" or "cosine"; and with `rsa`, the cosine-RDM Pearson RSA) of every layer of
     `layers_a` in model_a against every layer of `layers_b` in model_b over the batches of `loader` (inputs,
     or (inputs, labels, ...)); see the module's docstring for the layers, methods and costs.
 
     Args:
-        model_b: None (or model_a) compares model_a with itself.
-        layers_a, layers_b: names, module types, or None for every leaf module that runs once per forward pass.
+        model_a: the first model (its layers are the rows); its training mode is restored afterwards.
+        model_b: the second model; None (or model_a) compares model_a with itself.
+        loader: batches of `inputs` or `(inputs, labels, ...)`.
+        layers_a: model_a's layers: names, module types, or None for every leaf module that runs once per
+            forward pass.
+        layers_b: model_b's layers, likewise (None when model_a is compared with itself: those of `layers_a`).
         method: "auto" (the first of exact, sketch at `sketch_dim`, minibatch, a smaller sketch that fits
             `budget_gib`, with a warning when it is not exact), "exact", "minibatch" or "sketch".
+        kernel: the CKA's kernel, "linear" or "cosine" (on L2-normalised rows).
+        rsa: also compute the Pearson RSA of the cosine RDMs (not with "minibatch").
+        pool: None (the output flattened as it is), "avg" or "max" over the dimensions after the channels of
+            (b, C, *spatial) outputs, "tokens" the mean token of (b, T, D) outputs.
+        pairs: "all" (every layer against every layer) or "matching" (layer i with layer i only, for layer lists
+            of equal length; the other entries NaN).
         sketch_dim: the sketch's k (columns a wider layer is sketched to).
+        seed: seeds the sketch's hashes and signs.
         budget_gib: the memory the statistics may take; an explicit "exact" or "sketch" above it is an error.
+        process_group: every rank passes its own part of the data and the sums are all-reduced (every rank
+            must see at least one batch).
         progress: a tqdm bar over the batches (None: when stderr is a terminal; True or False force it).
 
     Returns:
         The matrices, with the method that ran (and the sketch's k) in `method` and `sketch_dim`.
 
     Raises:
+        TypeError: a layer given by something other than a name or a module type; a layer output that is not a
+            tensor; progress not None, True or False.
         ValueError: a bad argument (named), a layer that cannot be compared, an explicit method over
             `budget_gib`, or `auto` when not even a sketch to one column fits it.
+
+    Examples:
+        A model against itself: every layer has CKA 1 with itself.
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> loader = [torch.randn(16, 4) for _ in range(2)]
+        >>> res = clnscl.metrics.layer_alignment(model, None, loader, ["0", "2"], progress=False)
+        >>> res.names_a, res.cka.shape, res.method
+        (['0', '2'], torch.Size([2, 2]), 'exact')
+        >>> torch.allclose(res.cka.diagonal(), torch.ones(2, dtype=torch.float64))
+        True
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,15 +51,39 @@ def _accuracy(pred_labels: torch.Tensor, test_labels: torch.Tensor) -> float:
 
 @torch.no_grad()
 @accepts_numpy("train_features", "train_labels", "test_features", "test_labels")
-def nccc_accuracy(train_features, train_labels, test_features, test_labels, n_shot=None, seed: int = 0) -> float:
+def nccc_accuracy(train_features: torch.Tensor | np.ndarray, train_labels: torch.Tensor | np.ndarray,
+                  test_features: torch.Tensor | np.ndarray, test_labels: torch.Tensor | np.ndarray,
+                  n_shot: int | None = None, seed: int = 0) -> float:
     """Accuracy of the nearest class-centre classifier (NCC).
 
     Centre of class c = mean of its training rows, or of ``n_shot`` of them drawn without replacement by a
     ``torch.Generator`` seeded with ``seed`` (all of the class's rows when it has at most ``n_shot``). A test
     row is assigned the class of the nearest centre in Euclidean distance, argmin_c ‖c‖² − 2⟨x, c⟩ (exact
-    ties: the smallest label). Accuracy = fraction of test rows whose label equals the prediction, in
-    [0, 1]; test labels absent from training are errors. No test rows: NaN; no training rows: 0.0 (both
-    with a warning). Distances in float64 for float64 input, else float32; centres in float64.
+    ties: the smallest label). Distances in float64 for float64 input, else float32; centres in float64.
+
+    Args:
+        train_features: (N_train, p) finite floating features the probe is fitted on (a tensor or a numpy array).
+        train_labels: (N_train,) integer labels of the training rows, on their device.
+        test_features: (N_test, p) finite floating features the probe is tested on, on the same device.
+        test_labels: (N_test,) integer labels of the test rows.
+        n_shot: the training rows per class the centres are taken from (None: all).
+        seed: seeds the draw of the ``n_shot`` rows.
+
+    Returns:
+        The fraction of test rows whose label equals the prediction, in [0, 1]; test labels absent from training
+            are errors. No test rows: NaN; no training rows: 0.0 (both with a warning).
+
+    Raises:
+        TypeError: features that are not floating tensors, labels that are not integer tensors; a non-integer
+            n_shot or seed.
+        ValueError: features that are not 2-D or not finite, of different widths or devices; labels that are not
+            1-D, of another length or on another device; n_shot < 1.
+
+    Examples:
+        >>> train = torch.tensor([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])
+        >>> test = torch.tensor([[1.0, 1.0], [9.0, 1.0]])
+        >>> clnscl.metrics.nccc_accuracy(train, torch.tensor([0, 0, 1, 1]), test, torch.tensor([0, 1]))
+        1.0
     """
     _check_probe(train_features, train_labels, test_features, test_labels)
     if n_shot is not None:
@@ -100,18 +126,49 @@ METRICS = ("cosine", "euclidean")
 @torch.no_grad()
 @accepts_numpy("train_features", "train_labels", "test_features", "test_labels")
 def knn_accuracy(
-    train_features, train_labels, test_features, test_labels, k: int = 20, metric: str = "cosine", chunk: int = 4096
+    train_features: torch.Tensor | np.ndarray,
+    train_labels: torch.Tensor | np.ndarray,
+    test_features: torch.Tensor | np.ndarray,
+    test_labels: torch.Tensor | np.ndarray,
+    k: int = 20,
+    metric: Literal["cosine", "euclidean"] = "cosine",
+    chunk: int = 4096,
 ) -> float:
     """Accuracy of the k-nearest-neighbour majority vote.
 
-    metric "cosine": distance 1 − cos(x, t) (rows L2-normalised, a zero row stays zero); "euclidean":
-    ‖x − t‖. Each test row takes the label most frequent among its k nearest training rows (k is capped at
-    the number of training rows). Ties in the vote go to the tied class whose neighbours have the smallest
-    summed distance, then to the smallest label; which of several training rows at exactly the k-th
-    distance is taken is unspecified. Test labels absent from training are errors. Test rows are processed
-    ``chunk`` at a time, and training rows in blocks with a running top-k, so memory is
-    O(chunk·(k + block)), never N_test × N_train. No test rows: NaN; no training rows: 0.0 (with a warning).
-    Distances in float64 for float64 input, else float32.
+    Each test row takes the label most frequent among its k nearest training rows (k is capped at the number
+    of training rows). Ties in the vote go to the tied class whose neighbours have the smallest summed
+    distance, then to the smallest label; which of several training rows at exactly the k-th distance is
+    taken is unspecified. Test rows are processed ``chunk`` at a time, and training rows in blocks with a
+    running top-k, so memory is O(chunk·(k + block)), never N_test × N_train. Distances in float64 for float64
+    input, else float32.
+
+    Args:
+        train_features: (N_train, p) finite floating features the probe is fitted on (a tensor or a numpy array).
+        train_labels: (N_train,) integer labels of the training rows, on their device.
+        test_features: (N_test, p) finite floating features the probe is tested on, on the same device.
+        test_labels: (N_test,) integer labels of the test rows.
+        k: the neighbours that vote.
+        metric: "cosine": distance 1 − cos(x, t) (rows L2-normalised, a zero row stays zero); "euclidean":
+            ‖x − t‖.
+        chunk: the test rows processed at a time.
+
+    Returns:
+        The fraction of test rows whose label equals the vote, in [0, 1]; test labels absent from training are
+            errors. No test rows: NaN; no training rows: 0.0 (with a warning).
+
+    Raises:
+        TypeError: features that are not floating tensors, labels that are not integer tensors; a non-integer k
+            or chunk.
+        ValueError: features that are not 2-D or not finite, of different widths or devices; labels that are not
+            1-D, of another length or on another device; k or chunk < 1, an unknown metric.
+
+    Examples:
+        >>> train = torch.tensor([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])
+        >>> test = torch.tensor([[1.0, 1.0], [9.0, 1.0]])
+        >>> clnscl.metrics.knn_accuracy(train, torch.tensor([0, 0, 1, 1]), test, torch.tensor([0, 1]), k=1,
+        ...                             metric="euclidean")
+        1.0
     """
     _check_probe(train_features, train_labels, test_features, test_labels)
     k = check_int(k, "k", 1)
@@ -170,10 +227,10 @@ def knn_accuracy(
 
 @accepts_numpy("train_features", "train_labels", "test_features", "test_labels")
 def linear_probe_accuracy(
-    train_features,
-    train_labels,
-    test_features,
-    test_labels,
+    train_features: torch.Tensor | np.ndarray,
+    train_labels: torch.Tensor | np.ndarray,
+    test_features: torch.Tensor | np.ndarray,
+    test_labels: torch.Tensor | np.ndarray,
     epochs: int = 100,
     lr: float = 1.0,
     weight_decay: float = 1e-4,
@@ -186,9 +243,29 @@ def linear_probe_accuracy(
     mean cross-entropy + ½·weight_decay·‖W‖_F² (b not decayed), full batch, with L-BFGS (strong-Wolfe line
     search, step ``lr``, at most ``epochs`` iterations) from W ~ N(0, 0.01²) drawn by a generator seeded with
     ``seed``, b = 0 — so the result is deterministic given the seed (on a given device). Computed in
-    float64 for float64 input, else float32, with gradients enabled whatever the caller's grad mode. Test
-    labels absent from training are errors; a single training class predicts that class. No test rows:
-    NaN; no training rows: 0.0 (with a warning).
+    float64 for float64 input, else float32, with gradients enabled whatever the caller's grad mode.
+
+    Args:
+        train_features: (N_train, p) finite floating features the probe is fitted on (a tensor or a numpy array).
+        train_labels: (N_train,) integer labels of the training rows, on their device.
+        test_features: (N_test, p) finite floating features the probe is tested on, on the same device.
+        test_labels: (N_test,) integer labels of the test rows.
+        epochs: the most L-BFGS iterations.
+        lr: the L-BFGS step, > 0.
+        weight_decay: the L2 penalty on W, ≥ 0.
+        seed: seeds W's initialisation.
+
+    Returns:
+        The fraction of test rows whose label equals the prediction, in [0, 1]; test labels absent from training
+            are errors, and a single training class predicts that class. No test rows: NaN; no training rows: 0.0
+            (with a warning).
+
+    Raises:
+        TypeError: features that are not floating tensors, labels that are not integer tensors; a non-integer
+            epochs or seed, a non-real lr or weight_decay.
+        ValueError: features that are not 2-D or not finite, of different widths or devices; labels that are not
+            1-D, of another length or on another device; epochs < 1, lr ≤ 0, weight_decay < 0 (or either not
+            finite).
     """
     _check_probe(train_features, train_labels, test_features, test_labels)
     epochs = check_int(epochs, "epochs", 1)

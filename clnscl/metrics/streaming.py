@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ..checks import as_tensor, check_int, check_matrix, check_real
@@ -223,9 +225,8 @@ class StreamingAlignment:
     `gap_floor()` states the smallest gap the sums resolve; with `bootstrap=R`, `interval(level)` gives percentile
     intervals from R Poisson-bootstrap replicas of the sums.
 
-    Example:
-        >>> import torch
-        >>> acc = StreamingAlignment(bootstrap=50, seed=0)
+    Examples:
+        >>> acc = clnscl.metrics.StreamingAlignment(bootstrap=50, seed=0)
         >>> x = torch.randn(500, 8, dtype=torch.float64)
         >>> acc.update(x, 2 * x + 1)
         >>> round(acc.compute()["cka_linear"], 12), acc.interval(0.9)["cka_linear"][0] > 0.999
@@ -247,7 +248,8 @@ class StreamingAlignment:
                 numbers.
 
         Raises:
-            ValueError: bootstrap < 0, or a non-positive budget.
+            TypeError: a non-integer bootstrap or seed, a non-real budget_gib.
+            ValueError: bootstrap < 0, seed < 0, or a non-positive budget.
         """
         check_int(bootstrap, "bootstrap", 0)
         check_int(seed, "seed", 0)
@@ -256,6 +258,8 @@ class StreamingAlignment:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every row accumulated (and the replicas' sums); the bootstrap weights start again from `seed`.
+        """
         # statistics of the rows minus a shift (the first chunk's means): linear CKA is translation-invariant,
         # and sums of centred rows keep their precision when the features share a large offset
         self._raw: dict[str, torch.Tensor] | None = None
@@ -267,28 +271,65 @@ class StreamingAlignment:
 
     @classmethod
     def from_sums(cls, raw: dict[str, torch.Tensor], unit: dict[str, torch.Tensor],
-                  shift: tuple[torch.Tensor, torch.Tensor]) -> "StreamingAlignment":
-        """An accumulator holding given sums (those `_batch_stats` makes: of the rows minus `shift`, and of the
-        normalised rows), for callers that accumulate the sides and the cross terms of many pairs themselves
-        (`metrics.layers`); the tensors are used, not copied."""
+                  shift: tuple[torch.Tensor, torch.Tensor]) -> StreamingAlignment:
+        """An accumulator holding given sums, for callers that accumulate the sides and the cross terms of many
+        pairs themselves (`metrics.layers`); the tensors are used, not copied.
+
+        Args:
+            raw: the sums of the rows minus `shift`, keyed as `_batch_stats` makes them ("n", "xx", "sx", ...).
+            unit: the same sums of the L2-normalised rows.
+            shift: the float64 vectors (p,) and (q,) subtracted from x's and y's rows in `raw`.
+
+        Returns:
+            The accumulator (without bootstrap replicas).
+
+        Raises:
+            ValueError: `raw` or `unit` lacks the row count "n", or `shift` is not two vectors.
+        """
+        if "n" not in raw or "n" not in unit:
+            raise ValueError('from_sums: raw and unit must hold the row count "n"')
+        if len(shift) != 2 or any(not isinstance(v, torch.Tensor) or v.dim() != 1 for v in shift):
+            raise ValueError("from_sums: shift must be two vectors, (p,) and (q,)")
         acc = cls()
         acc._raw, acc._unit, acc._shift = raw, unit, shift
         return acc
 
     @property
     def n(self) -> int:
+        """The number of rows accumulated so far."""
         return 0 if self._raw is None else int(self._raw["n"])
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add a batch of paired rows (tensors or numpy arrays, any float dtype; accumulated in float64)."""
+    def update(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> None:
+        """Add a batch of paired rows (any float dtype; accumulated in float64).
+
+        Args:
+            x: (b, p) rows (a tensor or a numpy array).
+            y: (b, q) rows paired with x's.
+
+        Raises:
+            TypeError: x or y not a floating tensor (or array).
+            ValueError: x or y not 2-D, their row counts differ, feature widths other than the earlier batches',
+                or bootstrap replicas above budget_gib (checked at the first batch).
+        """
         self.update_shared([self], x, [y])
 
     @staticmethod
-    def update_shared(accumulators: "list[StreamingAlignment]", x: torch.Tensor, ys: list[torch.Tensor]) -> None:
+    def update_shared(accumulators: Sequence[StreamingAlignment], x: torch.Tensor | np.ndarray,
+                      ys: Sequence[torch.Tensor | np.ndarray]) -> None:
         """`accumulators[i].update(x, ys[i])` for every i, with the statistics of x computed once: one anchor
         against k models costs 1 + 2k Gram products (for the shifted rows, likewise for the normalised ones)
         instead of 3k. The same sums as separate updates up to float64 rounding; accumulators whose x rows
-        were shifted differently (by earlier separate updates) are updated separately."""
+        were shifted differently (by earlier separate updates) are updated separately.
+
+        Args:
+            accumulators: the k accumulators.
+            x: (b, p) anchor rows shared by all of them (a tensor or a numpy array).
+            ys: k batches (b, q_i), one per accumulator, their rows paired with x's.
+
+        Raises:
+            TypeError: x or a batch of ys not a floating tensor (or array).
+            ValueError: as many ys as accumulators expected; otherwise as `update`.
+        """
         if len(accumulators) != len(ys):
             raise ValueError(f"ys: one batch per accumulator expected, got {len(ys)} for {len(accumulators)}")
         x, ys = as_tensor(x), [as_tensor(y) for y in ys]
@@ -351,7 +392,21 @@ class StreamingAlignment:
 
     @staticmethod
     def replica_bytes(p: int, q: int) -> int:
-        """Bytes of one replica's statistics (as many as the accumulator's own) for features of widths p, q."""
+        """Bytes of one replica's statistics (as many as the accumulator's own) for features of widths p, q.
+
+        Args:
+            p: x's feature width.
+            q: y's feature width.
+
+        Returns:
+            8·(2·(p² + q² + pq + 3(p + q) + 6) + (2p² + p + 1 when p = q, else 0)).
+
+        Raises:
+            TypeError: p or q is not an integer.
+            ValueError: p or q is below 1.
+        """
+        check_int(p, "p", 1)
+        check_int(q, "q", 1)
         sides = p * p + q * q + p * q + 3 * (p + q) + 6
         diff = 2 * p * p + p + 1 if p == q else 0
         return 8 * (2 * sides + diff)
@@ -376,9 +431,20 @@ class StreamingAlignment:
             for key, value in new.items():
                 mine[key] += value.to(mine[key].device)
 
-    def merge(self, other: "StreamingAlignment") -> "StreamingAlignment":
+    def merge(self, other: StreamingAlignment) -> StreamingAlignment:
         """Add another accumulator's rows to this one (as if its batches had been given here), bootstrap replicas
-        included (both need the same number of replicas and different seeds)."""
+        included.
+
+        Args:
+            other: the accumulator whose sums are added (it is left unchanged); the same number of replicas and,
+                with replicas, a different seed.
+
+        Returns:
+            This accumulator.
+
+        Raises:
+            ValueError: a different number of replicas, the same seed with replicas, or other feature widths.
+        """
         if other.bootstrap != self.bootstrap:
             raise ValueError(f"other: {other.bootstrap} bootstrap replicas, this accumulator {self.bootstrap}")
         if other._raw is None:
@@ -409,8 +475,19 @@ class StreamingAlignment:
                     mine[key] += theirs[key].to(mine[key].device)
         return self
 
-    def all_reduce(self, group=None) -> "StreamingAlignment":
-        """Sum the statistics over the ranks of `group` (one collective); every rank must hold some rows."""
+    def all_reduce(self, group: torch.distributed.ProcessGroup | None = None) -> StreamingAlignment:
+        """Sum the statistics over the ranks of `group` (one collective); every rank must hold some rows.
+
+        Args:
+            group: the process group (None: the default one).
+
+        Returns:
+            This accumulator, holding the sums of every rank's rows.
+
+        Raises:
+            RuntimeError: this rank has no rows.
+            ValueError: ranks share a bootstrap seed (their rows would share weights).
+        """
         import torch.distributed as dist
 
         if self._raw is None:
@@ -439,12 +516,18 @@ class StreamingAlignment:
                 offset += value.numel()
         return self
 
-    def replica_values(self, keys=None) -> dict[str, torch.Tensor]:
-        """Every bootstrap replica's metrics: {key: float64 tensor (R,)} for `keys` (default: all), NaN where a
-        replica's metric is undefined.
+    def replica_values(self, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Every bootstrap replica's metrics.
+
+        Args:
+            keys: which metrics (default: all of KEYS).
+
+        Returns:
+            {key: float64 tensor (R,)}, NaN where a replica's metric is undefined.
 
         Raises:
             RuntimeError: no replicas (bootstrap=0) or no rows yet.
+            KeyError: a key not in KEYS.
         """
         if self._replicas is None:
             raise RuntimeError("replica_values: no bootstrap replicas; construct with bootstrap=R and add rows")
@@ -459,13 +542,15 @@ class StreamingAlignment:
                     values[key][r] = out[key]
         return values
 
-    def interval(self, level: float = 0.95, keys=None) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap intervals: {key: (low, high)}, the (1 − level)/2 and (1 + level)/2 quantiles of the
-        replicas' values; (NaN, NaN) where a replica's value is undefined.
+    def interval(self, level: float = 0.95, keys: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap intervals: the (1 − level)/2 and (1 + level)/2 quantiles of the replicas' values.
 
         Args:
             level: the nominal coverage, in (0, 1).
             keys: which metrics (default: all of KEYS).
+
+        Returns:
+            {key: (low, high)}; (NaN, NaN) where a replica's value is undefined.
 
         Raises:
             ValueError: level outside (0, 1), or an unknown key.
@@ -477,9 +562,22 @@ class StreamingAlignment:
             raise ValueError(f"keys: unknown {unknown}; choose from {self.KEYS}")
         return {key: percentile_interval(values, level) for key, values in self.replica_values(keys).items()}
 
-    def compute(self, keys=None) -> dict[str, float]:
-        """The metrics over all rows so far; NaN where undefined, with a warning saying why for each of `keys`
-        (default: all) that is undefined."""
+    def compute(self, keys: Iterable[str] | None = None) -> dict[str, float]:
+        """The metrics over all rows so far.
+
+        Args:
+            keys: the metrics that warn, saying why, when undefined (default: all).
+
+        Returns:
+            {key: value} for every key of KEYS, whatever `keys`; NaN where undefined.
+
+        Raises:
+            ValueError: `keys` names a metric that is not in KEYS.
+        """
+        keys = None if keys is None else list(keys)
+        unknown = [] if keys is None else [k for k in keys if k not in self.KEYS]
+        if unknown:
+            raise ValueError(f"compute: unknown keys {unknown}; the metrics are {list(self.KEYS)}")
         out = dict.fromkeys(self.KEYS, math.nan)
         why: dict[str, str] = {}
         self._fill(out, why)
@@ -492,7 +590,11 @@ class StreamingAlignment:
         """The smallest ‖Σ_X − Σ_Y‖_F these sums resolve: a conservative estimate of the float64 rounding in
         gap_frobenius (u = 2⁻⁵³). When p = q (the difference's sums kept) 8u√N·‖Σ_X‖_F, about 1e-13 of ‖Σ_X‖_F;
         when p ≠ q the gap is √(‖X̂ᵀX̂‖² + ‖ŶᵀŶ‖² − 2‖X̂ᵀŶ‖²), a difference of large terms, and the floor
-        √(8u√N·(‖X̂ᵀX̂‖² + ‖ŶᵀŶ‖² + 2‖X̂ᵀŶ‖²)), about 1e-7 of ‖Σ_X‖_F: a gap below it is rounding. NaN with no rows."""
+        √(8u√N·(‖X̂ᵀX̂‖² + ‖ŶᵀŶ‖² + 2‖X̂ᵀŶ‖²)), about 1e-7 of ‖Σ_X‖_F: a gap below it is rounding.
+
+        Returns:
+            The floor; NaN with no rows.
+        """
         if self._unit is None:
             return math.nan
         u, n = self._unit, self.n
@@ -507,7 +609,14 @@ class StreamingAlignment:
         sums as `compute`, exact in float64: k_norm ‖K_X‖_F and k_gap ‖K_X − K_Y‖_F (K = HΣH), rho = k_gap/k_norm,
         sigma_gap ‖Σ_X − Σ_Y‖_F, and over the M = N(N−1)/2 upper-triangle entries a, b of the cosine RDMs
         rdm_gap ‖b − a‖₂, rdm_scale √M·σ_a (σ_a their standard deviation), r = rdm_gap/rdm_scale (math.inf
-        over a zero norm). Needs at least 3 rows."""
+        over a zero norm).
+
+        Returns:
+            {"k_norm", "k_gap", "rho", "sigma_gap", "rdm_gap", "rdm_scale", "r"}.
+
+        Raises:
+            ValueError: fewer than 3 rows.
+        """
         if self.n < 3:
             raise ValueError(f"coupling_terms: needs at least 3 samples, got {self.n}")
         u = self._unit

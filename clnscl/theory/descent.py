@@ -12,6 +12,7 @@ form (discrete Grönwall) is Theorem 1's exp(Σ η/(2τ²A))·(Σ η/(τ√A))·
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -26,12 +27,40 @@ def _project(sigma: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def similarity_descent(sigma0: torch.Tensor, labels: torch.Tensor, samples: torch.Tensor, batches, etas,
-                       temperature: float, decoupled: bool = True, project: bool = True) -> dict:
-    """Run CL and NSCL similarity descent for len(batches) steps (step t: rows `batches[t]`, size `etas[t]`).
+def similarity_descent(sigma0: torch.Tensor, labels: torch.Tensor, samples: torch.Tensor,
+                       batches: Iterable[torch.Tensor], etas: Iterable[float], temperature: float,
+                       decoupled: bool = True, project: bool = True) -> dict[str, torch.Tensor]:
+    """Run CL and NSCL similarity descent, Σ_{t+1} = Σ_t − η_t·½(G_t + G_tᵀ), from a shared Σ_0 for T steps
+    (step t: the rows `batches[t]`, the size `etas[t]`), with the drift recurrence D_t that bounds their gap.
 
-    Returns float64 tensors `gap` (T+1) ‖Σ^CL_t − Σ^NSCL_t‖_F, `bound` (T+1) the recurrence D_t, `theorem`
-    (T+1) its closed form after t steps, `delta` (T) the Δ_t, and the final `sigma_cl`, `sigma_nscl`."""
+    Args:
+        sigma0: Σ_0 (N, N), finite similarities (projected first with `project`).
+        labels: (N,) the class of every row.
+        samples: (N,) the sample id of every row.
+        batches: the T batches, each (A_t,) distinct row indices (A_t ≥ 2).
+        etas: the T step sizes η_t ≥ 0.
+        temperature: τ > 0.
+        decoupled: the paper's denominators (see `batch_loss`).
+        project: project each update back onto similarity matrices (symmetric, entries in [−1, 1], unit
+            diagonal), which keeps the spread 2 that Δ_t assumes.
+
+    Returns:
+        float64 tensors: `gap` (T+1) ‖Σ^CL_t − Σ^NSCL_t‖_F, `bound` (T+1) the recurrence D_t, `theorem` (T+1) its
+        closed form after t steps, `delta` (T) the Δ_t, and the final `sigma_cl` and `sigma_nscl` (N, N).
+
+    Raises:
+        ValueError: sigma0 not 2-D or not finite, batches and etas of different lengths, a negative or
+            non-finite step size, temperature ≤ 0, and `batch_gradient`'s (a bad batch, labels or samples).
+        TypeError: sigma0 not a floating tensor, a step size that is not a real number, or batches, labels or
+            samples not integer tensors.
+
+    Example:
+        >>> from clnscl.theory import similarity_descent
+        >>> labels, samples = torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> out = similarity_descent(torch.eye(6), labels, samples, [torch.arange(6)] * 3, [0.5] * 3, 1.0)
+        >>> out["gap"].shape, bool((out["gap"] <= out["bound"]).all())
+        (torch.Size([4]), True)
+    """
     check_matrix(sigma0, "sigma0", finite=True)
     tau = check_temperature(temperature)
     batches, etas = list(batches), [check_real(e, "etas", 0.0) for e in etas]

@@ -42,6 +42,7 @@ __all__ = [
     "ConfigError",
     "load_config",
     "describe",
+    "entries",
     "run_keys",
     "setting",
     "PRESETS",
@@ -658,13 +659,23 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def describe() -> str:
-    """Help text: every key (dotted for sections) with its type, default, choices and meaning."""
+def entries() -> list[dict[str, Any]]:
+    """Every key of Config (dotted for sections) as {key, type, default, choices, help, run}: what `describe()`
+    prints and the docs site's configuration reference shows."""
     defaults = Config().to_dict()
-    lines = []
+    out = []
     for key, (f, tp) in _schema()[0].items():
         default = functools.reduce(lambda node, part: node[part], key.split("."), defaults)
-        choices = f.metadata.get("choices")
-        text = f.metadata["help"] + (f" [choices: {', '.join(choices)}]" if choices else "")
-        lines += [f"  {key} ({_type_name(tp)}, default {_shown(default)})", f"      {text}"]
+        out.append({"key": key, "type": _type_name(tp), "default": _shown(default),
+                    "choices": tuple(f.metadata.get("choices") or ()), "help": f.metadata["help"],
+                    "run": f.metadata["run"]})
+    return out
+
+
+def describe() -> str:
+    """Help text: every key (dotted for sections) with its type, default, choices and meaning."""
+    lines = []
+    for e in entries():
+        text = e["help"] + (f" [choices: {', '.join(e['choices'])}]" if e["choices"] else "")
+        lines += [f"  {e['key']} ({e['type']}, default {e['default']})", f"      {text}"]
     return "configuration keys (set with --set key=value; nested keys are dotted):\n" + "\n".join(lines)

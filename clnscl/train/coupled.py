@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from functools import partial
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import contrastive_loss
+from ..checks import check_int, check_real
 from ..collectives import all_gather_rows, local_sizes
 from ..metrics import (
     StreamingAlignment,
@@ -40,7 +41,20 @@ NONFINITE = ("stop", "skip")
 
 class NonFiniteError(FloatingPointError):
     """A non-finite loss, gradient or weight: the step, the objective and its last finite loss are in the message
-    and in the attributes `step`, `objective`, `last_finite`."""
+    and in the attributes `step`, `objective`, `last_finite`.
+
+    Args:
+        step: the step (1-based) whose loss or gradient, or after which the weights, are not finite.
+        objective: the objective of the model concerned.
+        what: "loss", "gradient norm" or "weights".
+        last_finite: that model's last finite loss (None before its first).
+
+    Example:
+        >>> from clnscl.train import NonFiniteError
+        >>> error = NonFiniteError(3, "nscl", "loss", 1.25)
+        >>> error.step, error.objective, error.last_finite
+        (3, 'nscl', 1.25)
+    """
 
     def __init__(self, step: int, objective: str, what: str, last_finite: float | None):
         self.step, self.objective, self.last_finite = step, objective, last_finite
@@ -131,14 +145,28 @@ class Coupled:
 
     Raises:
         ValueError: an unknown or repeated objective, a non-contrastive anchor, "ce" without num_classes, a
-            non-positive temperature or grad_clip.
+            non-positive temperature or grad_clip, a model without parameters, class_priors that are not
+            non-negative weights with a positive sum.
+        TypeError: a model that is not an ``nn.Module``, an optimizer or scheduler that is not callable (an
+            optimiser instead of the callable that makes one).
+        RuntimeError: deep copies of the model that differ (a module whose state deepcopy does not copy).
+
+    Example:
+        >>> from clnscl.train import Coupled
+        >>> coupled = Coupled(torch.nn.Linear(8, 4), ["cl", "nscl"], temperature=0.5)
+        >>> views, labels = torch.randn(6, 2, 8), torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> sorted(coupled.step(views, labels))
+        ['cl', 'nscl']
+        >>> coupled.steps, coupled.anchor
+        (1, 'cl')
     """
 
     def __init__(self, model: nn.Module, objectives: Iterable[str] = OBJECTIVES, *, num_classes: int | None = None,
                  temperature: float = 0.5, decoupled: bool = False,
                  optimizer: Callable[..., torch.optim.Optimizer] = _default_optimizer,
                  scheduler: Callable | None = None, grad_clip: float | None = None, amp: bool = False,
-                 process_group=None, class_priors=None, compile: bool = False):
+                 process_group: dist.ProcessGroup | None = None,
+                 class_priors: Sequence[float] | torch.Tensor | None = None, compile: bool = False):
         names = list(objectives)
         _check_objectives(names)
         if "ce" in names and (num_classes is None or int(num_classes) < 2):
@@ -149,6 +177,14 @@ class Coupled:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        for name, make in (("optimizer", optimizer), ("scheduler", scheduler)):
+            if make is not None and not callable(make):
+                raise TypeError(f"{name} must be a callable that makes one per model (e.g. lambda params: "
+                                f"torch.optim.SGD(params, lr=0.1)), got a {type(make).__name__} instance")
+        if class_priors is not None:
+            priors = torch.as_tensor(class_priors, dtype=torch.float64).flatten()
+            if priors.numel() == 0 or bool((priors < 0).any()) or not float(priors.sum()) > 0:
+                raise ValueError("class_priors must be non-negative class frequencies with a positive sum")
         self.names = names
         self.num_classes = None if num_classes is None else int(num_classes)
         self.temperature, self.decoupled, self.grad_clip, self.amp = float(temperature), bool(decoupled), grad_clip, amp
@@ -192,6 +228,7 @@ class Coupled:
 
     @property
     def anchor(self) -> str:
+        """The first objective: the model the others are compared with."""
         return self.names[0]
 
     @property
@@ -233,7 +270,8 @@ class Coupled:
 
         Raises:
             NonFiniteError: a non-finite loss or gradient norm with on_nonfinite="stop".
-            ValueError: views of fewer than 2 views, labels missing or of the wrong length.
+            ValueError: views of fewer than 2 views, labels missing, of the wrong length or not integers, an
+                unknown on_nonfinite.
         """
         if on_nonfinite not in NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
@@ -283,8 +321,12 @@ class Coupled:
         return dict(self.last_finite)
 
     def check_weights(self) -> None:
-        """Raise NonFiniteError naming the first model whose parameters or floating buffers (batch-norm
-        statistics) are not all finite (a step can overflow them from a finite gradient)."""
+        """Check that every model's parameters and floating buffers (batch-norm statistics) are finite (a step can
+        overflow them from a finite gradient).
+
+        Raises:
+            NonFiniteError: naming the first model whose weights are not all finite.
+        """
         for name, model in self.models.items():
             tensors = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point()),
                        *(self.heads[name].parameters() if name in self.heads else ())]
@@ -359,7 +401,14 @@ class Coupled:
             cka_cosine/<objective>, cka_linear/…, rsa_pearson/…, gap_relative/… of z (and under h/ when the model
             returns h), weight_div/…, with gap: loss_gap and loss_gap_bound, with cl and nscl trained (one the
             anchor): theory/… (see `theory_records`), with a probe: nccc/…, knn/… (linear/…) of every model.
+
+        Raises:
+            ValueError: an empty reference, reference or probe batches without labels where the accuracies need
+                them, gap without batches, knn_k < 1, theory_delta outside (0, 1).
+            TypeError: a knn_k that is not an integer or a theory_delta that is not a real number.
         """
+        check_int(knn_k, "knn_k", 1)
+        check_real(theory_delta, "theory_delta", 0.0, 1.0, lo_open=True, hi_open=True)
         with _forked_rng(self.device):
             modes = {n: m.training for n, m in self.models.items()}
             if self.group is not None:  # batch-norm running statistics: rank 0's everywhere
@@ -502,7 +551,12 @@ class Coupled:
     # -------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """Models, heads, optimisers, schedules, RNG states and the counters: what `load_state_dict` continues
-        from (tensors and plain containers only)."""
+        from (tensors and plain containers only).
+
+        Returns:
+            The state: objectives, steps, skipped, models, heads, optimizers, schedulers, rng, last_finite,
+            last_lr and theory (the counters of the theory records).
+        """
         return {
             "objectives": list(self.names), "steps": self.steps, "skipped": self.skipped,
             "models": {n: m.state_dict() for n, m in self.models.items()},
@@ -516,7 +570,19 @@ class Coupled:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state` (a `state_dict` of a Coupled of the same objectives and model)."""
+        """Continue from `state` (a `state_dict` of a Coupled of the same objectives and model).
+
+        Args:
+            state: what `state_dict` returned.
+
+        Raises:
+            ValueError: a state that is not a `state_dict` (entries missing) or holds other objectives.
+        """
+        keys = ("objectives", "steps", "skipped", "models", "heads", "optimizers", "schedulers", "rng",
+                "last_finite", "theory")
+        missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
+        if missing:
+            raise ValueError(f"state: not a Coupled.state_dict() (missing {', '.join(missing)})")
         if list(state["objectives"]) != self.names:
             raise ValueError(f"state: its objectives {list(state['objectives'])} are not these {self.names}")
         for name, model in self.models.items():

@@ -34,9 +34,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..checks import check_int, check_real
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .coupled import NONFINITE, Coupled
-from .loggers import make_loggers
+from .loggers import Logger, make_loggers
 from .records import METRICS_FILE, append_record, read_records, rewrite_records, write_csv
 from .report import write_report
 
@@ -46,7 +47,18 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if
 
 
 class Preempted(SystemExit):
-    """Raised by `fit` after a stop signal, once the checkpoint is written; its code is PREEMPTED_EXIT_CODE."""
+    """Raised by `fit` after a stop signal, once the checkpoint is written; its code is PREEMPTED_EXIT_CODE (75).
+
+    Args:
+        step: the last step taken (the checkpoint's).
+        signame: the signal's name, "SIGTERM" or "SIGUSR1".
+
+    Example:
+        >>> from clnscl.train import Preempted
+        >>> stop = Preempted(12, "SIGTERM")
+        >>> stop.code, stop.step, stop.signame
+        (75, 12, 'SIGTERM')
+    """
 
     def __init__(self, step: int, signame: str):
         super().__init__(PREEMPTED_EXIT_CODE)
@@ -104,30 +116,37 @@ def _positive(name: str, value, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_every: int, epochs: int | None = None,
-        steps: int | None = None, checkpoint_every: int | None = None, resume=False, overwrite: bool = False,
-        loggers=None, progress: bool = True, probe: Iterable | None = None, gap: Iterable | None = None,
+def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out: str | Path, eval_every: int,
+        epochs: int | None = None, steps: int | None = None, checkpoint_every: int | None = None,
+        resume: bool | str = False, overwrite: bool = False, loggers: Iterable[str | Logger] | None = None,
+        progress: bool = True, probe: Iterable | None = None, gap: Iterable | None = None,
         on_nonfinite: str = "stop", knn_k: int = 20, linear_probe: bool = False, theory_delta: float = 0.05,
         snapshot_epochs: Iterable[int] = (), extra_records: Callable[[Coupled], dict] | None = None,
         checkpoint_extra: dict | None = None, identity: dict | None = None, until: int | None = None,
-        log=None) -> list[dict]:
+        log: Callable[[str], object] | None = None) -> list[dict]:
     """Train `coupled` on `train` into the run directory `out`, evaluating on `reference`.
 
     Args:
         coupled: the models (`Coupled`).
         train: an iterable of (views (B, V, ...), labels (B,)) batches — or views alone for ("cl",) — re-iterated
             every epoch (a DataLoader; under a process group, this rank's shard of every batch).
-        reference, probe, gap: the evaluation sets of `Coupled.evaluate`.
+        reference: the reference set of `Coupled.evaluate`.
         out: the run directory.
         eval_every: evaluate every this many steps (and after the first and the last).
-        epochs, steps: how long, exactly one of them (epochs needs len(train)).
+        epochs: how many epochs (needs len(train)); exactly one of epochs and steps.
+        steps: how many steps; exactly one of epochs and steps.
         checkpoint_every: write the checkpoint every this many steps (None: at every evaluation) and at the end.
         resume: continue the run in `out` from its checkpoint (True), or when it has one ("auto").
         overwrite: replace a run in `out`.
-        loggers: "tensorboard", "wandb" or objects with log(record) and close(); None: TensorBoard when installed.
+        loggers: a sequence of "tensorboard", "wandb" or objects with log(record) and close(); None: TensorBoard
+            when installed.
         progress: a progress bar over the steps (rank 0).
+        probe: the probe set of `Coupled.evaluate`.
+        gap: the loss-gap set of `Coupled.evaluate`.
         on_nonfinite: "stop" (raise NonFiniteError) or "skip" a step with a non-finite loss or gradient.
-        knn_k, linear_probe, theory_delta: passed to `Coupled.evaluate`.
+        knn_k: passed to `Coupled.evaluate`.
+        linear_probe: passed to `Coupled.evaluate`.
+        theory_delta: passed to `Coupled.evaluate`.
         snapshot_epochs: also keep the checkpoint of the end of these epochs as snapshots/epoch_<E>.pt.
         extra_records: called with `coupled` at every evaluation (every rank); its keys join the record.
         checkpoint_extra: more entries of every checkpoint (plain data: what a reader of the run needs).
@@ -145,7 +164,8 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
     Raises:
         Preempted: a stop signal arrived; the checkpoint is written.
         NonFiniteError: a non-finite loss or gradient with on_nonfinite="stop".
-        ValueError: bad arguments, a directory holding a run, or a checkpoint of another run.
+        ValueError: bad arguments (named), a directory holding a run, or a checkpoint of another run.
+        TypeError: a knn_k that is not an integer or a theory_delta that is not a real number.
     """
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     if (epochs is None) == (steps is None):
@@ -155,6 +175,10 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out, eval_eve
         _positive(name, value, allow_none=name != "eval_every")
     if on_nonfinite not in NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
+    check_int(knn_k, "knn_k", 1)  # Coupled.evaluate's, checked before the first step
+    check_real(theory_delta, "theory_delta", 0.0, 1.0, lo_open=True, hi_open=True)
+    if isinstance(loggers, str):
+        raise ValueError(f"loggers must be a sequence, e.g. [{loggers!r}], got the string {loggers!r}")
     epoch_len = len(train) if hasattr(train, "__len__") else None
     if (epochs is not None or snapshot_epochs) and not epoch_len:
         raise ValueError("epochs, snapshot_epochs: train has no len() (or is empty); pass steps instead")

@@ -33,8 +33,8 @@ def problem(n, m, d, classes, include, scale, unit, gen, paired=True):
     if paired:
         p = min(n, m)
         col_inst[:p], col_cls[:p] = row_inst[:p], row_cls[:p]
-    return LseArgs(q, k, row_inst, row_cls, col_inst, col_cls, m, torch.tensor(scale, dtype=torch.float64), include,
-                   unit)
+    return LseArgs(q=q, k=k, row_inst=row_inst, row_cls=row_cls, col_inst=col_inst, col_cls=col_cls, row_offset=m,
+                   scale=torch.tensor(scale, dtype=torch.float64), include=include, unit_rows=unit)
 
 
 def finite(lse):
@@ -45,8 +45,8 @@ def run(backend, args, dtype, g_rows, g_cols):
     """(lse_rows, lse_cols, dq, dk, dscale) of `backend` on args in dtype, for the weights g_rows, g_cols."""
     q, k = (t.to(DEVICE, dtype).detach().clone().requires_grad_() for t in (args.q, args.k))
     scale = args.scale.to(DEVICE, dtype).detach().clone().requires_grad_()
-    ids = [t.to(DEVICE) for t in (args.row_inst, args.row_cls, args.col_inst, args.col_cls)]
-    a = LseArgs(q, k, *ids, args.row_offset, scale, args.include, args.unit_rows)
+    ids = {f: getattr(args, f).to(DEVICE) for f in ("row_inst", "row_cls", "col_inst", "col_cls")}
+    a = args._replace(q=q, k=k, scale=scale, **ids)
     impl = REGISTRY[backend]
     lse_r, lse_c = impl.masked_lse_cross(a, dtype)
     total = ((finite(lse_r) * g_rows.to(DEVICE, lse_r.dtype)).sum()
@@ -132,11 +132,11 @@ def test_cpu_op_passes_opcheck_and_gradcheck():
         args = problem(21, 17, 7, 3, 5, scale, unit, gen)
         q, k = args.q.clone().requires_grad_(), args.k.clone().requires_grad_()
         s = args.scale.clone().requires_grad_()
-        opcheck(op, (q, k, *args[2:7], s, args.include, unit))
+        opcheck(op, tuple(args._replace(q=q, k=k, scale=s)))
         w_r, w_c = (torch.randn(n, generator=gen, dtype=torch.float64) for n in (21, 17))
 
         def f(q, k, s):
-            lse_r, lse_c = op(q, k, *args[2:7], s, args.include, unit)
+            lse_r, lse_c = op(*args._replace(q=q, k=k, scale=s))
             return (lse_r * w_r).sum() + (lse_c * w_c).sum()
 
         assert torch.autograd.gradcheck(f, (q, k, s), eps=1e-6, atol=1e-6, fast_mode=True)
@@ -147,7 +147,7 @@ def test_cpu_op_with_columns_without_gradient_gives_the_rows_gradient():
     gen = gen_for("cross-no-dk")
     args = problem(20, 15, 6, 3, 7, 6.0, True, gen)
     q = args.q.clone().requires_grad_()
-    lse_r, lse_c = torch.ops.clnscl.masked_lse_cross(q, args.k, *args[2:])
+    lse_r, lse_c = torch.ops.clnscl.masked_lse_cross(*args._replace(q=q))
     (lse_r.sum() + lse_c.sum()).backward()
     want_q = torch.autograd.grad(sum(x.sum() for x in (reference.masked_lse(args._replace(q=q)),
                                                        reference.masked_lse(args._replace(q=q).transposed()))), q)[0]

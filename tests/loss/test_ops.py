@@ -110,9 +110,11 @@ def test_every_backend_computes_the_same_masked_lse(cross, include):
     cls = torch.where(inst == 39, 99, cls)  # a singleton class: empty D(a) for include = SAME only
     if cross:
         rows = slice(10, 47)
-        args = LseArgs(x[rows], x, inst[rows], cls[rows], inst, cls, 10, _scale(7.0), include, True)
+        args = LseArgs(q=x[rows], k=x, row_inst=inst[rows], row_cls=cls[rows], col_inst=inst, col_cls=cls,
+                       row_offset=10, scale=_scale(7.0), include=include, unit_rows=True)
     else:
-        args = LseArgs(x, None, inst, cls, None, None, 0, _scale(7.0), include, True)
+        args = LseArgs(q=x, k=None, row_inst=inst, row_cls=cls, col_inst=None, col_cls=None, row_offset=0,
+                       scale=_scale(7.0), include=include, unit_rows=True)
     grad = torch.randn(args.q.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     results = {}
     for name in ("reference", "cpu", "triton"):
