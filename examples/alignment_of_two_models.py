@@ -1,19 +1,30 @@
-"""How alike are two models' representations? CKA, RSA and the pairwise metrics, layer by layer and streamed.
+"""How alike are two torchvision models' representations? CKA, RSA, a layer heatmap, and the same streamed.
 
-Two small CNNs of the same architecture, initialised with different seeds, see the same 512 random 3×32×32
-images (smooth random patterns, no download). On their penultimate features the example computes
-`clnscl.metrics.cka` (linear, cosine and RBF kernels), `clnscl.metrics.rsa` (Pearson on the Euclidean RDM,
-and Spearman with its error bound), and `clnscl.metrics.pairwise_alignment` (every pairwise metric from two
-passes over the pairs); then `clnscl.metrics.layer_alignment`, every convolution and linear layer of one model
-against every one of the other (exact linear CKA on channel-averaged features), drawn as a heatmap into
-./alignment_heatmap.png (matplotlib's Agg canvas: no display needed); and last `StreamingAlignment`, which
-accumulates the features batch by batch and gives the same linear CKA as `cka` on all of them at once.
+Two torchvision ResNet-18s, `torchvision.models.resnet18(weights=None, num_classes=10)` initialised with seeds 1
+and 2 (random weights: nothing is downloaded) and used in eval mode, see the same 512 synthetic 3×32×32 images
+(8×8 noise upsampled, plus fine noise; no data set), in 8 batches of 64. The example computes, in four steps:
 
-Run it from any directory (the PNG is written to the current one), on a CPU, in a few seconds:
+1. on the penultimate features (the 512-d output of the global average pool, the input of `fc`):
+   `clnscl.metrics.cka` with the linear, cosine and RBF kernels, `clnscl.metrics.rsa` (Pearson on the Euclidean
+   RDM, and Spearman with its error bound) and `clnscl.metrics.pairwise_alignment` (every pairwise metric from
+   two passes over the pairs);
+2. `clnscl.metrics.layer_alignment` of six layers of one model against the same six of the other: the stem's
+   convolution `conv1`, the four residual stages `layer1`…`layer4` and the 10-way output `fc`, by name, each
+   globally average-pooled over its spatial positions (`pool="avg"`: widths 64, 64, 128, 256, 512 and 10; on
+   32×32 inputs the stages' maps are 8×8, 4×4, 2×2 and 1×1, so layer4 pooled is the penultimate features and
+   its diagonal entry step 1's linear CKA), with `method="exact"` and the linear kernel: the whole data set's
+   CKA from float64 Gram sums, no estimate, about 28 MB of statistics. The matrix is printed and drawn as a
+   heatmap into ./alignment_heatmap.png (matplotlib's Agg canvas: no display needed);
+3. the same for model a against itself (`model_b=None`): every layer has CKA 1 with itself;
+4. `StreamingAlignment`, which accumulates the penultimate features batch by batch and gives the same linear
+   CKA as `cka` on all of them at once.
+
+It needs torchvision (the package's `vision` extra: pip install -e ".[vision]"). Run it from any
+directory (the PNG is written to the current one), on a CPU, in about 10 seconds with one thread:
 
     python examples/alignment_of_two_models.py
 """
-from collections import OrderedDict
+import sys
 from pathlib import Path
 
 import torch
@@ -22,35 +33,39 @@ from torch import nn
 
 from clnscl import metrics
 
+try:
+    from torchvision.models import resnet18
+except ImportError:
+    sys.exit('This example needs torchvision, which is not installed: pip install -e ".[vision]" from the '
+             "repository's root (or pip install torchvision).")
+
 N, BATCH = 512, 64
+LAYERS = ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]  # the stem, the four stages, the output
 
 
-def small_cnn(seed: int) -> nn.Sequential:
-    """Three convolution blocks, a 64-d penultimate layer and a 10-way output; initialised from `seed`."""
+def model(seed: int) -> nn.Module:
+    """A ResNet-18 with a 10-way output and random weights drawn from `seed`, in eval mode."""
     torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(3, 16, 3, padding=1)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-        ("conv2", nn.Conv2d(16, 32, 3, padding=1)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-        ("conv3", nn.Conv2d(32, 64, 3, padding=1)), ("relu3", nn.ReLU()), ("pool3", nn.AdaptiveAvgPool2d(1)),
-        ("flatten", nn.Flatten()),
-        ("fc", nn.Linear(64, 64)), ("relu4", nn.ReLU()),  # the penultimate features: the output of relu4
-        ("out", nn.Linear(64, 10)),
-    ]))
+    return resnet18(weights=None, num_classes=10).eval()
 
 
 @torch.no_grad()
-def penultimate(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """The features before the last layer."""
-    return model[:-1](x)
+def penultimate(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The (b, 512) features a ResNet feeds its last layer `fc`: its forward pass up to the average pool."""
+    body = nn.Sequential(*list(net.children())[:-1])  # conv1, bn1, relu, maxpool, layer1..layer4, avgpool
+    return torch.flatten(body(x), 1)
 
 
 torch.manual_seed(0)
 # smooth random images: 8×8 noise upsampled, plus fine noise
 images = F.interpolate(torch.randn(N, 3, 8, 8), size=32, mode="bilinear", align_corners=False)
 images = images + 0.1 * torch.randn(N, 3, 32, 32)
-model_a, model_b = small_cnn(seed=1).eval(), small_cnn(seed=2).eval()
-x, y = penultimate(model_a, images), penultimate(model_b, images)
-print(f"penultimate features of {N} images: model a {tuple(x.shape)}, model b {tuple(y.shape)}")
+loader = [images[i : i + BATCH] for i in range(0, N, BATCH)]
+model_a, model_b = model(seed=1), model(seed=2)
+x = torch.cat([penultimate(model_a, batch) for batch in loader])
+y = torch.cat([penultimate(model_b, batch) for batch in loader])
+print(f"two torchvision ResNet-18s (seeds 1 and 2), penultimate features of {N} images: "
+      f"model a {tuple(x.shape)}, model b {tuple(y.shape)}")
 
 print("1. whole-representation metrics")
 print(f"  cka linear  {metrics.cka(x, y):.6f}")
@@ -63,30 +78,30 @@ together = metrics.pairwise_alignment(x, y, rdm="euclidean")
 print("  pairwise_alignment: " + ", ".join(f"{k} {v:.6g}" for k, v in together.items()))
 
 print("2. layer by layer")
-loader = [images[i : i + BATCH] for i in range(0, N, BATCH)]
-layers = (nn.Conv2d, nn.Linear)  # every module of these types, in order
-result = metrics.layer_alignment(model_a, model_b, loader, layers, layers, method="exact", kernel="linear",
+result = metrics.layer_alignment(model_a, model_b, loader, LAYERS, LAYERS, method="exact", kernel="linear",
                                  pool="avg", progress=False)
 print(f"  {result.method} {result.kernel} CKA over {result.samples} samples; rows: model a, columns: model b")
 print("  " + " " * 6 + "".join(f"{name:>8}" for name in result.names_b))
 for name, row in zip(result.names_a, result.cka.tolist()):
     print(f"  {name:>6}" + "".join(f"{v:8.3f}" for v in row))
 print(f"  matching layers (the diagonal): {', '.join(f'{v:.3f}' for v in result.cka.diagonal().tolist())}")
-png = result.heatmap(Path("alignment_heatmap.png"), title="CKA of two CNNs with different seeds",
+png = result.heatmap(Path("alignment_heatmap.png"), title="Linear CKA of two ResNet-18s with different seeds",
                      labels=("model a (seed 1)", "model b (seed 2)"))
 print(f"  heatmap written to {png.resolve()}")
 
-print("3. streamed over batches")
+print("3. model a against itself")
+itself = metrics.layer_alignment(model_a, None, loader, LAYERS, method="exact", kernel="linear", pool="avg",
+                                 progress=False)
+print("  diagonal: " + ", ".join(f"{v:.12f}" for v in itself.cka.diagonal().tolist()))
+
+print("4. streamed over batches")
 stream = metrics.StreamingAlignment()
 parts_a, parts_b = [], []
-model_a.eval()  # already in eval mode here; a model fresh from training would not be
-model_b.eval()
-with torch.no_grad():
-    for batch in loader:
-        fa, fb = model_a[:-1](batch), model_b[:-1](batch)
-        stream.update(fa, fb)
-        parts_a.append(fa)
-        parts_b.append(fb)
+for batch in loader:  # both models are in eval mode (a model fresh from training would need .eval())
+    fa, fb = penultimate(model_a, batch), penultimate(model_b, batch)
+    stream.update(fa, fb)
+    parts_a.append(fa)
+    parts_b.append(fb)
 streamed = stream.compute()["cka_linear"]
 at_once = metrics.cka(torch.cat(parts_a), torch.cat(parts_b))
 print(f"  StreamingAlignment over {stream.n} rows in {len(loader)} batches: cka_linear {streamed:.12f}")

@@ -83,6 +83,8 @@ def test_two_towers_example_trains_and_matches_open_clip(tmp_path):
 
 def test_alignment_example_prints_metrics_and_writes_heatmap(tmp_path):
     out = _run("alignment_of_two_models.py", tmp_path)
+    assert "two torchvision ResNet-18s (seeds 1 and 2)" in out
+    assert "model a (512, 512), model b (512, 512)" in out  # the 512-d input of the ResNets' fc
     for pattern in (r"cka linear +(\S+)", r"cka cosine +(\S+)", r"cka rbf +(\S+)", r"rsa euclidean, pearson +(\S+)",
                     r"rsa euclidean, spearman +(\S+)"):
         assert 0 < _number(pattern, out) < 1  # two differently seeded models: related, not identical
@@ -92,15 +94,44 @@ def test_alignment_example_prints_metrics_and_writes_heatmap(tmp_path):
                                                                                   abs=2e-6)
     assert _number(r"pairwise_alignment: rsa_spearman (\S+),", out) == pytest.approx(
         _number(r"rsa euclidean, spearman +(\S+)", out), abs=2e-6)
-    rows = re.findall(r"^ +(conv1|conv2|conv3|fc|out)((?: +[\d.]+){5})$", out, re.M)
-    assert [name for name, _ in rows] == ["conv1", "conv2", "conv3", "fc", "out"]
-    assert all(0 < float(v) <= 1 for _, values in rows for v in values.split())
+    # the layer table: the stem, the four stages and the output, each against each, values in (0, 1]
+    layers = ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert re.search(r"^ +" + " +".join(layers) + "$", out, re.M)
+    rows = re.findall(r"^ +(conv1|layer[1-4]|fc)((?: +[\d.]+){6})$", out, re.M)
+    assert [name for name, _ in rows] == layers
+    table = [[float(v) for v in values.split()] for _, values in rows]
+    assert all(0 < v <= 1 for row in table for v in row)
+    diagonal = [table[i][i] for i in range(6)]
+    assert diagonal[0] > diagonal[4]  # random stems see the same images alike; the deep stages less so
+    # layer4's 1×1 maps, average-pooled, are the penultimate features: its entry is step 1's linear CKA, to the
+    # table's 3 decimals
+    assert diagonal[4] == pytest.approx(_number(r"cka linear +(\S+)", out), abs=6e-4)
     png = tmp_path / "alignment_heatmap.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert f"heatmap written to {png.resolve()}" in out
+    # model a against itself: every layer's CKA with itself is 1 (float64 sums; printed to 12 decimals)
+    itself = re.search(r"3\. model a against itself\n +diagonal: (.*)\n", out)
+    assert itself, out
+    assert [float(v) for v in itself.group(1).split(", ")] == pytest.approx([1.0] * 6, abs=1e-10)
+    # streamed and at once from the same float32 features, both summed in float64 (unit roundoff 1.1e-16; the
+    # stream's sums are centred on its first batch's mean, so no large offset cancels): they agree to far better
+    # than 1e-10, a bound that a float32 accumulation (unit roundoff 6e-8) in either path would typically exceed
     streamed = _number(r"StreamingAlignment over 512 rows in 8 batches: cka_linear (\S+)", out)
     assert streamed == pytest.approx(_number(r"metrics.cka on the concatenated features: +(\S+)", out), abs=1e-10)
+    assert _number(r"\|difference\| = (\S+)", out) <= 1e-10
+    # step 1 used the same batches, so the same features: equal to the 6 decimals printed there
     assert streamed == pytest.approx(_number(r"cka linear +(\S+)", out), abs=1e-6)
+
+
+def test_alignment_example_without_torchvision_says_how_to_install_it(tmp_path):
+    blocked = ("import runpy, sys; sys.modules['torchvision'] = None; "  # `import torchvision` raises ImportError
+               f"runpy.run_path({str(REPO / 'examples' / 'alignment_of_two_models.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", blocked], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=repo_env(OMP_NUM_THREADS="1"))
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    assert 'pip install -e ".[vision]"' in done.stderr and "torchvision" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not (tmp_path / "alignment_heatmap.png").exists()
 
 
 def _cost(block: str) -> dict[str, float]:
