@@ -97,7 +97,7 @@ class NTXentLoss(_LightlyLoss):
             without torch.distributed, an unknown backend.
         TypeError: a temperature that is not a real number, bank sizes that are not integers.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.lightly import NTXentLoss
         >>> out = torch.eye(2)  # the two views alike: s_pos = 1/τ, the other two rows 0
         >>> round(NTXentLoss(temperature=0.5)(out, out).item(), 4)  # log(e² + 2) − 2
@@ -188,7 +188,7 @@ class DCLLoss(_LightlyLoss):
         ValueError: temperature ≤ 0, gather_distributed without torch.distributed, an unknown backend.
         TypeError: a temperature that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.lightly import DCLLoss
         >>> out = torch.eye(2)
         >>> round(DCLLoss(temperature=0.5)(out, out).item(), 4)  # log 2 − 2: the other sample's two rows
@@ -241,7 +241,7 @@ class DCLWLoss(DCLLoss):
         ValueError: temperature or sigma ≤ 0, gather_distributed without torch.distributed, an unknown backend.
         TypeError: a temperature or sigma that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.lightly import DCLWLoss
         >>> out = torch.eye(2)  # equally similar positives: every weight 1, DCLLoss's value
         >>> round(DCLWLoss(temperature=0.5)(out, out).item(), 4)

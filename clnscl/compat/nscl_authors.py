@@ -84,7 +84,7 @@ class NTXentLoss(_AuthorsLoss):
         ValueError: temperature ≤ 0, an unknown backend.
         TypeError: a temperature that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.nscl_authors import NTXentLoss
         >>> z = torch.eye(2)  # the two views alike: s_pos = 1/τ, the other sample's rows 0
         >>> round(NTXentLoss(temperature=0.5, device="cpu")(z, z).item(), 4)  # log(2e² + 2) − 2
@@ -124,7 +124,7 @@ class DecoupledNTXentLoss(_AuthorsLoss):
         ValueError: temperature ≤ 0, an unknown backend.
         TypeError: a temperature that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.nscl_authors import DecoupledNTXentLoss
         >>> z = torch.eye(2)
         >>> round(DecoupledNTXentLoss(temperature=0.5)(z, z).item(), 4)  # log(e² + 2) − 2
@@ -164,7 +164,7 @@ class NegSupConLoss(_AuthorsLoss):
         ValueError: temperature ≤ 0, an unknown backend.
         TypeError: a temperature that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.nscl_authors import NegSupConLoss
         >>> z = torch.eye(2)
         >>> round(NegSupConLoss(temperature=0.5)(z, z, torch.tensor([0, 1])).item(), 4)  # log(e² + 2) − 2

@@ -43,7 +43,7 @@ class ClipLoss(nn.Module):
             local_loss and gather_with_grad, an unknown backend.
         TypeError: a rank or world_size that is not an integer.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.open_clip import ClipLoss
         >>> features = torch.eye(3)  # pair i alike, the other pairs orthogonal
         >>> round(ClipLoss()(features, features, 1.0).item(), 4)  # log(e + 2) − 1

@@ -131,7 +131,7 @@ class NTXentLoss(_PairLoss):
             embedding_reg_weight or collect_stats given (even as None).
         TypeError: a temperature that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.pml import NTXentLoss
         >>> embeddings, labels = torch.eye(2).repeat_interleave(2, 0), torch.tensor([0, 0, 1, 1])
         >>> round(NTXentLoss(temperature=0.5)(embeddings, labels).item(), 4)  # log(e² + 2) − 2
@@ -196,7 +196,7 @@ class SupConLoss(_PairLoss):
             embedding_reg_weight or collect_stats given (even as None).
         TypeError: a temperature that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.pml import SupConLoss
         >>> embeddings, labels = torch.eye(2).repeat_interleave(2, 0), torch.tensor([0, 0, 1, 1])
         >>> round(SupConLoss(temperature=0.5)(embeddings, labels).item(), 4)  # log(e² + 2) − 2

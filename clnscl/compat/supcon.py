@@ -43,7 +43,7 @@ class SupConLoss(nn.Module):
         ValueError: temperature or base_temperature ≤ 0, an unknown contrast_mode or backend.
         TypeError: a temperature or base_temperature that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.compat.supcon import SupConLoss
         >>> features = torch.eye(2)[:, None].repeat(1, 2, 1)  # (B=2, V=2, d=2): the views of a sample alike
         >>> round(SupConLoss(temperature=0.5, base_temperature=0.5)(features).item(), 4)  # log(e² + 2) − 2

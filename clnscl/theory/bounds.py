@@ -46,7 +46,7 @@ def epsilon(batch_size: int, steps: int, delta: float) -> float:
         ValueError: batch_size or steps not an integer ≥ 1, or delta outside (0, 1).
         TypeError: a delta that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import epsilon
         >>> round(epsilon(256, 1000, 0.05), 4)
         0.1737
@@ -77,7 +77,7 @@ def delta_pi(pi_max: float, temperature: float, batch_size: int, steps: int, del
             (0, 1).
         TypeError: a pi_max, temperature or delta that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import delta_pi
         >>> delta_pi(0.99, 0.5, 16, 10, 0.1)  # π_max + ε ≥ 1: vacuous
         inf
@@ -104,7 +104,7 @@ def fraction_delta(fraction: float, temperature: float, spread: float = 2.0) -> 
         ValueError: fraction outside [0, 1], temperature ≤ 0, or a negative or non-finite spread.
         TypeError: an argument that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import fraction_delta
         >>> fraction_delta(0.5, 1.0, spread=0.0), fraction_delta(0.0, 0.1), fraction_delta(1.0, 0.5)
         (2.0, 0.0, inf)
@@ -134,7 +134,7 @@ def mismatch_bound(delta_value: float, temperature: float, batch_size: int, sigm
             non-finite sigma_gap.
         TypeError: an argument that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import mismatch_bound
         >>> mismatch_bound(2.0, 1.0, 4, 8.0)  # 2/(1·√4) + 8/(2·1·4)
         2.0
@@ -170,7 +170,7 @@ def theorem1_bound(etas: Sequence[float], temperature: float, batch_size: int, d
             or NaN delta_value.
         TypeError: a step size, temperature or delta_value that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import theorem1_bound
         >>> round(theorem1_bound([0.5, 0.5], 1.0, 1, 1.0), 4)  # e^{1/2}·1·1
         1.6487
@@ -205,7 +205,7 @@ def theorem1_from_schedule(etas: Sequence[float], temperature: float, batch_size
             delta outside (0, 1), a negative or non-finite step size.
         TypeError: a step size, temperature or delta that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import theorem1_from_schedule
         >>> round(theorem1_from_schedule([0.1] * 100, 0.5, 256, [1] * 10, 0.05), 2)
         51.92
@@ -238,7 +238,7 @@ def cka_lower_bound(rho: float) -> float:
         ValueError: a negative or NaN rho.
         TypeError: a rho that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import cka_lower_bound
         >>> round(cka_lower_bound(0.5), 4), cka_lower_bound(0.0), cka_lower_bound(float("inf"))
         (0.3333, 1.0, -1.0)
@@ -261,7 +261,7 @@ def rsa_lower_bound(r: float) -> float:
         ValueError: a negative or NaN r.
         TypeError: an r that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import rsa_lower_bound
         >>> rsa_lower_bound(1.0), rsa_lower_bound(0.0)
         (0.0, 1.0)
@@ -288,7 +288,7 @@ def coupling_ratios(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         ValueError: x or y not 2-D, or of different numbers of rows, or of fewer than 3.
         TypeError: x or y not a tensor (or numpy array) of a floating dtype.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import coupling_ratios
         >>> x = torch.randn(8, 4, dtype=torch.float64)
         >>> terms = coupling_ratios(x, x)
@@ -331,7 +331,7 @@ def bound_ratios(gap_bound: float, terms: dict[str, float]) -> tuple[float, floa
         ValueError: a negative or NaN gap_bound, or terms without k_norm or rdm_scale.
         TypeError: a gap_bound that is not a real number.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import bound_ratios
         >>> rho, r = bound_ratios(1.0, {"k_norm": 2.0, "rdm_scale": 1.0})
         >>> rho, round(r, 4)

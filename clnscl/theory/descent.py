@@ -54,7 +54,7 @@ def similarity_descent(sigma0: torch.Tensor, labels: torch.Tensor, samples: torc
         TypeError: sigma0 not a floating tensor, a step size that is not a real number, or batches, labels or
             samples not integer tensors.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import similarity_descent
         >>> labels, samples = torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([0, 0, 1, 1, 2, 2])
         >>> out = similarity_descent(torch.eye(6), labels, samples, [torch.arange(6)] * 3, [0.5] * 3, 1.0)

@@ -90,7 +90,7 @@ def batch_loss(sigma: torch.Tensor, batch: torch.Tensor, labels: torch.Tensor, s
             empty denominator (e.g. NSCL on a batch of one class).
         TypeError: sigma not a floating tensor, or batch, labels or samples not integer tensors.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import batch_loss
         >>> labels = torch.tensor([0, 0, 0, 0, 1, 1])  # 3 samples of 2 views, classes 0, 0, 1
         >>> samples = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -131,7 +131,7 @@ def batch_gradient(sigma: torch.Tensor, batch: torch.Tensor, labels: torch.Tenso
             empty denominator (e.g. NSCL on a batch of one class).
         TypeError: sigma not a floating tensor, or batch, labels or samples not integer tensors.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import batch_gradient, batch_loss
         >>> labels = torch.tensor([0, 0, 0, 0, 1, 1])  # 3 samples of 2 views, classes 0, 0, 1
         >>> samples = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -169,7 +169,7 @@ def same_class_fractions(batch: torch.Tensor, labels: torch.Tensor, samples: tor
         ValueError: tensors not 1-D, samples not of labels' length, batch rows repeated or outside [0, N).
         TypeError: batch, labels or samples not integer tensors.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import same_class_fractions
         >>> labels = torch.tensor([0, 0, 0, 0, 1, 1])  # 3 samples of 2 views, classes 0, 0, 1
         >>> samples = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -206,7 +206,7 @@ def softmax_mismatch(sigma: torch.Tensor, batch: torch.Tensor, labels: torch.Ten
             denominator (a batch of one class).
         TypeError: sigma not a floating tensor, or batch, labels or samples not integer tensors.
 
-    Example:
+    Examples:
         >>> from clnscl.theory import softmax_mismatch
         >>> labels = torch.tensor([0, 0, 0, 0, 1, 1])  # 3 samples of 2 views, classes 0, 0, 1
         >>> samples = torch.tensor([0, 0, 1, 1, 2, 2])

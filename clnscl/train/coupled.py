@@ -49,7 +49,7 @@ class NonFiniteError(FloatingPointError):
         what: "loss", "gradient norm" or "weights".
         last_finite: that model's last finite loss (None before its first).
 
-    Example:
+    Examples:
         >>> from clnscl.train import NonFiniteError
         >>> error = NonFiniteError(3, "nscl", "loss", 1.25)
         >>> error.step, error.objective, error.last_finite
@@ -151,7 +151,7 @@ class Coupled:
             optimiser instead of the callable that makes one).
         RuntimeError: deep copies of the model that differ (a module whose state deepcopy does not copy).
 
-    Example:
+    Examples:
         >>> from clnscl.train import Coupled
         >>> coupled = Coupled(torch.nn.Linear(8, 4), ["cl", "nscl"], temperature=0.5)
         >>> views, labels = torch.randn(6, 2, 8), torch.tensor([0, 0, 1, 1, 2, 2])

@@ -53,7 +53,7 @@ class Preempted(SystemExit):
         step: the last step taken (the checkpoint's).
         signame: the signal's name, "SIGTERM" or "SIGUSR1".
 
-    Example:
+    Examples:
         >>> from clnscl.train import Preempted
         >>> stop = Preempted(12, "SIGTERM")
         >>> stop.code, stop.step, stop.signame
