@@ -131,6 +131,14 @@ def check_temperature_tensor(temperature: torch.Tensor, name: str = "temperature
         check_real(temperature.detach().item(), name, 0.0, lo_open=True)
 
 
+def check_weights(value, name: str) -> torch.Tensor:
+    """Class weights (a sequence, tensor or numpy array): non-negative with a positive sum; float64, flattened."""
+    w = torch.as_tensor(value, dtype=torch.float64).flatten()
+    if w.numel() == 0 or bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"{name} must be non-negative class weights with a positive sum")
+    return w
+
+
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

@@ -68,8 +68,8 @@ def _sections(doc: str) -> dict[str, list[str]]:
 
 
 def _parameters(obj) -> list[inspect.Parameter]:
-    if inspect.isclass(obj) and "__init__" not in vars(obj):
-        return []  # an exception or other class that keeps its base's constructor
+    if inspect.isclass(obj) and issubclass(obj, BaseException) and "__init__" not in vars(obj):
+        return []  # an exception that keeps its base's constructor
     target = obj.__init__ if inspect.isclass(obj) else obj
     params = list(inspect.signature(target).parameters.values())
     return [p for p in params if p.name not in ("self", "cls")]

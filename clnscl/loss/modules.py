@@ -260,14 +260,6 @@ class NSCLLoss(_ContrastiveLoss):
 
     objective = "nscl"
 
-    def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
-                 max_scale: float | None = None, memory_bank_size: int = 0, decoupled: bool = False,
-                 normalize: bool = True, reduction: str = "mean", backend: str = "auto",
-                 process_group: torch.distributed.ProcessGroup | None = None):
-        super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
-                         memory_bank_size=memory_bank_size, decoupled=decoupled, normalize=normalize,
-                         reduction=reduction, backend=backend, process_group=process_group)
-
 
 class SupConLoss(_ContrastiveLoss):
     """Supervised contrastive loss (Khosla et al., L_out): all same-class views are positives.
@@ -310,11 +302,3 @@ class SupConLoss(_ContrastiveLoss):
     """
 
     objective = "supcon"
-
-    def __init__(self, temperature: float | torch.Tensor = 0.1, *, learnable_temperature: bool = False,
-                 max_scale: float | None = None, memory_bank_size: int = 0, decoupled: bool = False,
-                 normalize: bool = True, reduction: str = "mean", backend: str = "auto",
-                 process_group: torch.distributed.ProcessGroup | None = None):
-        super().__init__(temperature, learnable_temperature=learnable_temperature, max_scale=max_scale,
-                         memory_bank_size=memory_bank_size, decoupled=decoupled, normalize=normalize,
-                         reduction=reduction, backend=backend, process_group=process_group)

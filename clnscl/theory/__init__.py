@@ -4,16 +4,16 @@ Corollaries 1–2 (bounds.py), the CL and NSCL batch losses as functions of the 
 analytic gradients and the batch composition (similarity.py), and the similarity-descent surrogate that the
 theorem's proof bounds (descent.py)."""
 from .bounds import (
-                     bound_ratios,
-                     cka_lower_bound,
-                     coupling_ratios,
-                     delta_pi,
-                     epsilon,
-                     fraction_delta,
-                     mismatch_bound,
-                     rsa_lower_bound,
-                     theorem1_bound,
-                     theorem1_from_schedule,
+    bound_ratios,
+    cka_lower_bound,
+    coupling_ratios,
+    delta_pi,
+    epsilon,
+    fraction_delta,
+    mismatch_bound,
+    rsa_lower_bound,
+    theorem1_bound,
+    theorem1_from_schedule,
 )
 from .descent import similarity_descent
 from .similarity import batch_gradient, batch_loss, same_class_fractions, softmax_mismatch

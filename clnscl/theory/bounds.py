@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..checks import accepts_numpy, check_matrix, check_real, check_temperature
+from ..checks import accepts_numpy, check_matrix, check_real, check_temperature, check_weights
 
 
 def _batch(batch_size) -> int:
@@ -213,9 +213,7 @@ def theorem1_from_schedule(etas: Sequence[float], temperature: float, batch_size
         inf
     """
     etas = list(etas)
-    pi = torch.as_tensor(priors, dtype=torch.float64).flatten()
-    if pi.numel() == 0 or bool((pi < 0).any()) or not float(pi.sum()) > 0:
-        raise ValueError("priors must be non-negative class weights with a positive sum")
+    pi = check_weights(priors, "priors")
     check_temperature(temperature)  # checked for no steps too (the bound is 0 then)
     _batch(batch_size)
     check_real(delta, "delta", 0.0, 1.0, lo_open=True, hi_open=True)
@@ -223,6 +221,12 @@ def theorem1_from_schedule(etas: Sequence[float], temperature: float, batch_size
         return 0.0
     d = delta_pi(float(pi.max() / pi.sum()), temperature, batch_size, len(etas), delta)
     return theorem1_bound(etas, temperature, batch_size, d)
+
+
+def _corollary_bound(ratio: float, name: str) -> float:
+    """(1 − v)/(1 + v) for the ratio v ≥ 0 named `name` (math.inf allowed: −1): Corollaries 1 and 2's bound."""
+    v = check_real(ratio, name, 0.0) if ratio != math.inf else math.inf
+    return -1.0 if v == math.inf else (1.0 - v) / (1.0 + v)
 
 
 def cka_lower_bound(rho: float) -> float:
@@ -243,8 +247,7 @@ def cka_lower_bound(rho: float) -> float:
         >>> round(cka_lower_bound(0.5), 4), cka_lower_bound(0.0), cka_lower_bound(float("inf"))
         (0.3333, 1.0, -1.0)
     """
-    r = check_real(rho, "rho", 0.0) if rho != math.inf else math.inf
-    return -1.0 if r == math.inf else (1.0 - r) / (1.0 + r)
+    return _corollary_bound(rho, "rho")
 
 
 def rsa_lower_bound(r: float) -> float:
@@ -266,8 +269,7 @@ def rsa_lower_bound(r: float) -> float:
         >>> rsa_lower_bound(1.0), rsa_lower_bound(0.0)
         (0.0, 1.0)
     """
-    v = check_real(r, "r", 0.0) if r != math.inf else math.inf
-    return -1.0 if v == math.inf else (1.0 - v) / (1.0 + v)
+    return _corollary_bound(r, "r")
 
 
 @accepts_numpy("x", "y")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import contrastive_loss
-from ..checks import check_int, check_real
+from ..checks import check_int, check_real, check_weights
 from ..collectives import all_gather_rows, local_sizes
 from ..metrics import (
     StreamingAlignment,
@@ -181,10 +181,6 @@ class Coupled:
             if make is not None and not callable(make):
                 raise TypeError(f"{name} must be a callable that makes one per model (e.g. lambda params: "
                                 f"torch.optim.SGD(params, lr=0.1)), got a {type(make).__name__} instance")
-        if class_priors is not None:
-            priors = torch.as_tensor(class_priors, dtype=torch.float64).flatten()
-            if priors.numel() == 0 or bool((priors < 0).any()) or not float(priors.sum()) > 0:
-                raise ValueError("class_priors must be non-negative class frequencies with a positive sum")
         self.names = names
         self.num_classes = None if num_classes is None else int(num_classes)
         self.temperature, self.decoupled, self.grad_clip, self.amp = float(temperature), bool(decoupled), grad_clip, amp
@@ -220,7 +216,7 @@ class Coupled:
         self.last_lr: float | None = None  # the anchor's rate at the last step (its first parameter group's)
         self.skipped = 0
         self.last_finite: dict[str, float] = {}
-        self._priors = None if class_priors is None else torch.as_tensor(class_priors, dtype=torch.float64)
+        self._priors = None if class_priors is None else check_weights(class_priors, "class_priors")
         self._class_counts = torch.zeros(0, dtype=torch.float64)
         self._same_class_seen, self._eta_sum, self._batch = 0.0, 0.0, 0
         if "ce" not in names or self._own_logits:  # else the head waits for z's width, at the first step
@@ -407,8 +403,7 @@ class Coupled:
                 them, gap without batches, knn_k < 1, theory_delta outside (0, 1).
             TypeError: a knn_k that is not an integer or a theory_delta that is not a real number.
         """
-        check_int(knn_k, "knn_k", 1)
-        check_real(theory_delta, "theory_delta", 0.0, 1.0, lo_open=True, hi_open=True)
+        check_evaluation_options(knn_k=knn_k, theory_delta=theory_delta)
         with _forked_rng(self.device):
             modes = {n: m.training for n, m in self.models.items()}
             if self.group is not None:  # batch-norm running statistics: rank 0's everywhere
@@ -634,6 +629,13 @@ def _batch_xy(batch):
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0], (torch.as_tensor(batch[1]) if len(batch) > 1 else None)
     raise ValueError(f"expected a batch x or (x, labels), got {type(batch).__name__}")
+
+
+def check_evaluation_options(*, knn_k: int, theory_delta: float) -> None:
+    """The checks of `Coupled.evaluate`'s options (fit runs them before its first step): knn_k ≥ 1, theory_delta
+    in (0, 1)."""
+    check_int(knn_k, "knn_k", 1)
+    check_real(theory_delta, "theory_delta", 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 def _rng_state(device: torch.device) -> dict:

@@ -34,9 +34,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..checks import check_int, check_real
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .coupled import NONFINITE, Coupled
+from .coupled import NONFINITE, Coupled, check_evaluation_options
 from .loggers import Logger, make_loggers
 from .records import METRICS_FILE, append_record, read_records, rewrite_records, write_csv
 from .report import write_report
@@ -175,8 +174,7 @@ def fit(coupled: Coupled, train: Iterable, reference: Iterable, *, out: str | Pa
         _positive(name, value, allow_none=name != "eval_every")
     if on_nonfinite not in NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
-    check_int(knn_k, "knn_k", 1)  # Coupled.evaluate's, checked before the first step
-    check_real(theory_delta, "theory_delta", 0.0, 1.0, lo_open=True, hi_open=True)
+    check_evaluation_options(knn_k=knn_k, theory_delta=theory_delta)  # before the first step, not at the first eval
     if isinstance(loggers, str):
         raise ValueError(f"loggers must be a sequence, e.g. [{loggers!r}], got the string {loggers!r}")
     epoch_len = len(train) if hasattr(train, "__len__") else None

@@ -84,5 +84,8 @@ def test_what_the_shim_cannot_honour_raises():
         shim.NTXentLoss(memory_bank_size=(8, 5), backend="reference")(torch.randn(4, 6), torch.randn(4, 6))
     with pytest.raises(ValueError, match="sigma"):
         shim.DCLWLoss(sigma=0.0)
+    for cls in (shim.NTXentLoss, shim.DCLLoss, shim.DCLWLoss):
+        with pytest.raises(ValueError, match="backend"):
+            cls(backend="gpu")
     with pytest.raises(ValueError, match="out1"):
         shim.NTXentLoss(backend="reference")(torch.randn(4, 8), torch.randn(5, 8))

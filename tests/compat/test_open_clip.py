@@ -49,6 +49,7 @@ def test_shim_takes_a_float_scale_as_open_clip_does():
     (dict(world_size=2, rank=2, local_loss=True, gather_with_grad=True), ValueError, "rank"),
     (dict(world_size=0), ValueError, "world_size"),
     (dict(rank=1.5), TypeError, "rank"),
+    (dict(backend="gpu"), ValueError, "backend"),
 ])
 def test_what_the_shim_cannot_honour_raises(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -120,6 +120,17 @@ def test_bad_arguments_are_refused():
         acc.interval(level=1.0)
     with pytest.raises(ValueError, match="unknown"):
         acc.interval(keys=["cka"])
+    with pytest.raises(ValueError, match=r"compute: unknown keys \['cka'\]"):
+        acc.compute(keys=iter(["cka_linear", "cka"]))
+    assert acc.compute(keys=iter(["cka_linear"]))["cka_linear"] == acc.compute()["cka_linear"]
+    with pytest.raises(ValueError, match="q"):
+        StreamingAlignment.replica_bytes(4, 0)
+    with pytest.raises(TypeError, match="p"):
+        StreamingAlignment.replica_bytes(4.0, 2)
+    with pytest.raises(ValueError, match='"n"'):
+        StreamingAlignment.from_sums({}, {}, (torch.zeros(3), torch.zeros(3)))
+    with pytest.raises(ValueError, match="shift"):
+        StreamingAlignment.from_sums({"n": 1}, {"n": 1}, (torch.zeros(3),))
 
 
 def test_an_undefined_replica_gives_an_undefined_interval():

@@ -337,6 +337,12 @@ def test_theorem1_from_schedule_composes_delta_pi_and_theorem1():
     (lambda: theorem1_from_schedule([0.1] * 5, 1.0, 0, [1, 2], 0.1), "batch_size"),
     (lambda: theorem1_from_schedule([0.1] * 5, 0.0, 16, [1, 2], 0.1), "temperature"),
     (lambda: theorem1_from_schedule([0.1] * 5, 1.0, 16, [1, 2], 1.0), "delta"),
+    (lambda: theorem1_from_schedule([], 0.0, 16, [1, 2], 0.1), "temperature"),  # checked without steps too
+    (lambda: theorem1_from_schedule([], 1.0, 16, [1, 2], 1.0), "delta"),
+    (lambda: theorem1_from_schedule([0.1], 1.0, 16, [1, -2], 0.1), "priors"),
+    (lambda: theorem1_from_schedule([0.1], 1.0, 16, [0, 0], 0.1), "priors"),
+    (lambda: bound_ratios(-1.0, {"k_norm": 1.0, "rdm_scale": 1.0}), "gap_bound"),
+    (lambda: bound_ratios(1.0, {"k_norm": 1.0}), "rdm_scale"),
     (lambda: cka_lower_bound(-0.1), "rho"),
     (lambda: rsa_lower_bound(-0.1), r"\br\b"),
 ])

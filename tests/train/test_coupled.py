@@ -234,6 +234,33 @@ def test_bad_arguments_name_the_argument(kwargs, match):
         Coupled(MLP(), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"optimizer": torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)}, TypeError, "optimizer must be a callable"),
+    ({"scheduler": 3}, TypeError, "scheduler must be a callable"),
+    ({"class_priors": [0.5, -0.1, 0.6]}, ValueError, "class_priors"),
+    ({"class_priors": [0.0, 0.0]}, ValueError, "class_priors"),
+    ({"class_priors": []}, ValueError, "class_priors"),
+])
+def test_bad_factories_and_priors_name_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Coupled(MLP(), ("cl", "nscl"), **kwargs)
+
+
+def test_bad_evaluation_options_and_states_name_the_argument():
+    coupled = Coupled(MLP(), ("cl", "nscl"))
+    reference = [(torch.randn(8, D_IN), torch.arange(8) % 2)]
+    with pytest.raises(ValueError, match="knn_k"):
+        coupled.evaluate(reference, knn_k=0)
+    with pytest.raises(ValueError, match="theory_delta"):
+        coupled.evaluate(reference, theory_delta=0.0)
+    state = coupled.state_dict()
+    del state["rng"], state["theory"]
+    with pytest.raises(ValueError, match="missing rng, theory"):
+        coupled.load_state_dict(state)
+    with pytest.raises(ValueError, match="not a Coupled.state_dict"):
+        coupled.load_state_dict([1, 2])
+
+
 def test_bad_batches_name_the_argument():
     coupled = Coupled(MLP(), ("cl", "nscl"))
     with pytest.raises(ValueError, match="views"):

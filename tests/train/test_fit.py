@@ -437,3 +437,16 @@ def test_clnscl_train_stopped_by_sigterm_resumes_to_the_uninterrupted_records(tm
     assert 0 < state["step"] < steps_total
     assert ([without_timings(r) for r in read_records(cut / METRICS_FILE)[0]]
             == [without_timings(r) for r in read_records(whole / METRICS_FILE)[0]])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"knn_k": 0}, ValueError, "knn_k"),
+    ({"knn_k": 2.5}, TypeError, "knn_k"),
+    ({"theory_delta": 1.0}, ValueError, "theory_delta"),
+    ({"loggers": "tensorboard"}, ValueError, r"loggers must be a sequence, e.g. \['tensorboard'\]"),
+])
+def test_bad_evaluation_options_and_loggers_are_refused_before_the_first_step(tmp_path, kwargs, error, match):
+    coupled, train, reference, probe, gap = fw.build(4)
+    with pytest.raises(error, match=match):
+        fit(coupled, train, reference, out=tmp_path / "run", eval_every=2, steps=4, progress=False, **kwargs)
+    assert coupled.steps == 0 and not (tmp_path / "run").exists()
