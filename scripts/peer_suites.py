@@ -26,8 +26,7 @@ whole; --stand-in adds a run where the peer's class is built instead wherever th
 the peer accepts, so that the rest of such a test still checks the shim (its FAILs count too).
 
 pml's tests run on TEST_DEVICE (cuda when available, else cpu; --device sets it) with their TEST_DTYPES (float16,
-float32, float64 unless set). Without pytest-mock installed, lightly's `mocker` fixture comes from a small
-stand-in (unittest.mock's patch, patch.object, patch.dict, patch.multiple, undone after each test).
+float32, float64 unless set). lightly's tests use pytest-mock's `mocker` (in the test extra).
 
 Exit status: 1 if any test is a FAIL (or a pytest run broke down), else 0.
 """
@@ -118,13 +117,6 @@ import os
 
 import pytest
 
-try:
-    import pytest_mock
-except ImportError:
-    pytest_mock = None
-if getattr(pytest_mock, "PEER_SUITES_STAND_IN", False):
-    from pytest_mock import mocker  # noqa: F401
-
 OUT = os.environ["PEER_SUITES_OUT"]
 STOOD_IN = []  # the constructions of this test where the peer's class stood in for a refusing shim
 
@@ -165,57 +157,6 @@ def pytest_collectreport(report):
         _write({"nodeid": report.nodeid, "when": "collect", "outcome": "failed", "type": "CollectionError",
                 "module": "", "message": str(report.longrepr), "raised_in": ""})
 '''
-MOCKER_SOURCE = '''\
-"""Written by clnscl's scripts/peer_suites.py because pytest-mock is not installed: a stand-in for its `mocker`
-fixture (patch, patch.object, patch.dict, patch.multiple of unittest.mock, undone after each test)."""
-from unittest import mock
-
-import pytest
-
-PEER_SUITES_STAND_IN = True
-
-
-class _Patcher:
-    def __init__(self, started):
-        self._started = started
-
-    def _start(self, patcher):
-        self._started.append(patcher)
-        return patcher.start()
-
-    def __call__(self, target, *args, **kwargs):
-        return self._start(mock.patch(target, *args, **kwargs))
-
-    def object(self, target, attribute, *args, **kwargs):
-        return self._start(mock.patch.object(target, attribute, *args, **kwargs))
-
-    def dict(self, in_dict, values=(), clear=False, **kwargs):
-        return self._start(mock.patch.dict(in_dict, values, clear, **kwargs))
-
-    def multiple(self, target, *args, **kwargs):
-        return self._start(mock.patch.multiple(target, *args, **kwargs))
-
-
-class MockerFixture:
-    Mock, MagicMock, ANY, call, sentinel = mock.Mock, mock.MagicMock, mock.ANY, mock.call, mock.sentinel
-
-    def __init__(self):
-        self._started = []
-        self.patch = _Patcher(self._started)
-
-    def stopall(self):
-        for patcher in reversed(self._started):
-            patcher.stop()
-        self._started.clear()
-
-
-@pytest.fixture
-def mocker():
-    fixture = MockerFixture()
-    yield fixture
-    fixture.stopall()
-'''
-
 
 class Peer:
     """A peer's files: from a work tree when DIR/tests exists, else from a (bare or mirror) git directory's HEAD."""
@@ -576,8 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     common = tmp / "plugins"
     common.mkdir()
     (common / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
-    if importlib.util.find_spec("pytest_mock") is None:
-        (common / "pytest_mock.py").write_text(MOCKER_SOURCE)
     print("The peers' own tests on clnscl's shims (imports swapped), and on the installed peers")
     tables: dict[str, list] = {run: [] for run in runs[1:]}
     found, broken = Findings(), False
